@@ -1,0 +1,1 @@
+"""Users, password hashing, bearer tokens, addresses and payment methods."""

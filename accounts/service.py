@@ -1,0 +1,154 @@
+"""Accounts: users, login, addresses, payment methods, wallet credit."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from accounts.cards import tokenize_card
+from accounts.passwords import DUMMY_HASH, hash_password, verify_password
+from accounts.tokens import TokenSigner
+from engine.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MIN_PASSWORD = 8
+
+
+class Accounts:
+    def __init__(self, *, pool: asyncpg.Pool, signer: TokenSigner) -> None:
+        self._pool = pool
+        self._signer = signer
+
+    # -- users ---------------------------------------------------------------------------
+    async def signup(self, *, email: str, password: str, name: str,
+                     role: str = "customer") -> dict[str, Any]:
+        email = email.strip()
+        if not _EMAIL.match(email):
+            raise ValidationFailed.at("$.email", "not a valid email address")
+        if len(password) < MIN_PASSWORD:
+            raise ValidationFailed.at("$.password", f"must be at least {MIN_PASSWORD} characters")
+        if not name.strip():
+            raise ValidationFailed.at("$.name", "must not be empty")
+        # scrypt is CPU-bound: keep it off the event loop.
+        password_hash = await asyncio.to_thread(hash_password, password)
+        try:
+            user_id = await self._pool.fetchval(
+                "INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, $4)"
+                " RETURNING user_id", email, name.strip(), password_hash, role)
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("An account with this email already exists.") from exc
+        return {"user_id": user_id, "token": self._signer.issue(user_id, role)}
+
+    async def login(self, *, email: str, password: str) -> dict[str, Any]:
+        row = await self._pool.fetchrow(
+            "SELECT user_id, password_hash, role FROM users WHERE lower(email) = lower($1)",
+            email.strip())
+        stored = row["password_hash"] if row else DUMMY_HASH
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        if not (row and ok):
+            raise Unauthorized("Wrong email or password.")
+        return {"user_id": row["user_id"], "token": self._signer.issue(row["user_id"], row["role"])}
+
+    async def get_user(self, user_id: int) -> dict[str, Any]:
+        row = await self._pool.fetchrow(
+            "SELECT user_id, email, name, role, wallet_balance FROM users WHERE user_id = $1",
+            user_id)
+        if row is None:
+            raise NotFound("No such user.")
+        return dict(row)
+
+    async def set_role(self, user_id: int, role: str) -> dict[str, Any]:
+        row = await self._pool.fetchrow(
+            "UPDATE users SET role = $2 WHERE user_id = $1"
+            " RETURNING user_id, email, name, role", user_id, role)
+        if row is None:
+            raise NotFound("No such user.")
+        return dict(row)
+
+    async def credit_wallet(self, user_id: int, amount: Decimal) -> Decimal:
+        if amount <= 0:
+            raise ValidationFailed.at("$.amount", "must be greater than 0")
+        balance = await self._pool.fetchval(
+            "UPDATE users SET wallet_balance = wallet_balance + $2 WHERE user_id = $1"
+            " RETURNING wallet_balance", user_id, amount)
+        if balance is None:
+            raise NotFound("No such user.")
+        return balance
+
+    # -- addresses -----------------------------------------------------------------------
+    async def add_address(self, user_id: int, *, line1: str, line2: str | None, city: str,
+                          postal_code: str, country: str) -> dict[str, Any]:
+        for path, value in (("$.line1", line1), ("$.city", city),
+                            ("$.postal_code", postal_code), ("$.country", country)):
+            if not value.strip():
+                raise ValidationFailed.at(path, "must not be empty")
+        row = await self._pool.fetchrow(
+            "INSERT INTO addresses (user_id, line1, line2, city, postal_code, country)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
+            " RETURNING address_id, line1, line2, city, postal_code, country",
+            user_id, line1.strip(), line2, city.strip(), postal_code.strip(), country.strip())
+        return dict(row)
+
+    async def list_addresses(self, user_id: int) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "SELECT address_id, line1, line2, city, postal_code, country FROM addresses"
+            " WHERE user_id = $1 ORDER BY address_id", user_id)
+        return [dict(r) for r in rows]
+
+    async def get_address(self, user_id: int, address_id: int) -> dict[str, Any]:
+        # Scoped by owner: another user's address is indistinguishable from a missing one.
+        row = await self._pool.fetchrow(
+            "SELECT address_id, line1, line2, city, postal_code, country FROM addresses"
+            " WHERE address_id = $1 AND user_id = $2", address_id, user_id)
+        if row is None:
+            raise NotFound("No such address.")
+        return dict(row)
+
+    # -- payment methods -----------------------------------------------------------------
+    async def add_payment_method(self, user_id: int, *, type: str, card_number: str | None,
+                                 exp_month: int | None, exp_year: int | None,
+                                 cvc: str | None) -> dict[str, Any]:
+        brand = last4 = token = None
+        if type == "card":
+            missing = [name for name, value in (("card_number", card_number),
+                       ("exp_month", exp_month), ("exp_year", exp_year), ("cvc", cvc))
+                       if value is None]
+            if missing:
+                raise ValidationFailed(
+                    "A card needs card_number, exp_month, exp_year and cvc.",
+                    details=[{"path": f"$.{m}", "message": "required for a card"}
+                             for m in missing])
+            now = datetime.now(UTC)
+            card = tokenize_card(card_number, exp_month, exp_year, cvc,
+                                 today=(now.year, now.month))
+            brand, last4, token = card.brand, card.last4, card.provider_token
+        elif any(v is not None for v in (card_number, exp_month, exp_year, cvc)):
+            raise ValidationFailed.at("$.type", f"a {type} payment method takes no card fields")
+        row = await self._pool.fetchrow(
+            "INSERT INTO payment_methods (user_id, type, brand, last4, exp_month, exp_year,"
+            " provider_token) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " RETURNING payment_method_id, type, brand, last4, exp_month, exp_year",
+            user_id, type, brand, last4, exp_month if type == "card" else None,
+            exp_year if type == "card" else None, token)
+        return dict(row)
+
+    async def list_payment_methods(self, user_id: int) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "SELECT payment_method_id, type, brand, last4, exp_month, exp_year"
+            " FROM payment_methods WHERE user_id = $1 ORDER BY payment_method_id", user_id)
+        return [dict(r) for r in rows]
+
+    async def get_payment_method(self, user_id: int, payment_method_id: int) -> dict[str, Any]:
+        """The owner's payment method, with the provider token (for the payment step)."""
+        row = await self._pool.fetchrow(
+            "SELECT payment_method_id, type, brand, last4, exp_month, exp_year, provider_token"
+            " FROM payment_methods WHERE payment_method_id = $1 AND user_id = $2",
+            payment_method_id, user_id)
+        if row is None:
+            raise NotFound("No such payment method.")
+        return dict(row)

@@ -1,0 +1,1 @@
+"""The flashsale command."""

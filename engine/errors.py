@@ -1,0 +1,139 @@
+"""Typed errors. Each carries its HTTP status and contract code; the gateway's error
+middleware is the one place that turns them into responses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+
+
+class FlashsaleError(Exception):
+    status = 500
+    code = "internal_error"
+    message = "Internal error."
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.message = message or type(self).message
+        self.details = details
+        super().__init__(self.message)
+
+
+class InvalidJSON(FlashsaleError):
+    status, code, message = 400, "invalid_json", "The request body is not valid JSON."
+
+
+class Unauthorized(FlashsaleError):
+    status, code, message = 401, "unauthorized", "A valid bearer token is required."
+
+
+class Forbidden(FlashsaleError):
+    status, code, message = 403, "forbidden", "You are not allowed to do this."
+
+
+class NotFound(FlashsaleError):
+    status, code, message = 404, "not_found", "No such resource."
+
+
+class MethodNotAllowed(FlashsaleError):
+    status, code, message = 405, "method_not_allowed", "Method not allowed on this path."
+
+
+class Conflict(FlashsaleError):
+    status, code, message = 409, "conflict", "The request conflicts with the current state."
+
+
+class SoldOut(Conflict):
+    code, message = "sold_out", "The sale is sold out."
+
+
+class SaleNotActive(Conflict):
+    code, message = "sale_not_active", "The sale is not active."
+
+
+class InvalidTransition(Conflict):
+    code, message = "invalid_transition", "That state change is not allowed."
+
+
+class ReservationExpired(Conflict):
+    code, message = "reservation_expired", "The reservation has expired."
+
+
+class IdempotencyKeyInUse(Conflict):
+    code = "idempotency_key_in_use"
+    message = "A request with this idempotency key is still running."
+
+
+class PayloadTooLarge(FlashsaleError):
+    status, code, message = 413, "payload_too_large", "The request body is too large."
+
+
+class Unprocessable(FlashsaleError):
+    status = 422
+
+
+class ValidationFailed(Unprocessable):
+    code, message = "validation_failed", "The request is not valid."
+
+    @classmethod
+    def at(cls, path: str, message: str) -> ValidationFailed:
+        return cls(f"{path}: {message}", details=[{"path": path, "message": message}])
+
+
+class IdempotencyKeyReused(Unprocessable):
+    code = "idempotency_key_reused"
+    message = "This idempotency key was used with a different request."
+
+
+class PurchaseLimitExceeded(Unprocessable):
+    code, message = "purchase_limit_exceeded", "This would exceed the per-user purchase limit."
+
+
+class InsufficientStock(Unprocessable):
+    code, message = "insufficient_stock", "Not enough stock."
+
+
+class PaymentDeclined(Unprocessable):
+    code, message = "payment_declined", "The payment was declined."
+
+
+class CouponInvalid(Unprocessable):
+    code, message = "coupon_invalid", "The coupon cannot be applied."
+
+
+class RateLimited(FlashsaleError):
+    status, code, message = 429, "rate_limited", "Too many requests; slow down."
+
+    def __init__(self, retry_after: float = 1.0, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(FlashsaleError):
+    status, code, message = 503, "unavailable", "A backing service is unavailable; retry shortly."
+
+    def __init__(self, message: str | None = None, *, dependency: str | None = None) -> None:
+        super().__init__(message, details={"dependency": dependency} if dependency else None)
+        self.dependency = dependency
+        self.retry_after = 1
+
+
+# Driver failures that mean "the service is not reachable right now", not a bug of ours.
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+              redis.exceptions.BusyLoadingError)
+POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
+                 asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                 asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+
+
+def as_unavailable(exc: BaseException) -> Unavailable | None:
+    """The 503 that a driver failure means, or None when it is not an outage."""
+    if isinstance(exc, REDIS_DOWN):
+        return Unavailable("Redis is unavailable; retry shortly.", dependency="redis")
+    if isinstance(exc, POSTGRES_DOWN):
+        return Unavailable("Postgres is unavailable; retry shortly.", dependency="postgres")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return Unavailable("A backing service timed out; retry shortly.")
+    return None

@@ -1,0 +1,70 @@
+"""Settings: one frozen object built from the environment (12-factor).
+
+This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal
+
+DEV_SECRET = "flashsale-development-secret-change-me-in-production"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/flashsale"
+    admin_token: str = ""  # empty: only users whose role is admin may act as admin
+    secret: str = DEV_SECRET  # signs bearer tokens
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Reservation requests per second allowed per user and per client address; 0 = off.
+    rate_limit: int = 50
+    token_ttl_seconds: int = 24 * 3600
+    max_body_bytes: int = 64 * 1024
+    # Seconds a request waits for Redis or Postgres before answering 503.
+    dependency_timeout: float = 1.5
+    db_pool_max: int = 10
+    # Checkout pricing rules (see README "Pricing").
+    tax_rate: Decimal = Decimal("0.08")
+    shipping_fee: Decimal = Decimal("5.00")
+    free_shipping_over: Decimal = Decimal("50.00")
+    # Reconciler
+    reconcile_batch: int = 1000
+    reconcile_block_ms: int = 200
+    sweep_interval: float = 0.5
+    claim_idle_ms: int = 5000
+    metrics_port: int = 9101
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Build settings from ``FLASHSALE_<NAME>`` variables, then apply ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get("FLASHSALE_" + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        return self.secret == DEV_SECRET
+
+
+def _convert(name: str, type_name: str, raw: str) -> object:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "Decimal":
+            return Decimal(raw)
+    except (ValueError, ArithmeticError) as exc:
+        raise ValueError(f"FLASHSALE_{name.upper()}={raw!r} is not a valid {type_name}") from exc
+    return raw

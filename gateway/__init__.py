@@ -1,0 +1,1 @@
+"""The HTTP face: aiohttp app factory, middlewares, routes per domain, the server."""

@@ -1,0 +1,92 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from engine import metrics
+from engine.connections import create_pool, create_redis
+from engine.settings import Settings
+from gateway import api
+from gateway.context import SERVICES, SETTINGS, build_services
+from gateway.middleware import edge_middleware
+from gateway.openapi import build_openapi
+from gateway.routes import ROUTE_TABLES
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[edge_middleware()],
+                          client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+
+    routes = [r for table in ROUTE_TABLES for r in table.routes]
+    verify = _verifier(app)
+    for route in routes:
+        app.router.add_route(route.method, route.path,
+                             api.bind(route, verify=verify, max_bytes=settings.max_body_bytes))
+    openapi = api.encode(build_openapi(routes))
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=openapi, content_type="application/json")
+
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    return app
+
+
+def _verifier(app: web.Application):
+    def verify(header: str | None):
+        return app[SERVICES].signer.from_header(header)
+    return verify
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    redis = create_redis(settings)
+    pool = await create_pool(settings)
+    app[SERVICES] = build_services(settings, redis, pool)
+    await app[SERVICES].start()
+    try:
+        yield
+    finally:
+        await app[SERVICES].stop()
+        await redis.aclose()
+        await pool.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return api.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    timeout = svc.settings.dependency_timeout
+    checks = {}
+
+    async def check(name: str, probe) -> None:
+        try:
+            await asyncio.wait_for(probe(), timeout)
+            checks[name] = "ok"
+        except Exception:  # any failure means not ready; the reason is in the logs of the dep
+            checks[name] = "unavailable"
+        metrics.DEPENDENCY_UP.labels(name).set(1 if checks[name] == "ok" else 0)
+
+    await asyncio.gather(check("redis", svc.redis.ping),
+                         check("postgres", lambda: svc.pool.fetchval("SELECT 1")))
+    ready = all(v == "ok" for v in checks.values())
+    if ready:
+        return api.json_response({"status": "ready", "checks": checks})
+    return api.json_response(
+        {"error": {"code": "unavailable", "message": "A backing service is unavailable.",
+                   "details": checks}}, 503, {"Retry-After": "1"})
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    body, content_type = metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})

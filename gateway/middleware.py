@@ -1,0 +1,105 @@
+"""The edge middleware: the error contract, metrics and request ids in one place.
+
+Every 4xx/5xx leaves here as ``{"error": {"code", "message", "details"}}``. Driver
+outages become 503 with Retry-After; anything unexpected is logged with a request id and
+answered 500 without a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from engine import metrics
+from engine.errors import FlashsaleError, RateLimited, Unavailable, as_unavailable
+from gateway.api import json_response
+
+log = logging.getLogger("flashsale.gateway")
+
+_HTTP_CODES = {
+    400: ("bad_request", "The request is malformed."),
+    401: ("unauthorized", "A valid bearer token is required."),
+    403: ("forbidden", "You are not allowed to do this."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "Method not allowed on this path."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Send JSON."),
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_body(code: str, message: str, details: object = None) -> dict:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(exc: FlashsaleError) -> web.Response:
+    headers = None
+    if isinstance(exc, (RateLimited, Unavailable)):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    return json_response(error_body(exc.code, exc.message, exc.details), exc.status, headers)
+
+
+def _route_label(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+class _Children:
+    """Prometheus children cached per label tuple: no label parsing per request."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], object] = {}
+        self.durations: dict[str, object] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        counter = self.requests.get(key)
+        if counter is None:
+            counter = self.requests[key] = metrics.HTTP_REQUESTS.labels(route, method, str(status))
+        counter.inc()
+        hist = self.durations.get(route)
+        if hist is None:
+            hist = self.durations[route] = metrics.HTTP_DURATION.labels(route)
+        hist.observe(seconds)
+
+
+def edge_middleware() -> Callable:
+    children = _Children()
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except FlashsaleError as exc:
+            response = error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+            response = json_response(error_body(code, message), exc.status)
+            if exc.status == 405:
+                response.headers["Allow"] = exc.headers.get("Allow", "")
+        except Exception as exc:
+            outage = as_unavailable(exc)
+            if outage is not None:
+                response = error_response(outage)
+            else:
+                request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+                log.exception("unhandled error request_id=%s %s %s",
+                              request_id, request.method, _route_label(request))
+                response = json_response(
+                    error_body("internal_error", "Something went wrong on our side.",
+                               {"request_id": request_id}), 500,
+                    {"X-Request-ID": request_id})
+        children.observe(_route_label(request), request.method, response.status,
+                         time.perf_counter() - started)
+        return response
+
+    return edge

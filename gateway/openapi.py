@@ -1,0 +1,89 @@
+"""The OpenAPI 3.1 document, generated from the route table and msgspec schemas."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from gateway.api import Route
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+_STATUS_TEXT = {
+    200: "OK", 201: "Created", 400: "Malformed JSON", 401: "Missing, bad or expired token",
+    403: "Not allowed", 404: "Unknown id", 409: "State conflict", 413: "Body too large",
+    422: "Well-formed but unacceptable", 429: "Rate limited", 503: "Redis or Postgres down",
+}
+_PATH_PARAM = re.compile(r"{(\w+)}")
+
+
+def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str = "1") -> dict:
+    types: list[Any] = [ErrorBody]
+    for r in routes:
+        types.extend(t for t in (r.body, r.query, r.response) if t is not None)
+    schemas, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}")
+    schema_of = dict(zip(map(id, types), schemas, strict=True))
+    error_ref = schema_of[id(ErrorBody)]
+
+    paths: dict[str, dict] = {}
+    for r in routes:
+        op: dict[str, Any] = {"summary": r.summary, "tags": [r.tag],
+                              "operationId": f"{r.tag}_{r.handler.__name__}"}
+        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in _PATH_PARAM.findall(r.path)]
+        if r.query is not None:
+            qschema = components.get(r.query.__name__, {})
+            required = set(qschema.get("required", []))
+            for name, prop in qschema.get("properties", {}).items():
+                params.append({"name": name, "in": "query", "required": name in required,
+                               "schema": prop})
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": schema_of[id(r.body)]}}}
+        ok: dict[str, Any] = {"description": _STATUS_TEXT.get(r.status, "OK")}
+        if r.response is not None:
+            ok["content"] = {"application/json": {"schema": schema_of[id(r.response)]}}
+        responses: dict[str, Any] = {str(r.status): ok}
+        codes = set(r.errors)
+        if r.body is not None:
+            codes |= {400, 413, 422}
+        if r.auth != "public":
+            codes.add(401)
+        if r.auth == "admin":
+            codes.add(403)
+        if "{" in r.path:
+            codes.add(404)
+        codes.add(503)
+        for code in sorted(codes):
+            responses[str(code)] = {
+                "description": _STATUS_TEXT.get(code, "Error"),
+                "content": {"application/json": {"schema": error_ref}}}
+        op["responses"] = responses
+        if r.auth != "public":
+            op["security"] = [{"bearer": []}]
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": "Flash-sale commerce engine. Errors share one shape: "
+                                "{\"error\": {\"code\", \"message\", \"details\"}}."},
+        "paths": paths,
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "bearerFormat": "JWT"}}},
+    }

@@ -1,0 +1,5 @@
+"""One routes module per domain; the app mounts every table listed here."""
+
+from gateway.routes import accounts, catalog
+
+ROUTE_TABLES = [accounts.routes, catalog.routes]

@@ -1,0 +1,58 @@
+"""Run the gateway: one process, or N worker processes sharing the port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import uvloop
+from aiohttp import web
+
+from engine.settings import Settings
+from gateway.app import create_app
+
+log = logging.getLogger("flashsale.gateway")
+
+
+def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    uvloop.install()
+    if settings.uses_dev_secret:
+        log.warning("FLASHSALE_SECRET is the development default; set it in production")
+    web.run_app(create_app(settings), host=host, port=port, reuse_port=reuse_port,
+                access_log=None, print=None, handle_signals=True, shutdown_timeout=5)
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
+    if workers <= 1:
+        log.info("gateway listening on http://%s:%d", host, port)
+        _serve_one(settings, host, port, reuse_port=False)
+        return
+    # Fork before any event loop exists; each child binds its own SO_REUSEPORT socket and
+    # the kernel spreads connections across them.
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _serve_one(settings, host, port, reuse_port=True)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    log.info("gateway listening on http://%s:%d with %d workers", host, port, workers)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    sys.exit(max(status, 0))
