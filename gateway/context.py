@@ -11,6 +11,8 @@ from aiohttp import web
 from accounts.service import Accounts
 from accounts.tokens import TokenSigner
 from catalog.products import Categories, Products
+from engine.admission import Admission
+from engine.sales import Sales
 from engine.settings import Settings
 
 
@@ -21,6 +23,8 @@ class Services:
     pool: asyncpg.Pool
     signer: TokenSigner
     accounts: Accounts
+    admission: Admission
+    sales: Sales
     products: Products
     categories: Categories
 
@@ -28,7 +32,8 @@ class Services:
         """Start background work owned by the services (none may block on a dependency)."""
 
     async def stop(self) -> None:
-        """Stop background work."""
+        """Stop background work; answer the script calls already batched."""
+        await self.admission.close()
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -41,6 +46,8 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
     return Services(
         settings=settings, redis=redis, pool=pool, signer=signer,
         accounts=Accounts(pool=pool, signer=signer),
+        admission=Admission(redis, rate_limit=settings.rate_limit),
+        sales=Sales(pool=pool, redis=redis),
         products=Products(pool=pool),
         categories=Categories(pool=pool),
     )

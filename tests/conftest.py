@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -70,16 +71,10 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 _KEEP = {"schema_migrations"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test but the fast (fakeredis or pure) tier starts from clean services."""
-    for item in items:
-        if item.get_closest_marker("fast") is None:
-            item.add_marker(pytest.mark.usefixtures("clean"))
-
-
-@pytest.fixture
+@pytest.fixture(autouse=True)
 async def clean(pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
-    """Empty tables and an empty Redis db."""
+    """Every test starts from empty tables and an empty Redis db (tests/fast/ overrides
+    this: that tier runs without services)."""
     tables = [r["tablename"] for r in await pool.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         if r["tablename"] not in _KEEP]
@@ -143,3 +138,39 @@ def assert_error(body: object, code: str) -> None:
     assert set(err) == {"code", "message", "details"}, err
     assert err["code"] == code, err
     assert isinstance(err["message"], str) and err["message"], err
+
+
+async def create_product(api: Api, *, stock: int = 1000, price: str = "100.00",
+                         name: str = "Hot Gadget") -> dict:
+    _, product = await api.call("POST", "/api/v1/seller/products", headers=api.admin, expect=201,
+                                json={"name": name, "price": price, "available_qty": stock,
+                                      "brand": "Acme"})
+    return product
+
+
+async def create_sale(api: Api, *, quantity: int, per_user_limit: int = 1,
+                      hold_seconds: int = 600, stock: int | None = None, **extra) -> dict:
+    product = await create_product(api, stock=quantity if stock is None else stock)
+    _, sale = await api.call("POST", "/api/v1/admin/sales", headers=api.admin, expect=201, json={
+        "product_id": product["product_id"], "quantity": quantity, "price": "9.99",
+        "per_user_limit": per_user_limit, "hold_seconds": hold_seconds, **extra})
+    return sale
+
+
+@pytest.fixture
+async def sales(pool: asyncpg.Pool, redis: aioredis.Redis):
+    from engine.sales import Sales
+    return Sales(pool=pool, redis=redis)
+
+
+@pytest.fixture
+async def product_factory(pool: asyncpg.Pool):
+    """Insert a product with stock straight into Postgres (engine-level tests)."""
+    async def make(stock: int = 100, price: str = "50.00") -> int:
+        product_id = await pool.fetchval(
+            "INSERT INTO products (name, price) VALUES ('Widget', $1) RETURNING product_id",
+            Decimal(price))
+        await pool.execute("INSERT INTO inventory (product_id, available_qty) VALUES ($1, $2)",
+                           product_id, stock)
+        return product_id
+    return make

@@ -45,7 +45,7 @@ async def test_forged_expired_and_tampered_tokens_are_401(api) -> None:
                          SECRET, algorithm="HS256")
     header, payload, signature = user["token"].split(".")
     admin_claims = jwt.utils.base64url_encode(
-        ('{"sub":"%d","role":"admin","exp":%d}' % (user["user_id"], now + 600)).encode()).decode()
+        f'{{"sub":"{user["user_id"]}","role":"admin","exp":{now + 600}}}'.encode()).decode()
     tampered = ".".join([header, admin_claims, signature])
     unsigned = jwt.encode({"sub": "1", "role": "admin", "exp": now + 600}, None,
                           algorithm="none")

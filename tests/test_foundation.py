@@ -11,7 +11,6 @@ from engine.settings import DEV_SECRET, Settings
 from tests.conftest import assert_error
 
 
-@pytest.mark.fast
 def test_settings_defaults() -> None:
     s = Settings.from_env({})
     assert s.redis_url == "redis://127.0.0.1:6379/0"
@@ -21,7 +20,6 @@ def test_settings_defaults() -> None:
     assert s.rate_limit > 0
 
 
-@pytest.mark.fast
 def test_settings_overrides_from_environment() -> None:
     s = Settings.from_env({
         "FLASHSALE_REDIS_URL": "redis://r:1/2", "FLASHSALE_DATABASE_URL": "postgresql://x/y",
@@ -32,7 +30,6 @@ def test_settings_overrides_from_environment() -> None:
     assert s.tax_rate == Decimal("0.2") and not s.uses_dev_secret
 
 
-@pytest.mark.fast
 def test_settings_reject_bad_numbers() -> None:
     with pytest.raises(ValueError, match="FLASHSALE_PORT"):
         Settings.from_env({"FLASHSALE_PORT": "eighty"})

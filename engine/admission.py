@@ -1,0 +1,205 @@
+"""Admission: reserve, release, confirm and expire holds through the Lua scripts.
+
+This is the hot path. It touches Redis only, with one script call per operation
+(auto-batched with concurrent calls), and turns each script's answer into a typed result
+or a typed error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+
+from engine import metrics
+from engine.batching import ScriptBatcher
+from engine.errors import (
+    Conflict,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    NotFound,
+    PurchaseLimitExceeded,
+    RateLimited,
+    ReservationExpired,
+    SaleNotActive,
+    SoldOut,
+    ValidationFailed,
+)
+from engine.keys import sale_keys, sale_of_reservation
+from engine.scripts import SCRIPTS, Scripts
+
+STATES = {b"h": "held", b"c": "confirmed", b"r": "released", b"e": "expired"}
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    reservation_id: str
+    sale_id: int
+    quantity: int
+    status: str
+    expires_ms: int
+    user_id: int | None = None
+    order_id: int | None = None
+    replayed: bool = False
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime.fromtimestamp(self.expires_ms / 1000, UTC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Outcomes:
+    """Prometheus children per outcome, resolved once."""
+
+    def __init__(self) -> None:
+        self._children: dict[str, object] = {}
+
+    def inc(self, outcome: str) -> None:
+        child = self._children.get(outcome)
+        if child is None:
+            child = self._children[outcome] = metrics.ADMISSIONS.labels(outcome)
+        child.inc()
+
+
+class Admission:
+    def __init__(self, redis: aioredis.Redis, *, rate_limit: int = 0, batching: bool = True,
+                 scripts: Scripts = SCRIPTS) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.rate_limit = rate_limit
+        self._batcher = ScriptBatcher(redis) if batching else None
+        self._outcomes = _Outcomes()
+        self._latency = metrics.RESERVATION_LATENCY
+
+    async def _run(self, script, keys, args):
+        if self._batcher is not None:
+            return await self._batcher.call(script, keys, args)
+        return await script(self.redis, keys, args)
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.drain()
+
+    # -- reserve -------------------------------------------------------------------------
+    async def reserve(self, sale_id: int, user_id: int, quantity: int, idempotency_key: str,
+                      *, client: str = "") -> Hold:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            answer = await self._run(
+                self.scripts.reserve, sale_keys(sale_id).for_reserve,
+                (sale_id, user_id, quantity, idempotency_key, self.rate_limit, client))
+            outcome, hold = self._reserve_answer(sale_id, user_id, answer)
+            return hold
+        except (SoldOut, SaleNotActive, PurchaseLimitExceeded, RateLimited, NotFound,
+                IdempotencyKeyReused, ValidationFailed) as exc:
+            outcome = _OUTCOME_OF.get(type(exc), "error")
+            raise
+        finally:
+            self._outcomes.inc(outcome)
+            self._latency.observe(time.perf_counter() - started)
+
+    def _reserve_answer(self, sale_id: int, user_id: int, answer: list) -> tuple[str, Hold]:
+        tag = answer[0]
+        if tag == b"ok" or tag == b"replay":
+            hold = Hold(reservation_id=_text(answer[1]), sale_id=sale_id, quantity=answer[2],
+                        status=_text(answer[4]), expires_ms=answer[3], user_id=user_id,
+                        replayed=tag == b"replay")
+            return ("admitted" if tag == b"ok" else "replayed"), hold
+        if tag == b"sold_out":
+            raise SoldOut(details={"sale_id": sale_id})
+        if tag == b"not_active":
+            why = _text(answer[1])
+            raise SaleNotActive(f"The sale is not active ({why}).",
+                                details={"sale_id": sale_id, "reason": why})
+        if tag == b"limit":
+            raise PurchaseLimitExceeded(
+                f"The limit is {answer[2]} per buyer and you already have {answer[1]}.",
+                details={"per_user_limit": answer[2], "already": answer[1]})
+        if tag == b"bad_quantity":
+            raise ValidationFailed.at("$.quantity", f"must be between 1 and {answer[1]}")
+        if tag == b"rate_limited":
+            raise RateLimited(retry_after=answer[1] / 1000)
+        if tag == b"idem_reused":
+            raise IdempotencyKeyReused()
+        if tag == b"no_sale":
+            raise NotFound("No such sale.")
+        raise RuntimeError(f"reserve.lua answered {answer!r}")
+
+    # -- release, confirm, expire --------------------------------------------------------
+    async def release(self, reservation_id: str, *, user_id: int | None,
+                      include_confirmed: bool = False, reason: str = "cancelled") -> Hold:
+        sale_id = self._sale_of(reservation_id)
+        answer = await self._run(
+            self.scripts.release, sale_keys(sale_id).for_release,
+            (reservation_id, "" if user_id is None else user_id,
+             "1" if include_confirmed else "0", reason))
+        tag = answer[0]
+        if tag == b"ok":
+            return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=answer[2],
+                        status=_text(answer[1]), expires_ms=answer[3], user_id=user_id)
+        if tag == b"invalid":
+            raise InvalidTransition("A confirmed reservation is released by cancelling its order.")
+        raise NotFound("No such reservation.")
+
+    async def confirm(self, reservation_id: str, *, user_id: int, order_id: int) -> Hold:
+        sale_id = self._sale_of(reservation_id)
+        answer = await self._run(self.scripts.confirm, sale_keys(sale_id).for_confirm,
+                                 (reservation_id, user_id, order_id))
+        tag = answer[0]
+        if tag == b"ok":
+            return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=answer[1],
+                        status="confirmed", expires_ms=answer[2], user_id=user_id,
+                        order_id=order_id)
+        if tag == b"expired":
+            raise ReservationExpired()
+        if tag == b"released":
+            raise InvalidTransition("The reservation was released.")
+        if tag == b"conflict":
+            raise Conflict("The reservation is already confirmed for another order.")
+        raise NotFound("No such reservation.")
+
+    async def expire_due(self, sale_id: int, *, limit: int = 500) -> tuple[int, int, int]:
+        """Return up to ``limit`` due holds of a sale to stock:
+        (holds expired, units returned, holds still due)."""
+        expired, units, left = await self.scripts.expire_holds(
+            self.redis, sale_keys(sale_id).for_expire, (limit,))
+        return expired, units, left
+
+    # -- reads ---------------------------------------------------------------------------
+    async def get(self, reservation_id: str) -> Hold | None:
+        """The reservation as Redis knows it, or None (unknown, or its sale was cleaned up).
+        A hold past its expiry reads ``expired`` even before the sweeper returns it."""
+        sale_id = sale_of_reservation(reservation_id)
+        if sale_id is None:
+            return None
+        raw = await self.redis.hget(sale_keys(sale_id).res, reservation_id)
+        if raw is None:
+            return None
+        user, qty, state, expires, order = raw.split(b":", 4)
+        status = STATES[state]
+        if status == "held" and int(expires) <= time.time() * 1000:
+            status = "expired"
+        return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=int(qty),
+                    status=status, expires_ms=int(expires), user_id=int(user),
+                    order_id=int(order) if order else None)
+
+    @staticmethod
+    def _sale_of(reservation_id: str) -> int:
+        sale_id = sale_of_reservation(reservation_id)
+        if sale_id is None:
+            raise NotFound("No such reservation.")
+        return sale_id
+
+
+_OUTCOME_OF = {
+    SoldOut: "sold_out", SaleNotActive: "sale_not_active",
+    PurchaseLimitExceeded: "purchase_limit_exceeded", RateLimited: "rate_limited",
+    NotFound: "not_found", IdempotencyKeyReused: "idempotency_key_reused",
+    ValidationFailed: "invalid",
+}

@@ -1,0 +1,156 @@
+"""Flash-sale definitions: creation (Postgres first, then tokens), loading, views.
+
+Creating a sale is two steps that cannot share one transaction: one Postgres transaction
+moves Q units out of ``inventory.available_qty`` and inserts the sale with status
+``loading``; then ``load_tokens.lua`` loads Q tokens into Redis (refusing a second load)
+and the sale is marked ``ready``. A crash between the two leaves a ``loading`` sale that
+``flashsale sale load-tokens`` finishes, never loading twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from engine.errors import Conflict, InsufficientStock, NotFound, ValidationFailed
+from engine.keys import ACTIVE_SALES, sale_keys
+from engine.scripts import SCRIPTS
+
+
+def to_ms(moment: datetime | None) -> int:
+    return 0 if moment is None else int(moment.timestamp() * 1000)
+
+
+def from_ms(ms: int) -> datetime | None:
+    return None if not ms else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SaleView:
+    """What a shopper sees: read from Redis only."""
+    sale_id: int
+    product_id: int
+    price: Decimal
+    remaining: int
+    status: str  # scheduled | active | sold_out | ended
+    starts_at: datetime | None
+    ends_at: datetime | None
+    per_user_limit: int
+
+
+SALE_COLUMNS = ("sale_id, product_id, quantity, price, starts_at, ends_at, per_user_limit,"
+                " hold_seconds, status, held_qty, confirmed_qty, released_qty, expired_qty,"
+                " last_stream_id, created_at")
+
+
+class Sales:
+    def __init__(self, *, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.pool = pool
+        self.redis = redis
+
+    async def create(self, *, product_id: int, quantity: int, price: Decimal,
+                     starts_at: datetime | None = None, ends_at: datetime | None = None,
+                     per_user_limit: int = 1, hold_seconds: int = 600) -> dict[str, Any]:
+        if quantity < 1:
+            raise ValidationFailed.at("$.quantity", "must be at least 1")
+        starts_at = starts_at or datetime.now(UTC)
+        if ends_at is not None and ends_at <= starts_at:
+            raise ValidationFailed.at("$.ends_at", "must be after starts_at")
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE inventory SET available_qty = available_qty - $2,"
+                " version = version + 1, updated_at = now()"
+                " WHERE product_id = $1 AND available_qty >= $2 RETURNING available_qty",
+                product_id, quantity)
+            if moved is None:
+                have = await conn.fetchval(
+                    "SELECT coalesce(i.available_qty, 0) FROM products p"
+                    " LEFT JOIN inventory i USING (product_id) WHERE p.product_id = $1",
+                    product_id)
+                if have is None:
+                    raise NotFound(f"No product {product_id}.")
+                raise InsufficientStock(
+                    f"Product {product_id} has {have} units available; the sale needs "
+                    f"{quantity}.", details={"available_qty": have, "requested": quantity})
+            row = await conn.fetchrow(
+                "INSERT INTO flash_sales (product_id, quantity, price, starts_at, ends_at,"
+                " per_user_limit, hold_seconds, status)"
+                f" VALUES ($1, $2, $3, $4, $5, $6, $7, 'loading') RETURNING {SALE_COLUMNS}",
+                product_id, quantity, price, starts_at, ends_at, per_user_limit, hold_seconds)
+        await self.load_tokens(row["sale_id"])
+        return await self.get(row["sale_id"])
+
+    async def get(self, sale_id: int) -> dict[str, Any]:
+        row = await self.pool.fetchrow(
+            f"SELECT {SALE_COLUMNS} FROM flash_sales WHERE sale_id = $1", sale_id)
+        if row is None:
+            raise NotFound(f"No sale {sale_id}.")
+        return dict(row)
+
+    async def load_tokens(self, sale_id: int) -> int:
+        """Load a ``loading`` sale's tokens and mark it ready; returns the tokens loaded.
+        Refuses a sale that is already loaded (its Redis state exists or it is ready)."""
+        sale = await self.get(sale_id)
+        if sale["status"] != "loading":
+            raise Conflict(
+                f"Sale {sale_id} is already {sale['status']}; its tokens were loaded. If Redis "
+                "lost them, use `flashsale sale recover`.")
+        keys = sale_keys(sale_id)
+        answer = await SCRIPTS.load_tokens(self.redis, keys.for_load, (
+            sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]),
+            to_ms(sale["ends_at"]), sale["per_user_limit"], sale["hold_seconds"] * 1000,
+            sale["quantity"], sale["quantity"], 0, 0))
+        if answer[0] == b"exists":
+            # Loaded before a crash kept us from marking it ready: finish, never load twice.
+            loaded = 0
+        else:
+            loaded = answer[1]
+        await self.redis.sadd(ACTIVE_SALES, sale_id)
+        await self.pool.execute(
+            "UPDATE flash_sales SET status = 'ready' WHERE sale_id = $1 AND status = 'loading'",
+            sale_id)
+        return loaded
+
+    async def view(self, sale_id: int) -> SaleView:
+        """The shopper's view, from Redis alone (no Postgres on this path)."""
+        keys = sale_keys(sale_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.meta, "product_id", "price", "starts_ms", "ends_ms", "state",
+                       "per_user_limit")
+            pipe.get(keys.tokens)
+            meta, tokens = await pipe.execute()
+        if meta[0] is None:
+            raise NotFound(f"No sale {sale_id}.")
+        product_id, price, starts, ends, state, limit = meta
+        remaining = int(tokens or 0)
+        now = time.time() * 1000
+        if state == b"closed" or (int(ends) and now >= int(ends)):
+            status = "ended"
+        elif now < int(starts):
+            status = "scheduled"
+        elif remaining <= 0:
+            status = "sold_out"
+        else:
+            status = "active"
+        return SaleView(sale_id=sale_id, product_id=int(product_id), price=Decimal(price.decode()),
+                        remaining=remaining, status=status, starts_at=from_ms(int(starts)),
+                        ends_at=from_ms(int(ends)), per_user_limit=int(limit))
+
+    async def counts(self, sale_id: int) -> dict[str, int]:
+        """Redis's books for a sale: initial, tokens, held, confirmed (absent: KeyError)."""
+        keys = sale_keys(sale_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.meta, "initial", "held", "confirmed")
+            pipe.get(keys.tokens)
+            pipe.zcard(keys.holds)
+            (initial, held, confirmed), tokens, holds = await pipe.execute()
+        if initial is None:
+            raise KeyError(sale_id)
+        return {"initial": int(initial), "tokens": int(tokens or 0), "held": int(held),
+                "confirmed": int(confirmed), "live_holds": int(holds)}

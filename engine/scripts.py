@@ -1,0 +1,65 @@
+"""Lua scripts: read from the installed ``lua`` package once, called by SHA.
+
+``Script.__call__`` runs EVALSHA and, when Redis answers NOSCRIPT (a restart or a
+``SCRIPT FLUSH``), loads the source again and retries once. ``Scripts.pipeline_call``
+does the same for a batch of calls sent as one pipeline (see engine/batching.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from engine import metrics
+
+
+class Script:
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._reloads = metrics.SCRIPT_RELOADS.labels(name)
+
+    async def load(self, redis: aioredis.Redis) -> None:
+        await redis.script_load(self.source)
+        self._reloads.inc()
+
+    async def __call__(self, redis: aioredis.Redis, keys: Sequence[str],
+                       args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(redis)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def _read(name: str) -> str:
+    return resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Scripts:
+    """Every script of ``lua/``, loaded once per process."""
+
+    NAMES = ("reserve", "release", "confirm", "expire_holds", "load_tokens")
+
+    def __init__(self) -> None:
+        for name in self.NAMES:
+            setattr(self, name, Script(name, _read(name)))
+
+    reserve: Script
+    release: Script
+    confirm: Script
+    expire_holds: Script
+    load_tokens: Script
+
+    async def load_all(self, redis: aioredis.Redis) -> None:
+        for name in self.NAMES:
+            await redis.script_load(getattr(self, name).source)
+
+
+SCRIPTS = Scripts()

@@ -1,0 +1,48 @@
+-- release.lua: give a reservation's units back to the sale (the owner cancels, a failed
+-- payment compensates, or a paid order is cancelled while the sale runs).
+--
+-- KEYS[1] meta  KEYS[2] tokens  KEYS[3] buyers  KEYS[4] holds  KEYS[5] res  KEYS[6] events
+--   (layouts as in reserve.lua)
+-- ARGV[1] reservation id
+-- ARGV[2] user id that must own it ("" = any: system compensation)
+-- ARGV[3] "1" to also release a confirmed reservation (order cancelled), else "0"
+-- ARGV[4] reason (cancelled | payment_failed | order_cancelled | ...)
+--
+-- Returns {"ok", state_name, quantity, expires_ms} where state_name is "released" when
+-- this call or an earlier one released it, or "expired" if the sweeper got there first
+-- (idempotent); {"not_found"}; {"invalid", state_name} (confirmed and ARGV[3] ~= "1").
+
+local rid = ARGV[1]
+local rec = redis.call("HGET", KEYS[5], rid)
+if not rec then
+  return {"not_found"}
+end
+local u, q, s, x, o = string.match(rec, "^([^:]*):([^:]*):([^:]*):([^:]*):(.*)$")
+if ARGV[2] ~= "" and ARGV[2] ~= u then
+  return {"not_found"}
+end
+local qty = tonumber(q)
+if s == "r" then
+  return {"ok", "released", qty, tonumber(x)}
+end
+if s == "e" then
+  return {"ok", "expired", qty, tonumber(x)}
+end
+if s == "c" and ARGV[3] ~= "1" then
+  return {"invalid", "confirmed"}
+end
+
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call("INCRBY", KEYS[2], qty)
+redis.call("HINCRBY", KEYS[3], u, -qty)
+if s == "h" then
+  redis.call("HINCRBY", KEYS[1], "held", -qty)
+  redis.call("ZREM", KEYS[4], rid)
+else
+  redis.call("HINCRBY", KEYS[1], "confirmed", -qty)
+end
+redis.call("HSET", KEYS[5], rid, u .. ":" .. q .. ":r:" .. x .. ":" .. o)
+redis.call("XADD", KEYS[6], "*", "t", "released", "r", rid, "u", u, "q", qty, "ts", now,
+  "f", s, "why", ARGV[4])
+return {"ok", "released", qty, tonumber(x)}
