@@ -39,3 +39,18 @@ def emit(data: Any, as_json: bool, text: str) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+async def with_sales(work):
+    """Open the connections a sale command needs, run ``work(sales)``, close them."""
+    from engine.connections import create_pool, create_redis
+    from engine.sales import Sales
+
+    config = settings()
+    redis = create_redis(config)
+    pool = await create_pool(config, min_size=1, max_size=2)
+    try:
+        return await work(Sales(pool=pool, redis=redis))
+    finally:
+        await pool.close()
+        await redis.aclose()

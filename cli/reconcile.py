@@ -1,10 +1,22 @@
-"""flashsale reconcile."""
+"""flashsale reconcile"""
+
+from __future__ import annotations
 
 import click
 
+from cli.common import run, settings
+
 
 @click.command()
-@click.option("--metrics-port", type=int, default=None, help="Port for /metrics and /readyz.")
-def reconcile(metrics_port: int | None) -> None:
-    """Stream sale events into Postgres and expire unpaid holds."""
-    raise click.ClickException("the reconciler arrives with issue 4")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics, /healthz, /readyz here (default FLASHSALE_METRICS_PORT; "
+                   "0 = none).")
+@click.option("--consumer", "consumer_name", default=None,
+              help="Consumer name in the stream group (default host-pid).")
+def reconcile(metrics_port: int | None, consumer_name: str | None) -> None:
+    """Stream sale events into Postgres and expire unpaid holds (SIGTERM stops cleanly)."""
+    from reconciler.service import run_reconciler
+
+    config = settings()
+    port = config.metrics_port if metrics_port is None else metrics_port
+    run(run_reconciler(config, metrics_port=port or None, consumer_name=consumer_name))

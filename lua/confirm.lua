@@ -39,6 +39,6 @@ redis.call("ZREM", KEYS[2], rid)
 redis.call("HINCRBY", KEYS[1], "held", -qty)
 redis.call("HINCRBY", KEYS[1], "confirmed", qty)
 redis.call("HSET", KEYS[3], rid, u .. ":" .. q .. ":c:" .. x .. ":" .. ARGV[3])
-redis.call("XADD", KEYS[4], "*", "t", "confirmed", "r", rid, "u", u, "q", qty, "ts", now,
-  "o", ARGV[3])
+redis.call("XADD", KEYS[4], "*", "t", "confirmed", "r", rid, "u", u, "q", qty, "x", x,
+  "ts", now, "o", ARGV[3])
 return {"ok", qty, tonumber(x)}

@@ -23,7 +23,8 @@ for _, rid in ipairs(due) do
       redis.call("HINCRBY", KEYS[3], u, -qty)
       redis.call("HINCRBY", KEYS[1], "held", -qty)
       redis.call("HSET", KEYS[5], rid, u .. ":" .. q .. ":e:" .. x .. ":" .. o)
-      redis.call("XADD", KEYS[6], "*", "t", "expired", "r", rid, "u", u, "q", qty, "ts", now)
+      redis.call("XADD", KEYS[6], "*", "t", "expired", "r", rid, "u", u, "q", qty, "x", x,
+        "ts", now)
       holds = holds + 1
       units = units + qty
     end

@@ -43,6 +43,6 @@ else
   redis.call("HINCRBY", KEYS[1], "confirmed", -qty)
 end
 redis.call("HSET", KEYS[5], rid, u .. ":" .. q .. ":r:" .. x .. ":" .. o)
-redis.call("XADD", KEYS[6], "*", "t", "released", "r", rid, "u", u, "q", qty, "ts", now,
-  "f", s, "why", ARGV[4])
+redis.call("XADD", KEYS[6], "*", "t", "released", "r", rid, "u", u, "q", qty, "x", x,
+  "ts", now, "f", s, "why", ARGV[4], "o", o)
 return {"ok", "released", qty, tonumber(x)}

@@ -1,0 +1,242 @@
+"""The stream consumer: XREADGROUP in batches, one Postgres transaction per batch, XACK
+after the commit (at-least-once delivery made exactly-once in effect by apply.py).
+
+Entries left pending by a consumer that died are claimed with XAUTOCLAIM once they have
+been idle for ``claim_idle_ms``. Streams are trimmed only below what the group has
+acknowledged, which is never ahead of what Postgres has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from engine import metrics
+from engine.errors import POSTGRES_DOWN, REDIS_DOWN
+from engine.events import SaleEvent
+from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys
+from engine.settings import Settings
+from reconciler.apply import apply_batch, stream_id_key
+
+log = logging.getLogger("flashsale.reconciler")
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Backoff:
+    def __init__(self, first: float = 0.05, most: float = 5.0) -> None:
+        self.first, self.most, self.delay = first, most, 0.0
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+    async def wait(self) -> None:
+        self.delay = min(self.most, max(self.first, self.delay * 2))
+        await asyncio.sleep(self.delay)
+
+
+class Consumer:
+    def __init__(self, *, redis: aioredis.Redis, pool: asyncpg.Pool, settings: Settings,
+                 name: str | None = None) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.settings = settings
+        self.name = name or default_consumer_name()
+        self.stopping = asyncio.Event()
+        self.postgres_ok = True
+        self.redis_ok = True
+        self._groups: set[int] = set()
+        self._sales: list[int] = []
+        self._sales_read_at = 0.0
+        self._claim_cursor: dict[int, str] = {}
+        self._claimed_at = 0.0
+        self._trimmed_at = 0.0
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                batch = await self._next_batch()
+                self.redis_ok = True
+            except REDIS_DOWN as exc:
+                self.redis_ok = False
+                metrics.REDIS_ERRORS.inc()
+                log.warning("redis unavailable (%s); retrying", exc)
+                await backoff.wait()
+                continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                    raise
+                # The stream was deleted or recreated (Redis restarted, `sale recover`):
+                # make the group again, from the new stream's first entry.
+                log.info("stream or group vanished (%s); recreating", exc)
+                self._groups.clear()
+                self._sales_read_at = 0.0
+                continue
+            if batch:
+                await self._apply_until_committed(batch)
+                await self._ack(batch)
+            backoff.reset()
+            await self._housekeeping()
+
+    async def _next_batch(self) -> list[SaleEvent]:
+        sales = await self._active_sales()
+        if not sales:
+            await asyncio.sleep(self.settings.reconcile_block_ms / 1000)
+            return []
+        claimed = await self._claim_stale(sales)
+        if claimed:
+            return claimed
+        streams = {sale_keys(s).events: ">" for s in sales}
+        reply = await self.redis.xreadgroup(
+            CONSUMER_GROUP, self.name, streams, count=self.settings.reconcile_batch,
+            block=self.settings.reconcile_block_ms)
+        return self._events(reply)
+
+    async def _apply_until_committed(self, batch: list[SaleEvent]) -> None:
+        """Postgres down: keep the batch, do not ack, retry with backoff until it lands.
+        (On SIGTERM during an outage the batch stays pending and is claimed later.)"""
+        backoff = Backoff(first=0.1)
+        while True:
+            try:
+                started = time.perf_counter()
+                async with self.pool.acquire() as conn, conn.transaction():
+                    result = await apply_batch(conn, batch)
+                self.postgres_ok = True
+                metrics.BATCH_SIZE.observe(len(batch))
+                for kind, n in result.applied.items():
+                    metrics.EVENTS_APPLIED.labels(kind).inc(n)
+                log.debug("applied %d events in %.1f ms", len(batch),
+                          (time.perf_counter() - started) * 1000)
+                return
+            except (*POSTGRES_DOWN, asyncpg.SerializationError,
+                    asyncpg.DeadlockDetectedError) as exc:
+                self.postgres_ok = False
+                metrics.POSTGRES_ERRORS.inc()
+                log.warning("postgres write failed (%s); batch of %d kept, retrying",
+                            type(exc).__name__, len(batch))
+                if self.stopping.is_set() and backoff.delay >= 1:
+                    raise
+                await backoff.wait()
+
+    async def _ack(self, batch: list[SaleEvent]) -> None:
+        by_stream: dict[int, list[str]] = {}
+        for event in batch:
+            by_stream.setdefault(event.sale_id, []).append(event.stream_id)
+        backoff = Backoff()
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for sale_id, ids in by_stream.items():
+                        pipe.xack(sale_keys(sale_id).events, CONSUMER_GROUP, *ids)
+                    await pipe.execute()
+                return
+            except REDIS_DOWN:
+                # Unacked entries would be re-delivered and re-applied harmlessly; still,
+                # try again so they do not linger as pending.
+                metrics.REDIS_ERRORS.inc()
+                if self.stopping.is_set():
+                    return
+                await backoff.wait()
+
+    # -- sales, groups, claims -----------------------------------------------------------
+    async def _active_sales(self) -> list[int]:
+        now = time.monotonic()
+        if now - self._sales_read_at > 1.0:
+            members = await self.redis.smembers(ACTIVE_SALES)
+            self._sales = sorted(int(m) for m in members)
+            self._sales_read_at = now
+            for sale_id in self._sales:
+                if sale_id not in self._groups:
+                    await self._ensure_group(sale_id)
+        return self._sales
+
+    async def _ensure_group(self, sale_id: int) -> None:
+        try:
+            # From the stream's first entry: nothing written before the group existed is lost.
+            await self.redis.xgroup_create(sale_keys(sale_id).events, CONSUMER_GROUP, id="0",
+                                           mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(sale_id)
+
+    async def _claim_stale(self, sales: list[int]) -> list[SaleEvent]:
+        now = time.monotonic()
+        if now - self._claimed_at < 1.0:
+            return []
+        self._claimed_at = now
+        events: list[SaleEvent] = []
+        for sale_id in sales:
+            cursor = self._claim_cursor.get(sale_id, "0-0")
+            next_cursor, entries, *_ = await self.redis.xautoclaim(
+                sale_keys(sale_id).events, CONSUMER_GROUP, self.name,
+                min_idle_time=self.settings.claim_idle_ms, start_id=cursor,
+                count=self.settings.reconcile_batch)
+            self._claim_cursor[sale_id] = (next_cursor.decode() if isinstance(next_cursor, bytes)
+                                           else next_cursor)
+            for stream_id, fields in entries:
+                if fields:  # None: the entry was trimmed meanwhile (cannot happen below acks)
+                    events.append(SaleEvent.from_stream(sale_id, stream_id, fields))
+        if events:
+            metrics.CLAIMED.inc(len(events))
+            log.info("claimed %d stale entries from dead consumers", len(events))
+        return events
+
+    @staticmethod
+    def _events(reply) -> list[SaleEvent]:
+        events = []
+        for stream, entries in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            sale_id = int(name.split("{s:", 1)[1].split("}", 1)[0])
+            events.extend(SaleEvent.from_stream(sale_id, sid, fields) for sid, fields in entries)
+        return events
+
+    # -- trimming ------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._trimmed_at < 10.0:
+            return
+        self._trimmed_at = now
+        try:
+            for sale_id in self._sales:
+                await trim_acknowledged(self.redis, sale_id)
+        except REDIS_DOWN:
+            metrics.REDIS_ERRORS.inc()
+
+
+async def trim_acknowledged(redis: aioredis.Redis, sale_id: int) -> None:
+    """Drop entries every group has acknowledged (and so Postgres has committed)."""
+    stream = sale_keys(sale_id).events
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return
+    if not groups:
+        return  # no reader yet: keep everything
+    floor = None
+    for group in groups:
+        # Entries up to last-delivered-id are acknowledged unless still pending.
+        if group["pending"]:
+            candidate = _text((await redis.xpending(stream, group["name"]))["min"])
+        else:
+            ms, seq = stream_id_key(_text(group["last-delivered-id"]))
+            candidate = f"{ms}-{seq + 1}"
+        if floor is None or stream_id_key(candidate) < stream_id_key(floor):
+            floor = candidate
+    if floor:
+        await redis.xtrim(stream, minid=floor, approximate=False)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,55 @@
+"""How far Postgres is behind a sale's stream: entries not yet applied, and the age of the
+oldest of them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from engine.keys import CONSUMER_GROUP, sale_keys
+from reconciler.apply import stream_id_key
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    pending: int  # delivered to a reconciler but not acknowledged, plus not yet delivered
+    oldest_age_seconds: float
+
+    def as_dict(self) -> dict:
+        return {"pending": self.pending, "oldest_age_seconds": round(self.oldest_age_seconds, 3)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _age(stream_id: str) -> float:
+    return max(0.0, time.time() - stream_id_key(stream_id)[0] / 1000)
+
+
+async def stream_lag(redis: aioredis.Redis, sale_id: int) -> Lag:
+    stream = sale_keys(sale_id).events
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no stream at all
+        return Lag(0, 0.0)
+    group = next((g for g in groups if _text(g["name"]) == CONSUMER_GROUP), None)
+    if group is None:  # no reconciler has looked yet: every entry is waiting
+        first = await redis.xrange(stream, count=1)
+        count = await redis.xlen(stream)
+        return Lag(count, _age(_text(first[0][0])) if first else 0.0)
+    last = _text(group["last-delivered-id"])
+    undelivered = group.get("lag")
+    after = await redis.xrange(stream, min="(" + last, count=1)
+    if undelivered is None:
+        undelivered = len(await redis.xrange(stream, min="(" + last, count=100_000))
+    pending = int(group["pending"])
+    oldest = 0.0
+    if pending:
+        oldest = _age(_text((await redis.xpending(stream, CONSUMER_GROUP))["min"]))
+    elif after:
+        oldest = _age(_text(after[0][0]))
+    return Lag(pending + int(undelivered), oldest)

@@ -1,0 +1,70 @@
+"""Rebuild a sale's Redis state from Postgres, for a Redis that lost it (a restart without
+AOF). Postgres knows every event the reconciler applied; admissions that never reached it
+are the AOF's to keep, not ours to invent.
+
+Everything but the sale's meta is written first; ``load_tokens.lua`` writes the meta last
+and refuses if it exists, so the sale admits nobody until the rebuild is complete and a
+sale still present in Redis is never overwritten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import Conflict
+from engine.keys import ACTIVE_SALES, sale_keys
+from engine.sales import Sales, to_ms
+from engine.scripts import SCRIPTS
+
+_LETTER = {"held": "h", "confirmed": "c", "released": "r", "expired": "e"}
+
+
+async def recover_sale(sales: Sales, sale_id: int) -> dict[str, Any]:
+    sale = await sales.get(sale_id)
+    keys = sale_keys(sale_id)
+    if await sales.redis.exists(keys.meta):
+        raise Conflict(f"Sale {sale_id} is still in Redis; nothing to recover "
+                       "(`flashsale audit` checks it).")
+    if sale["status"] == "loading":
+        raise Conflict(f"Sale {sale_id} never finished loading: use `flashsale sale load-tokens`.")
+    rows = await sales.pool.fetch(
+        "SELECT reservation_id, user_id, quantity, status, order_id, idempotency_key,"
+        " expires_at FROM sale_reservations WHERE sale_id = $1", sale_id)
+    held = sum(r["quantity"] for r in rows if r["status"] == "held")
+    confirmed = sum(r["quantity"] for r in rows if r["status"] == "confirmed")
+    tokens = sale["quantity"] - held - confirmed
+    if tokens < 0:
+        raise Conflict(f"Postgres holds {held + confirmed} units for a sale of "
+                       f"{sale['quantity']}: refusing to rebuild an oversold sale.")
+
+    seq = 0
+    async with sales.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.tokens, keys.buyers, keys.idem, keys.holds, keys.res, keys.seq)
+        for r in rows:
+            expires = to_ms(r["expires_at"])
+            pipe.hset(keys.res, r["reservation_id"],
+                      f"{r['user_id']}:{r['quantity']}:{_LETTER[r['status']]}:{expires}:"
+                      f"{r['order_id'] or ''}")
+            if r["status"] == "held":
+                pipe.zadd(keys.holds, {r["reservation_id"]: expires})
+            if r["status"] in ("held", "confirmed"):
+                pipe.hincrby(keys.buyers, r["user_id"], r["quantity"])
+            if r["idempotency_key"] is not None:
+                pipe.hset(keys.idem, f"{r['user_id']}:{r['idempotency_key']}",
+                          r["reservation_id"])
+            seq = max(seq, int(r["reservation_id"].rsplit("-", 1)[1]))
+        pipe.set(keys.seq, seq)
+        await pipe.execute()
+    answer = await SCRIPTS.load_tokens(sales.redis, keys.for_load, (
+        sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]), to_ms(sale["ends_at"]),
+        sale["per_user_limit"], sale["hold_seconds"] * 1000, tokens, sale["quantity"], held,
+        confirmed))
+    if answer[0] == b"exists":
+        raise Conflict(f"Sale {sale_id} reappeared in Redis during the rebuild; left as it is.")
+    if sale["status"] == "ready":
+        await sales.redis.sadd(ACTIVE_SALES, sale_id)
+    else:
+        await sales.redis.hset(keys.meta, "state", "closed")
+    return {"sale_id": sale_id, "tokens": tokens, "held": held, "holds": sum(
+        1 for r in rows if r["status"] == "held"), "confirmed": confirmed,
+        "reservations": len(rows)}

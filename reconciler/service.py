@@ -1,0 +1,99 @@
+"""The reconciler process: consumer + sweeper + a small HTTP server for /metrics,
+/healthz and /readyz. SIGTERM finishes the batch in hand, acknowledges it and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from aiohttp import web
+
+from engine import metrics
+from engine.connections import create_pool, create_redis
+from engine.keys import ACTIVE_SALES
+from engine.settings import Settings
+from reconciler.consumer import Consumer
+from reconciler.lag import stream_lag
+from reconciler.sweeper import Sweeper
+
+log = logging.getLogger("flashsale.reconciler")
+
+
+def _status_app(consumer: Consumer) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = {"redis": "ok" if consumer.redis_ok else "unavailable",
+                  "postgres": "ok" if consumer.postgres_ok else "unavailable"}
+        metrics.DEPENDENCY_UP.labels("redis").set(int(consumer.redis_ok))
+        metrics.DEPENDENCY_UP.labels("postgres").set(int(consumer.postgres_ok))
+        if consumer.redis_ok and consumer.postgres_ok:
+            return web.json_response({"status": "ready", "checks": checks})
+        return web.json_response(
+            {"error": {"code": "unavailable", "message": "A backing service is unavailable.",
+                       "details": checks}}, status=503, headers={"Retry-After": "1"})
+
+    async def metrics_text(_: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    return app
+
+
+async def _watch_lag(consumer: Consumer) -> None:
+    """Keep the oldest-pending-age gauge current (the per-sale pending gauge is the
+    sweeper's)."""
+    while not consumer.stopping.is_set():
+        with contextlib.suppress(Exception):
+            oldest = 0.0
+            for member in await consumer.redis.smembers(ACTIVE_SALES):
+                oldest = max(oldest, (await stream_lag(consumer.redis, int(member)))
+                             .oldest_age_seconds)
+            metrics.OLDEST_PENDING_AGE.set(oldest)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consumer.stopping.wait(), 2.0)
+
+
+async def run_reconciler(settings: Settings, *, metrics_port: int | None = None,
+                         consumer_name: str | None = None) -> None:
+    redis = create_redis(settings)
+    pool = await create_pool(settings, min_size=0, max_size=4)
+    consumer = Consumer(redis=redis, pool=pool, settings=settings, name=consumer_name)
+    sweeper = Sweeper(redis=redis, pool=pool, interval=settings.sweep_interval,
+                      stopping=consumer.stopping)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stopping.set)
+
+    runner = None
+    if metrics_port:
+        runner = web.AppRunner(_status_app(consumer), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, metrics_port).start()
+    log.info("reconciler %s started%s", consumer.name,
+             f"; metrics on http://{settings.host}:{metrics_port}/metrics" if metrics_port else "")
+    started = time.monotonic()
+    tasks = [asyncio.create_task(consumer.run(), name="consumer"),
+             asyncio.create_task(sweeper.run(), name="sweeper"),
+             asyncio.create_task(_watch_lag(consumer), name="lag")]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
+    finally:
+        consumer.stopping.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
+        await pool.close()
+        await redis.aclose()
+        log.info("reconciler %s stopped after %.0f s", consumer.name, time.monotonic() - started)

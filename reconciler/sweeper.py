@@ -1,0 +1,99 @@
+"""The hold-expiry sweeper and the closing of finished sales.
+
+Every ``sweep_interval`` seconds, each active sale's due holds go back to stock through
+``expire_holds.lua`` (atomic and idempotent, so several reconcilers may sweep at once).
+A sale past its end, with no live hold and every event applied, is closed: its unsold
+units return to the product's regular stock in Postgres and it leaves the active set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from engine import metrics
+from engine.admission import Admission
+from engine.errors import POSTGRES_DOWN, REDIS_DOWN
+from engine.keys import ACTIVE_SALES, sale_keys
+from reconciler.lag import stream_lag
+
+log = logging.getLogger("flashsale.sweeper")
+
+
+class Sweeper:
+    def __init__(self, *, redis: aioredis.Redis, pool: asyncpg.Pool, interval: float,
+                 stopping: asyncio.Event) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.interval = interval
+        self.stopping = stopping
+        self.admission = Admission(redis, batching=False)
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.sweep_once()
+            except REDIS_DOWN + POSTGRES_DOWN as exc:
+                log.warning("sweep skipped: %s", exc)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def sweep_once(self) -> int:
+        expired_total = 0
+        for member in await self.redis.smembers(ACTIVE_SALES):
+            sale_id = int(member)
+            while True:
+                expired, _units, left = await self.admission.expire_due(sale_id, limit=500)
+                expired_total += expired
+                if not left:
+                    break
+            await self._publish_gauges(sale_id)
+            await self.close_if_finished(sale_id)
+        if expired_total:
+            metrics.HOLDS_EXPIRED.inc(expired_total)
+        return expired_total
+
+    async def _publish_gauges(self, sale_id: int) -> None:
+        keys = sale_keys(sale_id)
+        lag = await stream_lag(self.redis, sale_id)
+        tokens, holds = await asyncio.gather(self.redis.get(keys.tokens),
+                                             self.redis.zcard(keys.holds))
+        label = str(sale_id)
+        metrics.TOKENS_REMAINING.labels(label).set(int(tokens or 0))
+        metrics.HOLDS_LIVE.labels(label).set(holds)
+        metrics.PENDING_ENTRIES.labels(label).set(lag.pending)
+
+    async def close_if_finished(self, sale_id: int) -> bool:
+        keys = sale_keys(sale_id)
+        ends_ms, state = await self.redis.hmget(keys.meta, "ends_ms", "state")
+        if state is None or not int(ends_ms or 0) or time.time() * 1000 < int(ends_ms):
+            return False
+        if await self.redis.zcard(keys.holds) or (await stream_lag(self.redis, sale_id)).pending:
+            return False  # live holds may still be paid; events still on their way
+        async with self.pool.acquire() as conn, conn.transaction():
+            sale = await conn.fetchrow(
+                "SELECT product_id, quantity, held_qty, confirmed_qty, status FROM flash_sales"
+                " WHERE sale_id = $1 FOR UPDATE", sale_id)
+            if sale is None:
+                return False
+            if sale["status"] == "ready":
+                unsold = sale["quantity"] - sale["confirmed_qty"] - sale["held_qty"]
+                await conn.execute(
+                    "UPDATE inventory SET available_qty = available_qty + $2,"
+                    " version = version + 1, updated_at = now() WHERE product_id = $1",
+                    sale["product_id"], unsold)
+                await conn.execute(
+                    "UPDATE flash_sales SET status = 'closed' WHERE sale_id = $1", sale_id)
+                log.info("sale %d closed: %d unsold units back in stock", sale_id, unsold)
+        await self.redis.hset(keys.meta, "state", "closed")
+        await self.redis.srem(ACTIVE_SALES, sale_id)
+        metrics.TOKENS_REMAINING.remove(str(sale_id))
+        metrics.HOLDS_LIVE.remove(str(sale_id))
+        metrics.PENDING_ENTRIES.remove(str(sale_id))
+        return True
