@@ -1,0 +1,145 @@
+"""Engine admission throughput against real Redis, beside redis-benchmark running the same
+script in the same run.
+
+    python -m benchmarks.admission --quick     (under 30 s)
+    python -m benchmarks.admission --full
+
+In-process: N concurrent callers loop on ``Admission.reserve`` (auto-batched, and direct
+EVALSHA per call) for a fixed time; throughput and per-call latency p50/p99. The ceiling:
+``redis-benchmark`` sending EVALSHA of reserve.lua with the same keys and arguments, 50
+clients unpipelined and pipelined by 16. The interesting number is the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import shutil
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+import uvloop
+
+from benchmarks.common import BENCH_REDIS_URL, latency_summary, table, write_results
+from engine.admission import Admission
+from engine.connections import create_redis
+from engine.keys import sale_keys
+from engine.scripts import SCRIPTS
+from engine.settings import Settings
+
+SALE = 1
+TOKENS = 100_000_000
+
+
+async def load_sale(redis) -> None:
+    await redis.flushdb()
+    await SCRIPTS.load_tokens(redis, sale_keys(SALE).for_load,
+                              (1, "9.99", 0, 0, 1_000_000, 600_000, TOKENS, TOKENS, 0, 0))
+    await SCRIPTS.reserve.load(redis)
+
+
+async def run_engine(redis, *, concurrency: int, seconds: float, batching: bool) -> dict:
+    admission = Admission(redis, batching=batching)
+    latencies: list[float] = []
+    counter = iter(range(10**12))
+    stop_at = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        record = latencies.append
+        clock = time.perf_counter
+        while clock() < stop_at:
+            user = next(counter)
+            started = clock()
+            await admission.reserve(SALE, user, 1, "k")
+            record(clock() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await admission.close()
+    return {"calls": len(latencies), "per_second": len(latencies) / elapsed,
+            **latency_summary(latencies)}
+
+
+def redis_benchmark(url: str, *, requests: int, clients: int, pipeline: int) -> dict | None:
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return None
+    parts = urlsplit(url)
+    keys = sale_keys(SALE).for_reserve
+    cmd = [exe, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379),
+           "--dbnum", (parts.path.strip("/") or "0"), "-n", str(requests), "-c", str(clients),
+           "-P", str(pipeline), "-r", "1000000000", "--csv",
+           "EVALSHA", SCRIPTS.reserve.sha, str(len(keys)), *keys,
+           str(SALE), "__rand_int__", "1", "k", "0", "bench"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    data = rows[-1]
+    header = rows[0]
+    row = dict(zip(header, data, strict=False))
+    return {"per_second": float(row["rps"]), "p50_ms": float(row.get("p50_latency_ms", 0)),
+            "p99_ms": float(row.get("p99_latency_ms", 0))}
+
+
+async def main_async(mode: str) -> dict:
+    seconds = 3.0 if mode == "quick" else 10.0
+    requests = 150_000 if mode == "quick" else 1_000_000
+    settings = Settings(redis_url=BENCH_REDIS_URL)
+    redis = create_redis(settings, max_connections=256)
+    results: dict = {"engine": [], "redis_benchmark": {}}
+    try:
+        await load_sale(redis)
+        ceilings = (("50 clients", 50, 1), ("50 clients, pipeline 16", 50, 16))
+        for label, clients, pipeline in ceilings:
+            rb = await asyncio.to_thread(redis_benchmark, BENCH_REDIS_URL, requests=requests,
+                                         clients=clients, pipeline=pipeline)
+            if rb:
+                results["redis_benchmark"][label] = rb
+            await load_sale(redis)
+        for batching in (True, False):
+            for concurrency in (1, 8, 64):
+                r = await run_engine(redis, concurrency=concurrency, seconds=seconds,
+                                     batching=batching)
+                results["engine"].append({"batching": batching, "concurrency": concurrency, **r})
+                await load_sale(redis)
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+    return results
+
+
+def report(results: dict) -> str:
+    ceiling = results["redis_benchmark"].get("50 clients", {}).get("per_second")
+    rows = []
+    for label, rb in results["redis_benchmark"].items():
+        rows.append([f"redis-benchmark EVALSHA, {label}", rb["per_second"], rb["p50_ms"],
+                     rb["p99_ms"], f"{rb['per_second'] / ceiling:.2f}x" if ceiling else "-"])
+    for r in results["engine"]:
+        name = (f"engine reserve(), {'auto-batched' if r['batching'] else 'one EVALSHA/call'}, "
+                f"{r['concurrency']} callers")
+        rows.append([name, r["per_second"], r["p50_ms"], r["p99_ms"],
+                     f"{r['per_second'] / ceiling:.2f}x" if ceiling else "-"])
+    return table("Admission: reserve.lua on real Redis (ratio vs redis-benchmark, 50 clients)",
+                 ["what", "calls/s", "p50 ms", "p99 ms", "ratio"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="a few seconds per case (default)")
+    group.add_argument("--full", action="store_true", help="longer runs, steadier numbers")
+    args = parser.parse_args(argv)
+    mode = "full" if args.full else "quick"
+    results = uvloop.run(main_async(mode))
+    print(report(results))
+    path = write_results("admission", mode, results)
+    print(f"\nwritten: {path.relative_to(path.parents[2])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
