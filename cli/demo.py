@@ -1,9 +1,259 @@
-"""flashsale demo."""
+"""flashsale demo: the main job on a fresh machine.
+
+Migrate, seed a small catalog, start a gateway and a reconciler, put a product on flash
+sale, let a few thousand simulated buyers (hundreds at once) fight for it over HTTP, wait
+for the reconciler, audit, and print what happened. Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 
+from cli.common import settings
+from cli.stack import Stack
+
+LOG_DIR = Path(".var") / "demo"
+
+
+@dataclass
+class Tally:
+    attempts: int = 0
+    retries: int = 0
+    answers: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    holds: dict[str, int] = field(default_factory=dict)  # reservation id -> units
+    released: dict[str, int] = field(default_factory=dict)
+    paid: dict[str, int] = field(default_factory=dict)  # reservation id -> order id
+    checkout_answers: Counter = field(default_factory=Counter)
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
+
+
+async def _make_buyers(config, count: int) -> list[tuple[int, str]]:
+    """Buyer accounts made in bulk (one password hash for all: they never log in), with
+    bearer tokens signed by the gateway's secret."""
+    import asyncpg
+
+    from accounts.passwords import hash_password
+    from accounts.tokens import TokenSigner
+
+    run_tag = secrets.token_hex(4)
+    password_hash = await asyncio.to_thread(hash_password, secrets.token_urlsafe(18))
+    conn = await asyncpg.connect(config.database_url)
+    try:
+        rows = await conn.fetch(
+            "INSERT INTO users (email, name, password_hash)"
+            " SELECT 'buyer-' || $1 || '-' || g || '@demo.flashsale', 'Demo buyer ' || g, $2"
+            " FROM generate_series(1, $3) g RETURNING user_id", run_tag, password_hash, count)
+    finally:
+        await conn.close()
+    signer = TokenSigner(secret=config.secret, ttl_seconds=3600)
+    return [(r["user_id"], signer.issue(r["user_id"], "customer")) for r in rows]
+
+
+async def _ensure_catalog(products: int) -> None:
+    import asyncpg
+
+    config = settings()
+    conn = await asyncpg.connect(config.database_url)
+    try:
+        have = await conn.fetchval("SELECT count(*) FROM products")
+    finally:
+        await conn.close()
+    if have < products:
+        click.echo(f"seeding a catalog of {products - have} products ...")
+        await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "cli.main", "catalog", "seed", "--products",
+            str(products - have)], check=True)
+
+
+async def _buyer(http, base: str, admin: dict, user: tuple[int, str], sale_id: int,
+                 want: int, rng: random.Random, tally: Tally, gate: asyncio.Semaphore) -> None:
+    user_id, token = user
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"quantity": want, "idempotency_key": f"demo-{user_id}"}
+    url = f"{base}/api/v1/sales/{sale_id}/reservations"
+    async with gate:
+        for attempt in range(2):  # a flaky network: the retry reuses the same key
+            started = time.perf_counter()
+            try:
+                async with http.post(url, json=body, headers=headers) as resp:
+                    answer = await resp.json()
+                    status = resp.status
+            except OSError:
+                tally.retries += 1
+                continue
+            tally.latencies.append(time.perf_counter() - started)
+            if attempt:
+                tally.retries += 1
+            else:
+                tally.attempts += 1
+            break
+        else:
+            tally.answers["network_error"] += 1
+            return
+    if status in (200, 201):
+        tally.answers["admitted"] += 1
+        rid = answer["reservation_id"]
+        tally.holds[rid] = answer["quantity"]
+        if rng.random() < 0.1:  # changed their mind: the units go back on sale at once
+            async with http.delete(f"{base}/api/v1/reservations/{rid}", headers=headers) as r:
+                if r.status == 200:
+                    tally.released[rid] = answer["quantity"]
+            return
+        await _checkout(http, base, admin, headers, user_id, rid, tally)
+    else:
+        tally.answers[answer["error"]["code"] if status < 500 else f"http_{status}"] += 1
+
+
+async def _checkout(http, base, admin, headers, user_id, rid, tally) -> None:
+    """Pay the hold with the wallet: the admin credits it, the buyer adds an address."""
+    async with http.post(f"{base}/api/v1/admin/wallets/{user_id}/credit",
+                         json={"amount": "100.00"}, headers=admin) as r:
+        r.raise_for_status()
+    async with http.post(f"{base}/api/v1/me/addresses", headers=headers, json={
+            "line1": "1 Demo Street", "city": "Springfield", "postal_code": "12345",
+            "country": "US"}) as r:
+        address = (await r.json())["address_id"]
+    async with http.post(f"{base}/api/v1/me/payment-methods", headers=headers,
+                         json={"type": "wallet"}) as r:
+        method = (await r.json())["payment_method_id"]
+    async with http.post(f"{base}/api/v1/orders", headers=headers, json={
+            "idempotency_key": f"pay-{rid}", "reservation_id": rid,
+            "shipping_address_id": address, "payment_method_id": method}) as r:
+        order = await r.json()
+        tally.checkout_answers[r.status] += 1
+        if r.status in (200, 201):
+            tally.paid[rid] = order["order_id"]
+
+
+async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int) -> dict:
+    import aiohttp
+
+    from cli.common import with_sales
+    from engine.migrate import migrate
+    from reconciler.audit import audit_sale
+
+    config = settings()
+    click.echo("migrating ...")
+    await migrate(config.database_url)
+    await _ensure_catalog(2000)
+    admin_token = config.admin_token or secrets.token_urlsafe(24)
+    stack = Stack(env={"FLASHSALE_ADMIN_TOKEN": admin_token, "FLASHSALE_RATE_LIMIT": "0",
+                       "FLASHSALE_SECRET": config.secret}, log_dir=LOG_DIR)
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    click.echo(f"starting gateway on {stack.base_url} and reconciler "
+               f"(logs in {LOG_DIR}/) ...")
+    stack.start()
+    try:
+        await stack.wait_ready()
+        users = await _make_buyers(config, buyers)
+        rng = random.Random(seed)
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.post(f"{stack.base_url}/api/v1/seller/products", headers=admin,
+                                 json={"name": "Limited Edition Console", "brand": "Flash",
+                                       "price": "499.00", "available_qty": units}) as r:
+                product = await r.json()
+            async with http.post(f"{stack.base_url}/api/v1/admin/sales", headers=admin, json={
+                    "product_id": product["product_id"], "quantity": units, "price": "49.00",
+                    "per_user_limit": limit}) as r:
+                sale = await r.json()
+            click.echo(f"sale {sale['sale_id']}: {units} units at {sale['price']}, "
+                       f"{limit} per buyer; {buyers} buyers, {concurrency} at once ...")
+            tally = Tally()
+            gate = asyncio.Semaphore(concurrency)
+            started = time.perf_counter()
+            await asyncio.gather(*(
+                _buyer(http, stack.base_url, admin, u, sale["sale_id"],
+                       rng.choice((1, 1, 1, 2)), rng, tally, gate) for u in users))
+            elapsed = time.perf_counter() - started
+        click.echo("waiting for the reconciler, then auditing ...")
+        report = await with_sales(lambda s: audit_sale(s, sale["sale_id"], wait_seconds=30))
+    finally:
+        stopped = stack.stop()
+    admitted_units = sum(tally.holds.values())
+    released_units = sum(tally.released.values())
+    http_net = admitted_units - released_units
+    redis = report.redis or {}
+    pg = report.postgres or {}
+    return {
+        "sale_id": sale["sale_id"], "units": units, "per_user_limit": limit,
+        "buyers": buyers, "concurrency": concurrency, "attempts": tally.attempts,
+        "retries_same_key": tally.retries, "seconds": round(elapsed, 2),
+        "requests_per_second": round((tally.attempts + tally.retries) / elapsed),
+        "answers": dict(tally.answers), "holds": len(tally.holds),
+        "units_admitted": admitted_units, "units_released_by_buyers": released_units,
+        "orders_paid": len(tally.paid), "checkout_answers": dict(tally.checkout_answers),
+        "latency_ms": {"p50": round(_pct(tally.latencies, 50) * 1000, 2),
+                       "p99": round(_pct(tally.latencies, 99) * 1000, 2)},
+        "oversold": {"by_http_answers": max(0, http_net - units),
+                     "in_redis": max(0, redis.get("held", 0) + redis.get("confirmed", 0)
+                                     - units),
+                     "in_postgres": max(0, pg.get("held", 0) + pg.get("confirmed", 0) - units)},
+        "redis": redis, "postgres": pg, "audit_ok": report.ok, "audit_problems": report.problems,
+        "stopped": stopped,
+    }
+
+
+def _summary(r: dict) -> str:
+    a = r["answers"]
+    oversold = max(r["oversold"].values())
+    refused = {k: v for k, v in a.items() if k != "admitted"}
+    pg = r["postgres"]
+    lines = [
+        "",
+        f"flash sale {r['sale_id']}: {r['units']} units, limit {r['per_user_limit']} per buyer",
+        f"  buyers          {r['buyers']:,} ({r['concurrency']} at once) in {r['seconds']} s, "
+        f"{r['requests_per_second']:,} requests/s",
+        f"  attempts        {r['attempts']:,} reservation requests "
+        f"(+{r['retries_same_key']} retries with the same idempotency key)",
+        f"  admitted        {r['holds']:,} holds, {r['units_admitted']:,} units "
+        f"({r['units_released_by_buyers']} given back by buyers and resold)",
+        f"  sold out        {a.get('sold_out', 0):,} answers 409 sold_out",
+        "  other answers   " + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())
+                                          if k != "sold_out") or "none"),
+        f"  paid orders     {r['orders_paid']:,} (wallet)",
+        f"  latency         p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms "
+        "(reservation requests, over HTTP)",
+        f"  oversold        {oversold}  (HTTP answers {r['oversold']['by_http_answers']}, "
+        f"Redis {r['oversold']['in_redis']}, Postgres {r['oversold']['in_postgres']})",
+        f"  postgres agrees {'yes' if r['audit_ok'] else 'NO'}: held {pg.get('held', 0)}, "
+        f"confirmed {pg.get('confirmed', 0)}, released {pg.get('released', 0)}, "
+        f"expired {pg.get('expired', 0)} units; audit "
+        + ("OK" if r["audit_ok"] else "FAILED: " + "; ".join(r["audit_problems"])),
+    ]
+    return "\n".join(lines)
+
 
 @click.command()
-def demo() -> None:
+@click.option("--buyers", type=click.IntRange(1, 100_000), default=3000, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 2000), default=300, show_default=True,
+              help="Buyers in flight at once.")
+@click.option("--units", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--per-user-limit", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def demo(buyers: int, concurrency: int, units: int, per_user_limit: int, seed: int,
+         as_json: bool) -> None:
     """Run a flash sale with thousands of simulated buyers and summarise it."""
-    raise click.ClickException("the demo arrives with issue 4")
+    from cli.common import run
+
+    result = run(_run(buyers, concurrency, units, per_user_limit, seed))
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else _summary(result))
+    if max(result["oversold"].values()) or not result["audit_ok"]:
+        sys.exit(1)
