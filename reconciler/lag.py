@@ -48,8 +48,9 @@ async def stream_lag(redis: aioredis.Redis, sale_id: int) -> Lag:
         undelivered = len(await redis.xrange(stream, min="(" + last, count=100_000))
     pending = int(group["pending"])
     oldest = 0.0
-    if pending:
-        oldest = _age(_text((await redis.xpending(stream, CONSUMER_GROUP))["min"]))
+    oldest_pending = (await redis.xpending(stream, CONSUMER_GROUP))["min"] if pending else None
+    if oldest_pending is not None:  # (acknowledged meanwhile: None)
+        oldest = _age(_text(oldest_pending))
     elif after:
         oldest = _age(_text(after[0][0]))
     return Lag(pending + int(undelivered), oldest)
