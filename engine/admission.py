@@ -72,7 +72,7 @@ class Admission:
         self.redis = redis
         self.scripts = scripts
         self.rate_limit = rate_limit
-        self._batcher = ScriptBatcher(redis) if batching else None
+        self._batcher = ScriptBatcher.beside(redis) if batching else None
         self._outcomes = _Outcomes()
         self._latency = metrics.RESERVATION_LATENCY
 

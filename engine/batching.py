@@ -1,95 +1,242 @@
-"""Auto-batching of script calls: the calls made in one event-loop turn go to Redis as one
-pipeline.
+"""Auto-batched, pipelined script calls on one dedicated Redis connection.
 
-No MULTI is needed: each script is atomic on its own, and the pipeline only saves round
-trips. A call made alone is flushed on the next loop iteration (``call_soon``), not on a
-timer, so batching adds no latency when there is nothing to batch with. Every caller gets
-its own result or its own exception.
+Every script call made during one event-loop turn is written to Redis in one write; the
+replies come back in order and are matched to their callers first-in first-out. No MULTI:
+each script is atomic on its own, the batch only saves round trips. A call made alone is
+written on the next loop iteration (``call_soon``), not on a timer, so batching adds no
+latency when there is nothing to batch with. Writes do not wait for earlier replies, so
+any number of batches can be in flight on the one connection.
+
+This bypasses redis-py's command machinery on the hot path: the RESP encoding of a call
+is a few byte joins (the sha and key part is cached per key set) and replies are parsed
+by hiredis. Every caller gets its own result or its own exception; NOSCRIPT reloads the
+script on the same connection and resends the call; a lost connection fails the calls in
+flight with redis's ConnectionError (a 503 at the gateway) and the next call reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.scripts import Script
 
-_Call = tuple[Script, Sequence[str], Sequence[Any], asyncio.Future]
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def encode_command(*parts: Any) -> bytes:
+    encoded = [_arg(p) for p in parts]
+    return b"*%d\r\n" % len(encoded) + b"".join(_bulk(p) for p in encoded)
+
+
+class _Pending:
+    __slots__ = ("args", "future", "keys", "script", "sent_at")
+
+    def __init__(self, script: Script | None, keys: Sequence[str], args: Sequence[Any],
+                 future: asyncio.Future) -> None:
+        self.script, self.keys, self.args, self.future = script, keys, args, future
+        self.sent_at = 0.0
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, channel: ScriptBatcher) -> None:
+        self.channel = channel
+
+    def data_received(self, data: bytes) -> None:
+        self.channel._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.channel._on_lost(exc)
 
 
 class ScriptBatcher:
-    def __init__(self, redis: aioredis.Redis, *, max_batch: int = 1000) -> None:
-        self._redis = redis
-        self._max_batch = max_batch
-        self._pending: list[_Call] = []
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, db: int = 0,
+                 username: str | None = None, password: str | None = None,
+                 connect_timeout: float = 1.5, timeout: float = 2.0) -> None:
+        self._host, self._port, self._db = host, port, db
+        self._username, self._password = username, password
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._queue: list[_Pending] = []
+        self._waiting: deque[_Pending] = deque()
         self._scheduled = False
-        self._inflight: set[asyncio.Task] = set()
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._prefixes: dict[tuple, bytes] = {}
+        self._closed = False
 
+    @classmethod
+    def beside(cls, client: aioredis.Redis) -> ScriptBatcher:
+        """A batcher talking to the same server and db as ``client``."""
+        kw = client.connection_pool.connection_kwargs
+        timeout = kw.get("socket_timeout") or 2.0
+        return cls(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)),
+                   db=int(kw.get("db") or 0), username=kw.get("username"),
+                   password=kw.get("password"), timeout=timeout,
+                   connect_timeout=kw.get("socket_connect_timeout") or timeout)
+
+    # -- calls ---------------------------------------------------------------------------
     def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((script, keys, args, future))
+        self._queue.append(_Pending(script, keys, args, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        elif len(self._pending) >= self._max_batch:
-            self._flush()
         return future
+
+    def _encode(self, item: _Pending) -> bytes:
+        script, keys, args = item.script, item.keys, item.args
+        key = (script.sha, tuple(keys), len(args))
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            parts = [b"EVALSHA", script.sha.encode(), str(len(keys)).encode(),
+                     *(k.encode() for k in keys)]
+            prefix = (b"*%d\r\n" % (len(parts) + len(args))
+                      + b"".join(_bulk(p) for p in parts))
+            if len(self._prefixes) > 10_000:
+                self._prefixes.clear()
+            self._prefixes[key] = prefix
+        return prefix + b"".join([_bulk(_arg(a)) for a in args])
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._pending = self._pending, []
-        if not batch:
+        if not self._queue:
             return
-        task = asyncio.ensure_future(self._send(batch))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        if self._transport is None:
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return  # flushed again once connected
+        batch, self._queue = self._queue, []
+        now = time.monotonic()
+        for item in batch:
+            item.sent_at = now
+        self._waiting.extend(batch)
+        self._transport.write(b"".join([self._encode(item) for item in batch]))
 
-    async def _send(self, batch: list[_Call]) -> None:
-        try:
-            if len(batch) == 1:
-                script, keys, args, future = batch[0]
-                result = await script(self._redis, keys, args)
-                if not future.done():
-                    future.set_result(result)
+    def _send(self, command: bytes, item: _Pending) -> None:
+        item.sent_at = time.monotonic()
+        self._waiting.append(item)
+        self._transport.write(command)
+
+    # -- replies -------------------------------------------------------------------------
+    def _on_data(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            reply = self._reader.gets()
+            if reply is False:
                 return
-            results = await self._pipeline(batch)
-            missing = [call for call, result in zip(batch, results, strict=True)
-                       if isinstance(result, NoScriptError)]
-            if missing:  # Redis lost its script cache: load what is missing and resend once
-                for script in {call[0] for call in missing}:
-                    await script.load(self._redis)
-                retried = dict(zip(map(id, missing), await self._pipeline(missing), strict=True))
-                results = [retried.get(id(call), result)
-                           for call, result in zip(batch, results, strict=True)]
-        except BaseException as exc:  # an outage fails every caller of the batch
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            item = self._waiting.popleft()
+            if isinstance(reply, ResponseError):
+                if str(reply).startswith("NOSCRIPT") and item.script is not None:
+                    self._reload_and_resend(item)
+                    continue
+                if not item.future.done():
+                    item.future.set_exception(reply)
+            elif not item.future.done():
+                item.future.set_result(reply)
 
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args, _ in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return await pipe.execute(raise_on_error=False)
+    def _reload_and_resend(self, item: _Pending) -> None:
+        """Redis lost its script cache (restart, SCRIPT FLUSH): load the source and send
+        the call again. Both go in order on this connection, so the load lands first."""
+        loop = asyncio.get_running_loop()
+        loaded = _Pending(None, (), (), loop.create_future())
+        loaded.future.add_done_callback(lambda f: f.exception())  # read, never raised
+        self._send(encode_command("SCRIPT", "LOAD", item.script.source), loaded)
+        item.script.count_reload()
+        self._send(self._encode(item), item)
+
+    # -- connection ----------------------------------------------------------------------
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(self), self._host, self._port),
+                self._connect_timeout)
+            self._reader = hiredis.Reader(replyError=ResponseError)
+            self._transport = transport
+            await self._handshake()
+        except (OSError, TimeoutError, ResponseError) as exc:
+            self._fail_all(RedisConnectionError(f"cannot reach Redis for scripts: {exc}"))
+            if self._transport is not None:
+                self._transport.abort()
+            self._transport = None
+        finally:
+            self._connecting = None
+        if self._watchdog is None:
+            self._watchdog = asyncio.ensure_future(self._watch())
+        if self._queue and self._transport is not None:
+            self._flush()
+
+    async def _handshake(self) -> None:
+        loop = asyncio.get_running_loop()
+        commands = []
+        if self._password:
+            commands.append(encode_command("AUTH", *(
+                [self._username] if self._username else []), self._password))
+        if self._db:
+            commands.append(encode_command("SELECT", self._db))
+        for command in commands:
+            item = _Pending(None, (), (), loop.create_future())
+            self._send(command, item)
+            await asyncio.wait_for(item.future, self._connect_timeout)
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._fail_waiting(RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for item in waiting:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        self._fail_waiting(exc)
+        queued, self._queue = self._queue, []
+        for item in queued:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    async def _watch(self) -> None:
+        """Redis alive but silent: fail what waits longer than the timeout and reconnect."""
+        while not self._closed:
+            await asyncio.sleep(min(0.25, self._timeout / 4))
+            if self._waiting and time.monotonic() - self._waiting[0].sent_at > self._timeout:
+                transport, self._transport = self._transport, None
+                self._fail_waiting(RedisTimeoutError("Redis did not answer in time"))
+                if transport is not None:
+                    transport.abort()
 
     async def drain(self) -> None:
-        """Wait for batches in flight (at shutdown)."""
-        if self._scheduled:
+        """Answer the calls in flight, then close (at shutdown)."""
+        if self._queue:
             self._flush()
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+        pending = [item.future for item in (*self._waiting, *self._queue)]
+        if pending:
+            await asyncio.wait(pending, timeout=self._timeout)
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None

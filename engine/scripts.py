@@ -1,8 +1,8 @@
 """Lua scripts: read from the installed ``lua`` package once, called by SHA.
 
 ``Script.__call__`` runs EVALSHA and, when Redis answers NOSCRIPT (a restart or a
-``SCRIPT FLUSH``), loads the source again and retries once. ``Scripts.pipeline_call``
-does the same for a batch of calls sent as one pipeline (see engine/batching.py).
+``SCRIPT FLUSH``), loads the source again and retries once. engine/batching.py does the
+same for calls sent in batches.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class Script:
 
     async def load(self, redis: aioredis.Redis) -> None:
         await redis.script_load(self.source)
+        self.count_reload()
+
+    def count_reload(self) -> None:
         self._reloads.inc()
 
     async def __call__(self, redis: aioredis.Redis, keys: Sequence[str],
