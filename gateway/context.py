@@ -8,12 +8,22 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from accounts.cards import simulated_outcome
 from accounts.service import Accounts
 from accounts.tokens import TokenSigner
 from catalog.products import Categories, Products
 from engine.admission import Admission
 from engine.sales import Sales
 from engine.settings import Settings
+from orders.cart import Carts
+from orders.checkout import Checkout
+from orders.coupons import Coupons
+from orders.orders import Orders
+from orders.payments import CashOnDelivery, Payments, SimulatedCardProvider, WalletProvider
+from orders.pricing import PricingRules
+from orders.returns import Returns
+from orders.tasks import OrderTasks
+from orders.upkeep import Upkeep
 
 
 @dataclass(slots=True)
@@ -27,12 +37,21 @@ class Services:
     sales: Sales
     products: Products
     categories: Categories
+    carts: Carts
+    payments: Payments
+    checkout: Checkout
+    orders: Orders
+    coupons: Coupons
+    returns: Returns
+    orders_upkeep: Upkeep
 
     async def start(self) -> None:
         """Start background work owned by the services (none may block on a dependency)."""
+        self.orders_upkeep.start()  # resumes interrupted checkouts now, then periodically
 
     async def stop(self) -> None:
         """Stop background work; answer the script calls already batched."""
+        await self.orders_upkeep.stop()
         await self.admission.close()
 
 
@@ -43,6 +62,18 @@ SERVICES = web.AppKey("services", Services)
 def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool) -> Services:
     signer = TokenSigner(secret=settings.secret, ttl_seconds=settings.token_ttl_seconds,
                          admin_token=settings.admin_token)
+    # The purchase path's own handles (stateless but for the admission batcher, which
+    # stop() drains through orders_upkeep).
+    accounts = Accounts(pool=pool, signer=signer)
+    admission = Admission(redis, rate_limit=settings.rate_limit)
+    sales = Sales(pool=pool, redis=redis)
+    carts = Carts(pool=pool, redis=redis)
+    payments = Payments(pool=pool, card=SimulatedCardProvider(pool=pool,
+                                                              outcome_of=simulated_outcome),
+                        wallet=WalletProvider(pool=pool), cod=CashOnDelivery())
+    checkout = Checkout(pool=pool, rules=PricingRules.from_settings(settings), accounts=accounts,
+                        admission=admission, sales=sales, carts=carts, payments=payments)
+    order_tasks = OrderTasks(pool=pool, payments=payments, admission=admission)
     return Services(
         settings=settings, redis=redis, pool=pool, signer=signer,
         accounts=Accounts(pool=pool, signer=signer),
@@ -50,6 +81,13 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
         sales=Sales(pool=pool, redis=redis),
         products=Products(pool=pool),
         categories=Categories(pool=pool),
+        carts=carts,
+        payments=payments,
+        checkout=checkout,
+        orders=Orders(pool=pool, sales=sales, tasks=order_tasks),
+        coupons=Coupons(pool=pool),
+        returns=Returns(pool=pool, tasks=order_tasks),
+        orders_upkeep=Upkeep(checkout=checkout, tasks=order_tasks, admission=admission),
     )
 
 

@@ -1,5 +1,5 @@
 """One routes module per domain; the app mounts every table listed here."""
 
-from gateway.routes import accounts, catalog, sales
+from gateway.routes import accounts, catalog, orders, sales
 
-ROUTE_TABLES = [accounts.routes, catalog.routes, sales.routes]
+ROUTE_TABLES = [accounts.routes, catalog.routes, sales.routes, orders.routes]

@@ -1,0 +1,521 @@
+"""The checkout saga: a cart or a flash-sale hold becomes a paid order, or nothing at all.
+
+Steps, each recorded in ``checkouts.step`` in the same transaction as its Postgres effects:
+
+    started   validate and price (address, payment method, cart lines re-priced from
+              Postgres or the hold's sale price, coupon, tax, shipping)
+    reserved  one transaction: stock taken (cart: conditional updates in product order),
+              coupon redeemed, order id allocated, payment row, the priced plan
+              -> authorize the payment -> confirm the hold (flash, confirm.lua)
+    ordered   one transaction: order, items, first tracking event, payment authorized
+              (cash on delivery ends here: the order is ``placed``)
+              -> capture
+    done      one transaction: order paid, tracking event, outbox notification, the
+              response stored; then the ordered units leave the cart
+
+A business failure after ``started`` (declined, hold expired or released, capture refused,
+the order write refused) moves to ``compensating``, with the response to give, and
+undoes in reverse: void or refund the payment, release the hold, put the stock and the
+coupon back, cancel the order row if written. A transient failure (Postgres, Redis or the
+provider unreachable) leaves the step as recorded and answers 503: every step is
+idempotent (provider calls are keyed by the payment reference, confirm.lua by the order
+id), so the client's retry with the same key, or ``recover_incomplete`` once the lease
+has run out, resumes from the recorded step and ends it completed or compensated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import asyncpg
+import msgspec
+
+from engine import metrics
+from engine.admission import Admission
+from engine.errors import (
+    Conflict,
+    FlashsaleError,
+    InsufficientStock,
+    InvalidTransition,
+    NotFound,
+    ReservationExpired,
+    Unavailable,
+    ValidationFailed,
+    as_unavailable,
+)
+from engine.sales import Sales
+from orders import outbox
+from orders.cart import Carts
+from orders.coupons import Coupons
+from orders.idempotency import CheckoutRequest, IdempotencyStore, LeaseLost, Record, Stored
+from orders.payments import Payment, Payments
+from orders.pricing import PricingRules, line_subtotal, quote
+from orders.tasks import restock
+from orders.txn import retrying
+from orders.views import encode, error_body, load_view
+
+log = logging.getLogger("flashsale.checkout")
+
+FaultHook = Callable[[str, Record], Awaitable[None]]
+
+
+class AccountsLookup(Protocol):
+    async def get_address(self, user_id: int, address_id: int) -> dict[str, Any]: ...
+
+    async def get_payment_method(self, user_id: int, payment_method_id: int
+                                 ) -> dict[str, Any]: ...
+
+
+class PlanLine(msgspec.Struct, frozen=True):
+    product_id: int
+    name: str
+    quantity: int
+    unit_price: Decimal
+    subtotal: Decimal
+    sale_id: int | None = None
+
+
+class Plan(msgspec.Struct, frozen=True):
+    """Everything priced and allocated at the reserve step; later steps only execute it."""
+    order_id: int
+    payment_id: int
+    method: str  # card | wallet | cod
+    lines: list[PlanLine]
+    subtotal: Decimal
+    discount: Decimal
+    tax: Decimal
+    shipping_fee: Decimal
+    total: Decimal
+    currency: str
+    shipping_address_id: int
+    payment_method_id: int
+    coupon_code: str | None = None
+    reservation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutResult:
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    completed: int = 0
+    failed: int = 0
+    dropped: int = 0  # never got past validation: forgotten, the key is free
+    pending: int = 0  # still blocked by an outage; tried again next time
+    carts_cleared: int = 0
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, Unavailable) or as_unavailable(exc) is not None
+
+
+def _plan(record: Record) -> Plan:
+    if not isinstance(record.plan, Plan):
+        record.plan = msgspec.convert(record.plan, Plan, strict=False)
+    return record.plan
+
+
+class Checkout:
+    def __init__(self, *, pool: asyncpg.Pool, rules: PricingRules, accounts: AccountsLookup,
+                 admission: Admission, sales: Sales, carts: Carts, payments: Payments,
+                 lease_seconds: float = 15.0, fault: FaultHook | None = None) -> None:
+        self._pool = pool
+        self._rules = rules
+        self._accounts = accounts
+        self._admission = admission
+        self._sales = sales
+        self._carts = carts
+        self._payments = payments
+        self._store = IdempotencyStore(lease_seconds=lease_seconds)
+        self.fault = fault  # fault injection (tests): awaited at each step boundary
+        self._running: set[asyncio.Task] = set()
+
+    # -- entry points --------------------------------------------------------------------
+    async def place(self, user_id: int, request: CheckoutRequest) -> CheckoutResult:
+        started = time.perf_counter()
+        async with self._pool.acquire() as conn:
+            claimed = await self._store.claim(conn, user_id, request)
+        if isinstance(claimed, Stored):
+            return CheckoutResult(200 if claimed.status == 201 else claimed.status,
+                                  claimed.body, replayed=True)
+        # A client that hangs up must not stop the saga between two steps.
+        task = asyncio.ensure_future(self._drive(claimed))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
+            return await asyncio.shield(task)
+        finally:
+            metrics.CHECKOUT_DURATION.observe(time.perf_counter() - started)
+
+    async def recover_incomplete(self, *, limit: int = 100) -> RecoveryReport:
+        """Resume every running checkout whose executor died (its lease ran out): the
+        gateway calls this at start-up and periodically."""
+        report = RecoveryReport()
+        async with self._pool.acquire() as conn:
+            records = await self._store.take_lapsed(conn, limit)
+        for record in records:
+            if record.step == "started":
+                async with self._pool.acquire() as conn:
+                    await self._store.drop(conn, record)
+                report.dropped += 1
+                continue
+            log.info("resuming checkout %s from step %s", record.checkout_id, record.step)
+            try:
+                result = await self._drive(record)
+            except Exception as exc:  # an outage or a lost lease: the next pass retries
+                if not (_transient(exc) or isinstance(exc, LeaseLost)):
+                    log.exception("checkout %s could not be resumed", record.checkout_id)
+                report.pending += 1
+                continue
+            if result.status < 400:
+                report.completed += 1
+            else:
+                report.failed += 1
+        report.carts_cleared = await self._clear_pending_carts(limit)
+        return report
+
+    async def wait_idle(self) -> None:
+        """Let the sagas in flight finish (at shutdown)."""
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    # -- the saga ------------------------------------------------------------------------
+    async def _drive(self, record: Record) -> CheckoutResult:
+        token: str | None = None
+        if record.step == "started":
+            try:
+                token = await self._start(record)
+            except BaseException as exc:
+                if isinstance(exc, Exception) and not isinstance(exc, LeaseLost):
+                    await self._quietly(self._store.drop, record)  # nothing to undo
+                raise
+        while record.step != "done":
+            step = record.step
+            try:
+                if step == "reserved":
+                    await self._pay(record, _plan(record), token)
+                elif step == "ordered":
+                    await self._settle(record, _plan(record))
+                else:
+                    await self._unwind(record, _plan(record))
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if _transient(exc) or step == "compensating":
+                    if not _transient(exc):
+                        log.exception("checkout %s: compensation failed", record.checkout_id)
+                    await self._quietly(self._store.let_go, record)
+                    raise
+                await self._begin_compensation(record, exc)
+        response = record.response
+        return CheckoutResult(response.status, response.body)
+
+    async def _start(self, record: Record) -> str | None:
+        """Validate and price, then reserve: returns the card's provider token."""
+        request, user_id = record.request, record.user_id
+        await self._accounts.get_address(user_id, request.shipping_address_id)
+        method = await self._accounts.get_payment_method(user_id, request.payment_method_id)
+        if request.reservation_id is not None:
+            lines, currency = await self._flash_lines(user_id, request.reservation_id)
+        else:
+            lines, currency = await self._cart_lines(user_id)
+
+        async def reserve() -> None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                coupon = None
+                subtotal = sum((line.subtotal for line in lines), Decimal(0))
+                if request.coupon_code is not None:
+                    coupon = await Coupons.applicable(conn, request.coupon_code,
+                                                      user_id=user_id, subtotal=subtotal)
+                priced = quote([line.subtotal for line in lines], self._rules,
+                               coupon[2] if coupon else None)
+                if request.reservation_id is None:
+                    await self._take_stock(conn, lines)
+                ids = await conn.fetchrow(
+                    "INSERT INTO payments (checkout_id, order_id, user_id, payment_method_id,"
+                    " method, amount) VALUES ($1, nextval(pg_get_serial_sequence('orders',"
+                    " 'order_id')), $2, $3, $4, $5) RETURNING order_id, payment_id",
+                    record.checkout_id, user_id, request.payment_method_id, method["type"],
+                    priced.total)
+                if coupon is not None:
+                    await Coupons.redeem(conn, coupon_id=coupon[0], user_id=user_id,
+                                         checkout_id=record.checkout_id,
+                                         order_id=ids["order_id"], discount=priced.discount)
+                plan = Plan(order_id=ids["order_id"], payment_id=ids["payment_id"],
+                            method=method["type"], lines=lines, subtotal=priced.subtotal,
+                            discount=priced.discount, tax=priced.tax,
+                            shipping_fee=priced.shipping_fee, total=priced.total,
+                            currency=currency, shipping_address_id=request.shipping_address_id,
+                            payment_method_id=request.payment_method_id,
+                            coupon_code=coupon[1] if coupon else None,
+                            reservation_id=request.reservation_id)
+                await self._store.advance(
+                    conn, record, "reserved", ", order_id = $1, payment_id = $2, plan = $3",
+                    plan.order_id, plan.payment_id, msgspec.to_builtins(plan))
+                record.plan = plan
+
+        await retrying(reserve)
+        await self._at("after_reserve", record)
+        return method["provider_token"]
+
+    async def _pay(self, record: Record, plan: Plan, token: str | None) -> None:
+        """reserved -> ordered: authorize, confirm the hold, write the order."""
+        if token is None and plan.method == "card":  # resumed: the token was not kept
+            token = (await self._accounts.get_payment_method(
+                record.user_id, plan.payment_method_id))["provider_token"]
+        await self._payments.authorize(self._payment(record, plan), token)
+        await self._at("after_authorize", record)
+        if plan.reservation_id is not None:
+            await self._admission.confirm(plan.reservation_id, user_id=record.user_id,
+                                          order_id=plan.order_id)
+            await self._at("after_confirm", record)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._store.advance(conn, record, "ordered")
+            await self._write_order(conn, record, plan)
+            if plan.method == "cod":  # nothing to capture: paid on delivery
+                await self._complete(conn, record, plan)
+        await self._at("after_order", record)
+        if record.step == "done":
+            await self._after_success(record, plan)
+
+    async def _settle(self, record: Record, plan: Plan) -> None:
+        """ordered -> done: capture, mark paid, notify, store the response."""
+        await self._payments.capture(self._payment(record, plan))
+        await self._at("after_capture", record)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "WITH o AS (UPDATE orders SET status = 'paid', updated_at = now()"
+                " WHERE order_id = $1 AND status = 'placed' RETURNING order_id),"
+                " p AS (UPDATE payments SET status = 'captured', updated_at = now()"
+                " WHERE payment_id = $2)"
+                " INSERT INTO order_events (order_id, status) SELECT order_id, 'paid' FROM o",
+                plan.order_id, plan.payment_id)
+            await self._complete(conn, record, plan)
+        await self._after_success(record, plan)
+
+    async def _write_order(self, conn: asyncpg.Connection, record: Record, plan: Plan) -> None:
+        await conn.execute(
+            "WITH o AS (INSERT INTO orders (order_id, user_id, idempotency_key, status, subtotal,"
+            " discount, tax, shipping_fee, total, currency, shipping_address_id,"
+            " payment_method_id, coupon_code, reservation_id) VALUES ($1, $2, $3, 'placed',"
+            " $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING order_id),"
+            " i AS (INSERT INTO order_items (order_id, product_id, sale_id, quantity,"
+            " unit_price, subtotal) SELECT (SELECT order_id FROM o), * FROM"
+            " unnest($14::bigint[], $15::bigint[], $16::int[], $17::numeric[], $18::numeric[])),"
+            " p AS (UPDATE payments SET status = $20, updated_at = now() WHERE payment_id = $19)"
+            " INSERT INTO order_events (order_id, status) SELECT order_id, 'placed' FROM o",
+            plan.order_id, record.user_id, record.request.idempotency_key, plan.subtotal,
+            plan.discount, plan.tax, plan.shipping_fee, plan.total, plan.currency,
+            plan.shipping_address_id, plan.payment_method_id, plan.coupon_code,
+            plan.reservation_id, [line.product_id for line in plan.lines],
+            [line.sale_id for line in plan.lines], [line.quantity for line in plan.lines],
+            [line.unit_price for line in plan.lines], [line.subtotal for line in plan.lines],
+            plan.payment_id, "pending" if plan.method == "cod" else "authorized")
+
+    async def _complete(self, conn: asyncpg.Connection, record: Record, plan: Plan) -> None:
+        view = await load_view(conn, plan.order_id)
+        await outbox.enqueue(conn, "order.confirmed", order_id=plan.order_id,
+                             user_id=record.user_id,
+                             data={"status": view.status, "total": plan.total,
+                                   "items": len(plan.lines)})
+        await self._store.finish(conn, record, status=201, body=encode(view),
+                                 cart_pending=record.request.kind == "cart")
+        metrics.ORDERS.labels(view.status).inc()
+
+    async def _after_success(self, record: Record, plan: Plan) -> None:
+        if record.request.kind != "cart":
+            return
+        try:
+            await self._clear_cart(record.checkout_id, record.user_id, plan)
+        except Exception as exc:  # the order stands; recovery empties the cart later
+            if not _transient(exc):
+                raise
+            log.warning("checkout %s: cart not emptied yet: %s", record.checkout_id, exc)
+
+    async def _clear_cart(self, checkout_id: int, user_id: int, plan: Plan) -> None:
+        await self._carts.remove_ordered(user_id, {ln.product_id: ln.quantity for ln in plan.lines})
+        await self._pool.execute("UPDATE checkouts SET cart_pending = false WHERE checkout_id = $1",
+                                 checkout_id)
+
+    async def _clear_pending_carts(self, limit: int) -> int:
+        rows = await self._pool.fetch(
+            "SELECT checkout_id, user_id, plan FROM checkouts WHERE cart_pending"
+            " AND finished_at < now() - make_interval(secs => $2) ORDER BY finished_at LIMIT $1",
+            limit, self._store.lease_seconds)
+        for row in rows:
+            await self._clear_cart(row["checkout_id"], row["user_id"],
+                                   msgspec.convert(row["plan"], Plan, strict=False))
+        return len(rows)
+
+    # -- compensation --------------------------------------------------------------------
+    async def _begin_compensation(self, record: Record, exc: Exception) -> None:
+        if isinstance(exc, FlashsaleError):
+            error = exc
+        elif isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+            error = Conflict("The order could not be recorded; the payment was reversed.",
+                             details={"reason": "order_write_failed"})
+        else:
+            log.exception("checkout %s failed at step %s", record.checkout_id, record.step)
+            error = Conflict("The checkout could not be completed; the payment was reversed.",
+                             details={"reason": "checkout_failed"})
+        metrics.ORDERS.labels(error.code).inc()
+        async with self._pool.acquire() as conn:
+            await self._store.advance(conn, record, "compensating",
+                                      ", response_status = $1, response_body = $2",
+                                      error.status, error_body(error).decode())
+
+    async def _unwind(self, record: Record, plan: Plan) -> None:
+        """compensating -> done: everything the saga did, undone (each part idempotent)."""
+        state = await self._pool.fetchrow(
+            "SELECT c.response_status, c.response_body, p.status AS payment_status"
+            " FROM checkouts c JOIN payments p ON p.payment_id = $2 WHERE c.checkout_id = $1",
+            record.checkout_id, plan.payment_id)
+        declined = state["payment_status"] == "declined"
+        outcome = "declined" if declined else await self._payments.reverse(
+            self._payment(record, plan))
+        if plan.reservation_id is not None:
+            await self._return_hold(record, plan, "payment_failed" if declined else
+                                    "checkout_failed")
+
+        async def undo() -> None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if plan.reservation_id is None:
+                    await restock(conn, {ln.product_id: ln.quantity for ln in plan.lines})
+                await Coupons.release(conn, checkout_id=record.checkout_id)
+                await conn.execute(
+                    "WITH o AS (UPDATE orders SET status = 'cancelled', updated_at = now()"
+                    " WHERE order_id = $1 AND status IN ('placed', 'paid') RETURNING order_id),"
+                    " p AS (UPDATE payments SET status = $3, updated_at = now()"
+                    " WHERE payment_id = $2 AND status <> 'declined')"
+                    " INSERT INTO order_events (order_id, status, note)"
+                    " SELECT order_id, 'cancelled', 'checkout failed' FROM o",
+                    plan.order_id, plan.payment_id, outcome)
+                await self._store.finish(conn, record, status=state["response_status"],
+                                         body=state["response_body"].encode())
+
+        await retrying(undo)
+
+    async def _return_hold(self, record: Record, plan: Plan, reason: str) -> None:
+        hold = await self._admission.get(plan.reservation_id)
+        if hold is None or hold.user_id != record.user_id:
+            return
+        if hold.status == "held":
+            await self._admission.release(plan.reservation_id, user_id=record.user_id,
+                                          reason=reason)
+        elif hold.status == "confirmed" and hold.order_id == plan.order_id:
+            await self._admission.release(plan.reservation_id, user_id=record.user_id,
+                                          include_confirmed=True, reason=reason)
+
+    # -- validation and pricing ----------------------------------------------------------
+    async def _cart_lines(self, user_id: int) -> tuple[list[PlanLine], str]:
+        cart = await self._carts.lines(user_id)
+        if not cart:
+            raise ValidationFailed("The cart is empty.",
+                                   details=[{"path": "$", "message": "the cart is empty"}])
+        rows = await self._pool.fetch(
+            "SELECT p.product_id, p.name, p.price, p.currency, p.status,"
+            " coalesce(i.available_qty, 0) AS available_qty FROM products p"
+            " LEFT JOIN inventory i USING (product_id) WHERE p.product_id = ANY($1::bigint[])",
+            list(cart))
+        found = {r["product_id"]: r for r in rows}
+        changed, short = [], []
+        for pid, line in sorted(cart.items()):
+            row = found.get(pid)
+            if row is None or row["status"] != "active":
+                short.append({"product_id": pid, "requested": line.q, "available_qty": 0})
+            elif row["price"] != line.p:
+                changed.append({"product_id": pid, "cart_price": line.p,
+                                "current_price": row["price"]})
+            elif row["available_qty"] < line.q:
+                short.append({"product_id": pid, "requested": line.q,
+                              "available_qty": row["available_qty"]})
+        if changed:
+            await self._carts.reprice(user_id, {c["product_id"]: c["current_price"]
+                                                for c in changed})
+            raise Conflict("Prices changed since these items went into the cart; the cart now "
+                           "shows the current prices. Review it and place the order again.",
+                           details={"price_changes": msgspec.to_builtins(changed)})
+        if short:
+            raise InsufficientStock("Some items are no longer available in that quantity.",
+                                    details={"items": short})
+        currencies = {found[pid]["currency"] for pid in cart}
+        if len(currencies) > 1:
+            raise ValidationFailed.at("$", "the cart mixes currencies; order them separately")
+        lines = [PlanLine(product_id=pid, name=found[pid]["name"], quantity=line.q,
+                          unit_price=line.p, subtotal=line_subtotal(line.p, line.q))
+                 for pid, line in sorted(cart.items())]
+        return lines, currencies.pop()
+
+    async def _flash_lines(self, user_id: int, reservation_id: str
+                           ) -> tuple[list[PlanLine], str]:
+        hold = await self._admission.get(reservation_id)
+        if hold is None or hold.user_id != user_id:
+            raise NotFound("No such reservation.")
+        if hold.status == "expired":
+            raise ReservationExpired(details={"reservation_id": reservation_id})
+        if hold.status == "released":
+            raise InvalidTransition("The reservation was released.",
+                                    details={"reservation_id": reservation_id})
+        if hold.status == "confirmed":
+            raise Conflict("The reservation is already paid for.",
+                           details={"reservation_id": reservation_id, "order_id": hold.order_id})
+        sale = await self._sales.view(hold.sale_id)
+        product = await self._pool.fetchrow(
+            "SELECT name, currency FROM products WHERE product_id = $1", sale.product_id)
+        line = PlanLine(product_id=sale.product_id, name=product["name"],
+                        quantity=hold.quantity, unit_price=sale.price,
+                        subtotal=line_subtotal(sale.price, hold.quantity), sale_id=hold.sale_id)
+        return [line], product["currency"]
+
+    @staticmethod
+    async def _take_stock(conn: asyncpg.Connection, lines: list[PlanLine]) -> None:
+        """Conditional decrements, all or nothing, rows locked in product-id order."""
+        pids = [line.product_id for line in lines]  # sorted: one line per product
+        if len(pids) > 1:
+            await conn.execute("SELECT 1 FROM inventory WHERE product_id = ANY($1::bigint[])"
+                               " ORDER BY product_id FOR UPDATE", pids)
+        taken = await conn.fetch(
+            "UPDATE inventory i SET available_qty = i.available_qty - l.q,"
+            " sold_qty = i.sold_qty + l.q, version = i.version + 1, updated_at = now()"
+            " FROM unnest($1::bigint[], $2::int[]) AS l(pid, q)"
+            " WHERE i.product_id = l.pid AND i.available_qty >= l.q RETURNING i.product_id",
+            pids, [line.quantity for line in lines])
+        if len(taken) == len(pids):
+            return
+        missing = sorted(set(pids) - {r["product_id"] for r in taken})
+        have = dict(await conn.fetch(
+            "SELECT product_id, available_qty FROM inventory WHERE product_id = ANY($1::bigint[])",
+            missing))
+        wanted = {line.product_id: line.quantity for line in lines}
+        raise InsufficientStock("Some items are no longer available in that quantity.",
+                                details={"items": [{"product_id": pid, "requested": wanted[pid],
+                                                    "available_qty": have.get(pid, 0)}
+                                                   for pid in missing]})
+
+    # -- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _payment(record: Record, plan: Plan) -> Payment:
+        return Payment(payment_id=plan.payment_id, method=plan.method, amount=plan.total,
+                       user_id=record.user_id)
+
+    async def _at(self, point: str, record: Record) -> None:
+        if self.fault is not None:
+            await self.fault(point, record)
+
+    async def _quietly(self, action: Callable[..., Awaitable[None]], record: Record) -> None:
+        """Best effort (the database may be what just failed); the lease runs out anyway."""
+        try:
+            async with self._pool.acquire() as conn:
+                await action(conn, record)
+        except Exception as exc:
+            log.warning("checkout %s: %s skipped: %s", record.checkout_id, action.__name__, exc)
