@@ -43,7 +43,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 async def with_sales(work):
     """Open the connections a sale command needs, run ``work(sales)``, close them."""
-    from engine.connections import create_pool, create_redis
+    from engine.connections import close_pool, create_pool, create_redis
     from engine.sales import Sales
 
     config = settings()
@@ -52,5 +52,5 @@ async def with_sales(work):
     try:
         return await work(Sales(pool=pool, redis=redis))
     finally:
-        await pool.close()
+        await close_pool(pool)
         await redis.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +46,14 @@ async def create_pool(settings: Settings, *, min_size: int = 0, max_size: int | 
         command_timeout=30,
         max_inactive_connection_lifetime=60,
     )
+
+
+async def close_pool(pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
+    """Close gracefully, but never let a dead Postgres hang a shutdown."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        pool.terminate()
 
 
 def database_name(url: str) -> str:

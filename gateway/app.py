@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from engine import metrics
-from engine.connections import create_pool, create_redis
+from engine.connections import close_pool, create_pool, create_redis
 from engine.settings import Settings
 from gateway import api
 from gateway.context import SERVICES, SETTINGS, build_services
@@ -19,7 +19,10 @@ from gateway.routes import ROUTE_TABLES
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[edge_middleware()],
-                          client_max_size=settings.max_body_bytes)
+                          client_max_size=settings.max_body_bytes,
+                          # Long query strings reach the handlers (which answer 422 in
+                          # the error contract) instead of aiohttp's plain-text 400.
+                          handler_args={"max_line_size": 32 * 1024})
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
 
@@ -57,7 +60,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         await app[SERVICES].stop()
         await redis.aclose()
-        await pool.close()
+        await close_pool(pool)
 
 
 async def healthz(request: web.Request) -> web.Response:

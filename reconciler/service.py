@@ -12,7 +12,7 @@ import time
 from aiohttp import web
 
 from engine import metrics
-from engine.connections import create_pool, create_redis
+from engine.connections import close_pool, create_pool, create_redis
 from engine.keys import ACTIVE_SALES
 from engine.settings import Settings
 from reconciler.consumer import Consumer
@@ -94,6 +94,6 @@ async def run_reconciler(settings: Settings, *, metrics_port: int | None = None,
         await asyncio.gather(*tasks, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
-        await pool.close()
+        await close_pool(pool)
         await redis.aclose()
         log.info("reconciler %s stopped after %.0f s", consumer.name, time.monotonic() - started)
