@@ -41,6 +41,16 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+def _encode_args(args: Sequence[str | int]) -> bytes:
+    """RESP bulk strings for a call's arguments (text and integers only). ASCII (nearly
+    every call: ids, numbers, keys) takes one f-string each and one encode; other text is
+    measured in bytes."""
+    text = "".join([f"${len(s)}\r\n{s}\r\n" for s in map(str, args)])
+    if text.isascii():
+        return text.encode()
+    return b"".join([_bulk(str(a).encode()) for a in args])
+
+
 def encode_command(*parts: Any) -> bytes:
     encoded = [_arg(p) for p in parts]
     return b"*%d\r\n" % len(encoded) + b"".join(_bulk(p) for p in encoded)
@@ -106,7 +116,7 @@ class ScriptBatcher:
 
     def _encode(self, item: _Pending) -> bytes:
         script, keys, args = item.script, item.keys, item.args
-        key = (script.sha, tuple(keys), len(args))
+        key = (script.sha, keys, len(args))  # keys: a tuple from engine.keys, hashed fast
         prefix = self._prefixes.get(key)
         if prefix is None:
             parts = [b"EVALSHA", script.sha.encode(), str(len(keys)).encode(),
@@ -116,7 +126,7 @@ class ScriptBatcher:
             if len(self._prefixes) > 10_000:
                 self._prefixes.clear()
             self._prefixes[key] = prefix
-        return prefix + b"".join([_bulk(_arg(a)) for a in args])
+        return prefix + _encode_args(args)
 
     def _flush(self) -> None:
         self._scheduled = False

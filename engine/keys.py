@@ -30,40 +30,29 @@ class SaleKeys:
     seq: str
     events: str
     rate: str
-
-    # Key lists in the order each script's header declares.
-    @property
-    def for_reserve(self) -> list[str]:
-        return [self.meta, self.tokens, self.buyers, self.idem, self.holds, self.res,
-                self.seq, self.events, self.rate]
-
-    @property
-    def for_release(self) -> list[str]:
-        return [self.meta, self.tokens, self.buyers, self.holds, self.res, self.events]
-
-    for_expire = for_release
-
-    @property
-    def for_confirm(self) -> list[str]:
-        return [self.meta, self.holds, self.res, self.events]
-
-    @property
-    def for_load(self) -> list[str]:
-        return [self.meta, self.tokens, self.events]
-
-    @property
-    def all(self) -> list[str]:
-        return [self.meta, self.tokens, self.buyers, self.idem, self.holds, self.res,
-                self.seq, self.events, self.rate]
+    # Key tuples in the order each script's header declares, built once per sale (the
+    # batcher caches each tuple's encoded form).
+    for_reserve: tuple[str, ...]
+    for_release: tuple[str, ...]
+    for_expire: tuple[str, ...]
+    for_confirm: tuple[str, ...]
+    for_load: tuple[str, ...]
+    all: tuple[str, ...]
 
 
 @lru_cache(maxsize=4096)
 def sale_keys(sale_id: int) -> SaleKeys:
     tag = f"{PREFIX}:{{s:{sale_id}}}"
-    return SaleKeys(sale_id=sale_id, meta=f"{tag}:meta", tokens=f"{tag}:tokens",
-                    buyers=f"{tag}:buyers", idem=f"{tag}:idem", holds=f"{tag}:holds",
-                    res=f"{tag}:res", seq=f"{tag}:seq", events=f"{tag}:events",
-                    rate=f"{tag}:rl")
+    meta, tokens, buyers, idem, holds, res, seq, events, rate = (
+        f"{tag}:{name}"
+        for name in ("meta", "tokens", "buyers", "idem", "holds", "res", "seq", "events", "rl"))
+    release = (meta, tokens, buyers, holds, res, events)
+    every = (meta, tokens, buyers, idem, holds, res, seq, events, rate)
+    return SaleKeys(sale_id=sale_id, meta=meta, tokens=tokens, buyers=buyers, idem=idem,
+                    holds=holds, res=res, seq=seq, events=events, rate=rate,
+                    for_reserve=every, for_release=release, for_expire=release,
+                    for_confirm=(meta, holds, res, events), for_load=(meta, tokens, events),
+                    all=every)
 
 
 def sale_of_reservation(reservation_id: str) -> int | None:

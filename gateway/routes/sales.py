@@ -96,9 +96,11 @@ async def get_sale(request: web.Request) -> SalePublic:
              status=201, errors=(409, 422, 429))
 async def reserve(request: web.Request, body: ReserveRequest) -> Reservation | Reply:
     """Hold units of a flash sale. The same idempotency key again returns the same hold."""
-    hold = await services(request).admission.reserve(
+    admission = services(request).admission
+    hold = await admission.reserve(
         path_int(request, "sale_id"), principal(request).user_id, body.quantity,
-        body.idempotency_key, client=request.remote or "")
+        body.idempotency_key,
+        client=(request.remote or "") if admission.rate_limit else "")
     reservation = Reservation(reservation_id=hold.reservation_id, sale_id=hold.sale_id,
                               quantity=hold.quantity, status=hold.status,
                               expires_at=hold.expires_at)

@@ -1,0 +1,265 @@
+"""The gateway's reservation endpoint against bare aiohttp, same load generator, same
+connections, same run.
+
+    python -m benchmarks.gateway --quick      (4 s per case, under a minute)
+    python -m benchmarks.gateway --full       (15 s per case)
+
+Load comes from wrk when it is installed (a Lua script posts a reservation body with a
+unique idempotency key per request), else from an in-process aiohttp client. For 1 and 2
+workers and 8 and 64 connections it prints throughput, p50/p99/p999 and the ratio of the
+reservation endpoint to the bare one, plus how the CPU split between the gateway, Redis
+and the load generator. Writes JSON and a latency CDF (PNG) to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+from accounts.tokens import TokenSigner
+from benchmarks.common import (
+    BENCH_DATABASE_URL,
+    BENCH_REDIS_URL,
+    RESULTS,
+    latency_summary,
+    table,
+    write_results,
+)
+from cli.stack import free_port
+from engine.connections import create_redis
+from engine.keys import sale_keys
+from engine.scripts import SCRIPTS
+from engine.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+SECRET = "benchmark-secret-0123456789abcdef0123456789"
+SALE = 1
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children still alive (workers), from /proc."""
+    total = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.proc = subprocess.Popen([sys.executable, "-m", *args], env={**os.environ, **env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def ready(self, path: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.port}{path}") as r:
+                        if r.status < 500:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"server on {self.port} did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def reset_sale(redis) -> None:
+    await redis.flushdb()
+    await SCRIPTS.load_tokens(redis, sale_keys(SALE).for_load,
+                              (1, "9.99", 0, 0, 10**9, 600_000, 10**9, 10**9, 0, 0))
+
+
+def run_wrk(url: str, path: str, token: str, conns: int, seconds: float) -> dict:
+    env = {**os.environ, "WRK_PATH": path, "WRK_TOKEN": token}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{int(seconds)}s",
+                           "--timeout", "5s", "-s", str(HERE / "wrk" / "post.lua"), url],
+                          env=env, capture_output=True, text=True, timeout=seconds + 30)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")]
+    if not lines:
+        raise RuntimeError(f"wrk gave no summary: {done.stdout[-400:]} {done.stderr[-400:]}")
+    data = json.loads(lines[0][len("WRK_JSON "):])
+    pct = {float(k): v / 1000 for k, v in data["percentiles_us"].items()}
+    return {"requests": data["requests"], "seconds": data["duration_us"] / 1e6,
+            "per_second": data["requests"] / (data["duration_us"] / 1e6),
+            "non_2xx": data["non_2xx"], "socket_errors": data["socket_errors"],
+            "p50_ms": pct[50.0], "p99_ms": pct[99.0], "p999_ms": pct[99.9], "cdf_ms": pct,
+            "loadgen_cpu_s": (after.ru_utime + after.ru_stime)
+                              - (before.ru_utime + before.ru_stime)}
+
+
+async def run_inprocess(url: str, token: str, conns: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    bad = 0
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**12))
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        nonlocal bad
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            body = {"quantity": 1, "idempotency_key": f"p{next(counter)}"}
+            async with http.post(url, json=body, headers=headers) as resp:
+                await resp.read()
+                bad += resp.status >= 300
+            latencies.append(time.perf_counter() - started)
+
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as http:
+        await asyncio.gather(*(worker(http) for _ in range(conns)))
+    elapsed = time.perf_counter() - started
+    summary = latency_summary(latencies)
+    return {"requests": len(latencies), "seconds": elapsed,
+            "per_second": len(latencies) / elapsed, "non_2xx": bad, "socket_errors": 0,
+            **summary, "cdf_ms": {}, "loadgen_cpu_s": time.process_time() - cpu0}
+
+
+async def measure(name: str, server: Server, url: str, token: str, conns: int,
+                  seconds: float, redis_pid: int) -> dict:
+    before = (cpu_seconds(server.proc.pid), cpu_seconds(redis_pid))
+    if shutil.which("wrk"):
+        r = await asyncio.to_thread(run_wrk, url, url.split(str(server.port), 1)[1], token,
+                                    conns, seconds)
+    else:
+        r = await run_inprocess(url, token, conns, seconds)
+    after = (cpu_seconds(server.proc.pid), cpu_seconds(redis_pid))
+    r["server_cpu_s"] = after[0] - before[0]
+    r["redis_cpu_s"] = after[1] - before[1]
+    return {"endpoint": name, "connections": conns, **r}
+
+
+async def main_async(mode: str) -> dict:
+    seconds = 4.0 if mode == "quick" else 15.0
+    settings = Settings(redis_url=BENCH_REDIS_URL, database_url=BENCH_DATABASE_URL)
+    redis = create_redis(settings)
+    redis_pid = int((await redis.info("server"))["process_id"])
+    token = TokenSigner(secret=SECRET, ttl_seconds=3600).issue(1, "customer")
+    env = {"FLASHSALE_REDIS_URL": BENCH_REDIS_URL, "FLASHSALE_DATABASE_URL": BENCH_DATABASE_URL,
+           "FLASHSALE_SECRET": SECRET, "FLASHSALE_RATE_LIMIT": "0"}
+    results = {"load_generator": "wrk -t1" if shutil.which("wrk") else "in-process aiohttp",
+               "seconds_per_case": seconds, "cases": []}
+    try:
+        for workers in (1, 2):
+            bare_port, gw_port = free_port(), free_port()
+            bare = Server(["benchmarks.bare_server", "--port", str(bare_port), "--workers",
+                           str(workers)], {}, bare_port)
+            gateway = Server(["cli.main", "serve", "--port", str(gw_port), "--workers",
+                              str(workers)], env, gw_port)
+            try:
+                await bare.ready("/")
+                await gateway.ready("/healthz")
+                for conns in (8, 64):
+                    case = {"workers": workers, "connections": conns}
+                    case["bare"] = await measure(
+                        "bare", bare, f"http://127.0.0.1:{bare_port}/bare", "", conns,
+                        seconds, redis_pid)
+                    await reset_sale(redis)
+                    case["reserve"] = await measure(
+                        "reserve", gateway,
+                        f"http://127.0.0.1:{gw_port}/api/v1/sales/{SALE}/reservations", token,
+                        conns, seconds, redis_pid)
+                    case["ratio"] = case["reserve"]["per_second"] / case["bare"]["per_second"]
+                    results["cases"].append(case)
+            finally:
+                bare.stop()
+                gateway.stop()
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+    return results
+
+
+def cdf_png(results: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for case in results["cases"]:
+        for name in ("bare", "reserve"):
+            cdf = case[name].get("cdf_ms") or {}
+            if not cdf:
+                continue
+            qs = sorted(cdf)
+            ax.plot([cdf[q] for q in qs], qs, marker=".",
+                    label=f"{name}, {case['workers']} worker(s), {case['connections']} conns")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("percentile")
+    ax.set_title("Gateway latency CDF: reservation endpoint vs bare aiohttp")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(results: dict) -> str:
+    rows = []
+    for c in results["cases"]:
+        for name in ("bare", "reserve"):
+            r = c[name]
+            total = (r["server_cpu_s"] or 0) + (r["redis_cpu_s"] or 0) + (r["loadgen_cpu_s"] or 0)
+            split = (f"{r['server_cpu_s'] / r['seconds']:.2f}/{r['redis_cpu_s'] / r['seconds']:.2f}"
+                     f"/{(r['loadgen_cpu_s'] or 0) / r['seconds']:.2f}") if total else "-"
+            rows.append([c["workers"], c["connections"], name, r["per_second"], r["p50_ms"],
+                         r["p99_ms"], r["p999_ms"], r["non_2xx"] + r["socket_errors"], split,
+                         f"{c['ratio']:.2f}x" if name == "reserve" else "1.00x"])
+    return table(f"Gateway: POST reservation vs bare aiohttp ({results['load_generator']})",
+                 ["workers", "conns", "endpoint", "req/s", "p50 ms", "p99 ms", "p999 ms",
+                  "errors", "cores gw/redis/load", "ratio"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="4 s per case (default)")
+    group.add_argument("--full", action="store_true", help="15 s per case")
+    args = parser.parse_args(argv)
+    mode = "full" if args.full else "quick"
+    results = uvloop.run(main_async(mode))
+    print(report(results))
+    png = cdf_png(results, RESULTS / f"gateway-latency-cdf-{mode}.png")
+    path = write_results("gateway", mode, results)
+    print(f"\nwritten: {path.relative_to(path.parents[2])}"
+          + (f", {png.relative_to(png.parents[2])}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
