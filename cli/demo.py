@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from cli.common import settings
-from cli.stack import Stack
+from cli.stack import Stack, make_buyers
 
 LOG_DIR = Path(".var") / "demo"
 
@@ -41,28 +41,6 @@ class Tally:
 def _pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else 0.0
-
-
-async def _make_buyers(config, count: int) -> list[tuple[int, str]]:
-    """Buyer accounts made in bulk (one password hash for all: they never log in), with
-    bearer tokens signed by the gateway's secret."""
-    import asyncpg
-
-    from accounts.passwords import hash_password
-    from accounts.tokens import TokenSigner
-
-    run_tag = secrets.token_hex(4)
-    password_hash = await asyncio.to_thread(hash_password, secrets.token_urlsafe(18))
-    conn = await asyncpg.connect(config.database_url)
-    try:
-        rows = await conn.fetch(
-            "INSERT INTO users (email, name, password_hash)"
-            " SELECT 'buyer-' || $1 || '-' || g || '@demo.flashsale', 'Demo buyer ' || g, $2"
-            " FROM generate_series(1, $3) g RETURNING user_id", run_tag, password_hash, count)
-    finally:
-        await conn.close()
-    signer = TokenSigner(secret=config.secret, ttl_seconds=3600)
-    return [(r["user_id"], signer.issue(r["user_id"], "customer")) for r in rows]
 
 
 async def _ensure_catalog(products: int) -> None:
@@ -161,7 +139,7 @@ async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int)
     stack.start()
     try:
         await stack.wait_ready()
-        users = await _make_buyers(config, buyers)
+        users = await make_buyers(config, buyers)
         rng = random.Random(seed)
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as http:

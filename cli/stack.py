@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,10 +99,25 @@ class Stack:
         return {child.name: child.stop() for child in reversed(self.children)}
 
 
-@contextlib.contextmanager
-def running(stack: Stack) -> Iterator[Stack]:
-    stack.start()
+async def make_buyers(config, count: int) -> list[tuple[int, str]]:
+    """Buyer accounts made in bulk (one password hash for all: they never log in), with
+    bearer tokens signed by the gateway's secret."""
+    import secrets
+
+    import asyncpg
+
+    from accounts.passwords import hash_password
+    from accounts.tokens import TokenSigner
+
+    run_tag = secrets.token_hex(4)
+    password_hash = await asyncio.to_thread(hash_password, secrets.token_urlsafe(18))
+    conn = await asyncpg.connect(config.database_url)
     try:
-        yield stack
+        rows = await conn.fetch(
+            "INSERT INTO users (email, name, password_hash)"
+            " SELECT 'buyer-' || $1 || '-' || g || '@demo.flashsale', 'Demo buyer ' || g, $2"
+            " FROM generate_series(1, $3) g RETURNING user_id", run_tag, password_hash, count)
     finally:
-        stack.stop()
+        await conn.close()
+    signer = TokenSigner(secret=config.secret, ttl_seconds=3600)
+    return [(r["user_id"], signer.issue(r["user_id"], "customer")) for r in rows]
