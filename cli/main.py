@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
 import click
 
-from cli import audit, catalog, demo, reconcile, sale
+from cli import audit, catalog, demo, notify, reconcile, sale
 from cli.common import emit, json_option, run, settings
 
 
@@ -43,18 +44,26 @@ def migrate(as_json: bool) -> None:
               help="Processes sharing the port (SO_REUSEPORT).")
 def serve(host: str | None, port: int | None, workers: int) -> None:
     """Run the HTTP gateway."""
+    metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Must happen before prometheus_client is imported: workers write their metrics
         # to files in this folder and /metrics sums them.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashsale-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="flashsale-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from gateway.server import serve as serve_gateway
 
     config = settings()
-    serve_gateway(config, host=host or config.host, port=port or config.port, workers=workers)
+    try:
+        serve_gateway(config, host=host or config.host, port=port or config.port,
+                      workers=workers)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 for command in (reconcile.reconcile, sale.sale, audit.audit, catalog.catalog, demo.demo):
     cli.add_command(command)
+cli.add_command(notify.notify)
 
 
 def main() -> None:
