@@ -41,21 +41,17 @@ from engine.admission import Admission
 from engine.errors import (
     Conflict,
     FlashsaleError,
-    InsufficientStock,
-    InvalidTransition,
-    NotFound,
-    ReservationExpired,
     Unavailable,
-    ValidationFailed,
     as_unavailable,
 )
 from engine.sales import Sales
-from orders import outbox
+from orders import basket, outbox
+from orders.basket import PlanLine
 from orders.cart import Carts
 from orders.coupons import Coupons
 from orders.idempotency import CheckoutRequest, IdempotencyStore, LeaseLost, Record, Stored
 from orders.payments import Payment, Payments
-from orders.pricing import PricingRules, line_subtotal, quote
+from orders.pricing import PricingRules, quote
 from orders.tasks import restock
 from orders.txn import retrying
 from orders.views import encode, error_body, load_view
@@ -70,15 +66,6 @@ class AccountsLookup(Protocol):
 
     async def get_payment_method(self, user_id: int, payment_method_id: int
                                  ) -> dict[str, Any]: ...
-
-
-class PlanLine(msgspec.Struct, frozen=True):
-    product_id: int
-    name: str
-    quantity: int
-    unit_price: Decimal
-    subtotal: Decimal
-    sale_id: int | None = None
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -226,9 +213,10 @@ class Checkout:
         await self._accounts.get_address(user_id, request.shipping_address_id)
         method = await self._accounts.get_payment_method(user_id, request.payment_method_id)
         if request.reservation_id is not None:
-            lines, currency = await self._flash_lines(user_id, request.reservation_id)
+            lines, currency = await basket.flash_lines(
+                self._pool, self._admission, self._sales, user_id, request.reservation_id)
         else:
-            lines, currency = await self._cart_lines(user_id)
+            lines, currency = await basket.cart_lines(self._pool, self._carts, user_id)
 
         async def reserve() -> None:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -240,7 +228,7 @@ class Checkout:
                 priced = quote([line.subtotal for line in lines], self._rules,
                                coupon[2] if coupon else None)
                 if request.reservation_id is None:
-                    await self._take_stock(conn, lines)
+                    await basket.take_stock(conn, lines)
                 ids = await conn.fetchrow(
                     "INSERT INTO payments (checkout_id, order_id, user_id, payment_method_id,"
                     " method, amount) VALUES ($1, nextval(pg_get_serial_sequence('orders',"
@@ -415,92 +403,6 @@ class Checkout:
         elif hold.status == "confirmed" and hold.order_id == plan.order_id:
             await self._admission.release(plan.reservation_id, user_id=record.user_id,
                                           include_confirmed=True, reason=reason)
-
-    # -- validation and pricing ----------------------------------------------------------
-    async def _cart_lines(self, user_id: int) -> tuple[list[PlanLine], str]:
-        cart = await self._carts.lines(user_id)
-        if not cart:
-            raise ValidationFailed("The cart is empty.",
-                                   details=[{"path": "$", "message": "the cart is empty"}])
-        rows = await self._pool.fetch(
-            "SELECT p.product_id, p.name, p.price, p.currency, p.status,"
-            " coalesce(i.available_qty, 0) AS available_qty FROM products p"
-            " LEFT JOIN inventory i USING (product_id) WHERE p.product_id = ANY($1::bigint[])",
-            list(cart))
-        found = {r["product_id"]: r for r in rows}
-        changed, short = [], []
-        for pid, line in sorted(cart.items()):
-            row = found.get(pid)
-            if row is None or row["status"] != "active":
-                short.append({"product_id": pid, "requested": line.q, "available_qty": 0})
-            elif row["price"] != line.p:
-                changed.append({"product_id": pid, "cart_price": line.p,
-                                "current_price": row["price"]})
-            elif row["available_qty"] < line.q:
-                short.append({"product_id": pid, "requested": line.q,
-                              "available_qty": row["available_qty"]})
-        if changed:
-            await self._carts.reprice(user_id, {c["product_id"]: c["current_price"]
-                                                for c in changed})
-            raise Conflict("Prices changed since these items went into the cart; the cart now "
-                           "shows the current prices. Review it and place the order again.",
-                           details={"price_changes": msgspec.to_builtins(changed)})
-        if short:
-            raise InsufficientStock("Some items are no longer available in that quantity.",
-                                    details={"items": short})
-        currencies = {found[pid]["currency"] for pid in cart}
-        if len(currencies) > 1:
-            raise ValidationFailed.at("$", "the cart mixes currencies; order them separately")
-        lines = [PlanLine(product_id=pid, name=found[pid]["name"], quantity=line.q,
-                          unit_price=line.p, subtotal=line_subtotal(line.p, line.q))
-                 for pid, line in sorted(cart.items())]
-        return lines, currencies.pop()
-
-    async def _flash_lines(self, user_id: int, reservation_id: str
-                           ) -> tuple[list[PlanLine], str]:
-        hold = await self._admission.get(reservation_id)
-        if hold is None or hold.user_id != user_id:
-            raise NotFound("No such reservation.")
-        if hold.status == "expired":
-            raise ReservationExpired(details={"reservation_id": reservation_id})
-        if hold.status == "released":
-            raise InvalidTransition("The reservation was released.",
-                                    details={"reservation_id": reservation_id})
-        if hold.status == "confirmed":
-            raise Conflict("The reservation is already paid for.",
-                           details={"reservation_id": reservation_id, "order_id": hold.order_id})
-        sale = await self._sales.view(hold.sale_id)
-        product = await self._pool.fetchrow(
-            "SELECT name, currency FROM products WHERE product_id = $1", sale.product_id)
-        line = PlanLine(product_id=sale.product_id, name=product["name"],
-                        quantity=hold.quantity, unit_price=sale.price,
-                        subtotal=line_subtotal(sale.price, hold.quantity), sale_id=hold.sale_id)
-        return [line], product["currency"]
-
-    @staticmethod
-    async def _take_stock(conn: asyncpg.Connection, lines: list[PlanLine]) -> None:
-        """Conditional decrements, all or nothing, rows locked in product-id order."""
-        pids = [line.product_id for line in lines]  # sorted: one line per product
-        if len(pids) > 1:
-            await conn.execute("SELECT 1 FROM inventory WHERE product_id = ANY($1::bigint[])"
-                               " ORDER BY product_id FOR UPDATE", pids)
-        taken = await conn.fetch(
-            "UPDATE inventory i SET available_qty = i.available_qty - l.q,"
-            " sold_qty = i.sold_qty + l.q, version = i.version + 1, updated_at = now()"
-            " FROM unnest($1::bigint[], $2::int[]) AS l(pid, q)"
-            " WHERE i.product_id = l.pid AND i.available_qty >= l.q RETURNING i.product_id",
-            pids, [line.quantity for line in lines])
-        if len(taken) == len(pids):
-            return
-        missing = sorted(set(pids) - {r["product_id"] for r in taken})
-        have = dict(await conn.fetch(
-            "SELECT product_id, available_qty FROM inventory WHERE product_id = ANY($1::bigint[])",
-            missing))
-        wanted = {line.product_id: line.quantity for line in lines}
-        raise InsufficientStock("Some items are no longer available in that quantity.",
-                                details={"items": [{"product_id": pid, "requested": wanted[pid],
-                                                    "available_qty": have.get(pid, 0)}
-                                                   for pid in missing]})
 
     # -- helpers -------------------------------------------------------------------------
     @staticmethod
