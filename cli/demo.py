@@ -33,9 +33,12 @@ class Tally:
     answers: Counter = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     holds: dict[str, int] = field(default_factory=dict)  # reservation id -> units
-    released: dict[str, int] = field(default_factory=dict)
+    owners: dict[str, tuple[int, dict]] = field(default_factory=dict)  # -> (user, headers)
+    released: dict[str, int] = field(default_factory=dict)  # given back by the buyer
+    unpaid: dict[str, int] = field(default_factory=dict)  # checkout refused: hold released
     paid: dict[str, int] = field(default_factory=dict)  # reservation id -> order id
     checkout_answers: Counter = field(default_factory=Counter)
+    checkout_latencies: list[float] = field(default_factory=list)
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -59,8 +62,10 @@ async def _ensure_catalog(products: int) -> None:
             str(products - have)], check=True)
 
 
-async def _buyer(http, base: str, admin: dict, user: tuple[int, str], sale_id: int,
-                 want: int, rng: random.Random, tally: Tally, gate: asyncio.Semaphore) -> None:
+async def _reserve(http, base: str, user: tuple[int, str], sale_id: int, want: int,
+                   rng: random.Random, tally: Tally, gate: asyncio.Semaphore) -> None:
+    """One buyer's attempt; one in ten admitted buyers changes their mind at once, and the
+    units go back on sale for the buyers still arriving."""
     user_id, token = user
     headers = {"Authorization": f"Bearer {token}"}
     body = {"quantity": want, "idempotency_key": f"demo-{user_id}"}
@@ -76,47 +81,52 @@ async def _buyer(http, base: str, admin: dict, user: tuple[int, str], sale_id: i
                 tally.retries += 1
                 continue
             tally.latencies.append(time.perf_counter() - started)
-            if attempt:
-                tally.retries += 1
-            else:
-                tally.attempts += 1
+            tally.retries += attempt
+            tally.attempts += 1 - attempt
             break
         else:
             tally.answers["network_error"] += 1
             return
-    if status in (200, 201):
+        if status not in (200, 201):
+            tally.answers[answer["error"]["code"] if status < 500 else f"http_{status}"] += 1
+            return
         tally.answers["admitted"] += 1
         rid = answer["reservation_id"]
         tally.holds[rid] = answer["quantity"]
-        if rng.random() < 0.1:  # changed their mind: the units go back on sale at once
+        tally.owners[rid] = (user_id, headers)
+        if rng.random() < 0.1:
             async with http.delete(f"{base}/api/v1/reservations/{rid}", headers=headers) as r:
                 if r.status == 200:
                     tally.released[rid] = answer["quantity"]
-            return
-        await _checkout(http, base, admin, headers, user_id, rid, tally)
-    else:
-        tally.answers[answer["error"]["code"] if status < 500 else f"http_{status}"] += 1
 
 
-async def _checkout(http, base, admin, headers, user_id, rid, tally) -> None:
-    """Pay the hold with the wallet: the admin credits it, the buyer adds an address."""
-    async with http.post(f"{base}/api/v1/admin/wallets/{user_id}/credit",
-                         json={"amount": "100.00"}, headers=admin) as r:
-        r.raise_for_status()
-    async with http.post(f"{base}/api/v1/me/addresses", headers=headers, json={
-            "line1": "1 Demo Street", "city": "Springfield", "postal_code": "12345",
-            "country": "US"}) as r:
-        address = (await r.json())["address_id"]
-    async with http.post(f"{base}/api/v1/me/payment-methods", headers=headers,
-                         json={"type": "wallet"}) as r:
-        method = (await r.json())["payment_method_id"]
-    async with http.post(f"{base}/api/v1/orders", headers=headers, json={
-            "idempotency_key": f"pay-{rid}", "reservation_id": rid,
-            "shipping_address_id": address, "payment_method_id": method}) as r:
-        order = await r.json()
-        tally.checkout_answers[r.status] += 1
-        if r.status in (200, 201):
-            tally.paid[rid] = order["order_id"]
+async def _pay(http, base: str, admin: dict, rid: str, tally: Tally,
+               gate: asyncio.Semaphore) -> None:
+    """Pay a hold with the wallet: the admin credits it, the buyer adds an address, a
+    wallet payment method, and places the order for the reservation."""
+    user_id, headers = tally.owners[rid]
+    async with gate:
+        async with http.post(f"{base}/api/v1/admin/wallets/{user_id}/credit",
+                             json={"amount": "250.00"}, headers=admin) as r:
+            r.raise_for_status()
+        async with http.post(f"{base}/api/v1/me/addresses", headers=headers, json={
+                "line1": "1 Demo Street", "city": "Springfield", "postal_code": "12345",
+                "country": "US"}) as r:
+            address = (await r.json())["address_id"]
+        async with http.post(f"{base}/api/v1/me/payment-methods", headers=headers,
+                             json={"type": "wallet"}) as r:
+            method = (await r.json())["payment_method_id"]
+        started = time.perf_counter()
+        async with http.post(f"{base}/api/v1/orders", headers=headers, json={
+                "idempotency_key": f"pay-{rid}", "reservation_id": rid,
+                "shipping_address_id": address, "payment_method_id": method}) as r:
+            order = await r.json()
+            tally.checkout_latencies.append(time.perf_counter() - started)
+            tally.checkout_answers[r.status] += 1
+            if r.status in (200, 201):
+                tally.paid[rid] = order["order_id"]
+            elif r.status < 500:  # refused: the saga released the hold
+                tally.unpaid[rid] = tally.holds[rid]
 
 
 async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int) -> dict:
@@ -157,16 +167,22 @@ async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int)
             gate = asyncio.Semaphore(concurrency)
             started = time.perf_counter()
             await asyncio.gather(*(
-                _buyer(http, stack.base_url, admin, u, sale["sale_id"],
-                       rng.choice((1, 1, 1, 2)), rng, tally, gate) for u in users))
+                _reserve(http, stack.base_url, u, sale["sale_id"], rng.choice((1, 1, 1, 2)),
+                         rng, tally, gate) for u in users))
             elapsed = time.perf_counter() - started
+            to_pay = [rid for rid in tally.holds if rid not in tally.released]
+            click.echo(f"{len(to_pay)} holds to pay; checking out with wallets ...")
+            pay_gate = asyncio.Semaphore(50)
+            await asyncio.gather(*(_pay(http, stack.base_url, admin, rid, tally, pay_gate)
+                                   for rid in to_pay))
         click.echo("waiting for the reconciler, then auditing ...")
         report = await with_sales(lambda s: audit_sale(s, sale["sale_id"], wait_seconds=30))
     finally:
         stopped = stack.stop()
     admitted_units = sum(tally.holds.values())
     released_units = sum(tally.released.values())
-    http_net = admitted_units - released_units
+    # What buyers were told they hold or bought: every admission, less what was given back.
+    http_net = admitted_units - released_units - sum(tally.unpaid.values())
     redis = report.redis or {}
     pg = report.postgres or {}
     return {
@@ -177,6 +193,8 @@ async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int)
         "answers": dict(tally.answers), "holds": len(tally.holds),
         "units_admitted": admitted_units, "units_released_by_buyers": released_units,
         "orders_paid": len(tally.paid), "checkout_answers": dict(tally.checkout_answers),
+        "checkout_latency_ms": {"p50": round(_pct(tally.checkout_latencies, 50) * 1000, 2),
+                                "p99": round(_pct(tally.checkout_latencies, 99) * 1000, 2)},
         "latency_ms": {"p50": round(_pct(tally.latencies, 50) * 1000, 2),
                        "p99": round(_pct(tally.latencies, 99) * 1000, 2)},
         "oversold": {"by_http_answers": max(0, http_net - units),
@@ -205,7 +223,9 @@ def _summary(r: dict) -> str:
         f"  sold out        {a.get('sold_out', 0):,} answers 409 sold_out",
         "  other answers   " + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())
                                           if k != "sold_out") or "none"),
-        f"  paid orders     {r['orders_paid']:,} (wallet)",
+        f"  paid orders     {r['orders_paid']:,} of {sum(r['checkout_answers'].values()):,} "
+        f"checkouts (wallet), p50 {r['checkout_latency_ms']['p50']} ms, "
+        f"p99 {r['checkout_latency_ms']['p99']} ms",
         f"  latency         p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms "
         "(reservation requests, over HTTP)",
         f"  oversold        {oversold}  (HTTP answers {r['oversold']['by_http_answers']}, "
