@@ -11,7 +11,13 @@ from aiohttp import web
 from accounts.cards import simulated_outcome
 from accounts.service import Accounts
 from accounts.tokens import TokenSigner
+from catalog.cache import CatalogCache
+from catalog.listing import Browse
 from catalog.products import Categories, Products
+from catalog.reviews import Reviews
+from catalog.search import Search
+from catalog.sellers import Sellers
+from catalog.terms import Suggestions
 from engine.admission import Admission
 from engine.sales import Sales
 from engine.settings import Settings
@@ -37,6 +43,12 @@ class Services:
     sales: Sales
     products: Products
     categories: Categories
+    catalog_cache: CatalogCache
+    browse: Browse
+    search: Search
+    suggestions: Suggestions
+    reviews: Reviews
+    sellers: Sellers
     carts: Carts
     payments: Payments
     checkout: Checkout
@@ -47,10 +59,12 @@ class Services:
 
     async def start(self) -> None:
         """Start background work owned by the services (none may block on a dependency)."""
+        await self.catalog_cache.start()
         self.orders_upkeep.start()  # resumes interrupted checkouts now, then periodically
 
     async def stop(self) -> None:
         """Stop background work; answer the script calls already batched."""
+        await self.catalog_cache.stop()
         await self.orders_upkeep.stop()
         await self.admission.close()
 
@@ -62,6 +76,10 @@ SERVICES = web.AppKey("services", Services)
 def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool) -> Services:
     signer = TokenSigner(secret=settings.secret, ttl_seconds=settings.token_ttl_seconds,
                          admin_token=settings.admin_token)
+    catalog_cache = CatalogCache(redis=redis)
+    products = Products(pool=pool, cache=catalog_cache)
+    categories = Categories(pool=pool, cache=catalog_cache)
+    suggestions = Suggestions(pool=pool)
     # The purchase path's own handles (stateless but for the admission batcher, which
     # stop() drains through orders_upkeep).
     accounts = Accounts(pool=pool, signer=signer)
@@ -79,8 +97,15 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
         accounts=Accounts(pool=pool, signer=signer),
         admission=Admission(redis, rate_limit=settings.rate_limit),
         sales=Sales(pool=pool, redis=redis),
-        products=Products(pool=pool),
-        categories=Categories(pool=pool),
+        products=products,
+        categories=categories,
+        catalog_cache=catalog_cache,
+        browse=Browse(pool=pool, cache=catalog_cache, products=products),
+        search=Search(pool=pool, cache=catalog_cache, products=products,
+                      suggestions=suggestions, categories=categories),
+        suggestions=suggestions,
+        reviews=Reviews(pool=pool, cache=catalog_cache),
+        sellers=Sellers(pool=pool),
         carts=carts,
         payments=payments,
         checkout=checkout,

@@ -104,6 +104,15 @@ async def signup(request: web.Request, body: SignupRequest) -> TokenResponse:
     return TokenResponse(**out)
 
 
+@routes.post("/api/v1/auth/seller-signup", auth="public", body=SignupRequest,
+             response=TokenResponse, status=201, errors=(409,))
+async def seller_signup(request: web.Request, body: SignupRequest) -> TokenResponse:
+    """Create a seller account (it manages its own products) and return a bearer token."""
+    out = await services(request).accounts.signup(email=body.email, password=body.password,
+                                                  name=body.name, role="seller")
+    return TokenResponse(**out)
+
+
 @routes.post("/api/v1/auth/login", auth="public", body=LoginRequest, response=TokenResponse)
 async def login(request: web.Request, body: LoginRequest) -> TokenResponse:
     """Exchange email and password for a bearer token."""

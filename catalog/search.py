@@ -1,0 +1,177 @@
+"""Full-text search in Postgres with disjunctive facets.
+
+The query is parsed by ``websearch_to_tsquery`` (quotes, ``or``, ``-word``; it accepts any
+text, so hostile input cannot make a syntax error) and matched against the weighted
+``search_vector`` (name A, brand B, description C) through its GIN index.
+
+One statement reads the matching rows once: the hits are materialised with a flag per
+filter, the facets are counted over them with GROUPING SETS, and the requested page is
+cut from the same hits. Facets are *disjunctive*: each facet's counts apply every filter
+except its own (choosing a brand keeps the other brands' counts visible, so a shopper can
+widen the choice), while ``total`` and the items apply all filters.
+
+Relevance = text rank x (1 + up to 0.2 for a high, well-reviewed rating)
+x (1 + up to 0.2 for recency, halving about every month); ties go to the newer product.
+
+The result (total, facets, page ids) is shared through the result cache; the items are
+always read fresh, so a cached search never shows an old price or stock figure.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+
+from catalog.cache import CatalogCache
+from catalog.listing import MAX_WINDOW, Filters, Params
+from catalog.records import Facets, FacetValue, PriceBucket, RatingBucket, SearchPage
+from catalog.terms import Suggestions
+from engine.errors import ValidationFailed
+
+PRICE_EDGES = tuple(Decimal(e) for e in (25, 50, 100, 250, 500, 1000, 2500))
+RATING_FLOORS = (4, 3, 2, 1)
+FACET_SIZE = 20
+TEXT_CONFIG = "english"
+
+_SCORE = ("ts_rank(p.search_vector, query)"
+          " * (1 + 0.04 * p.rating_avg::float8 * p.rating_count / (p.rating_count + 10.0))"
+          " * (1 + 0.2 / (1 + extract(epoch FROM now() - p.created_at) / 2592000))")
+ORDER_BY = {
+    "relevance": "score DESC, product_id DESC",
+    "price_asc": "price ASC, product_id ASC",
+    "price_desc": "price DESC, product_id DESC",
+    "rating": "rating_avg DESC, rating_count DESC, product_id DESC",
+    "newest": "created_at DESC, product_id DESC",
+}
+# GROUPING(brand, category_id, bucket, stars) of each grouping set.
+_BY_BRAND, _BY_CATEGORY, _BY_PRICE, _BY_RATING, _ALL = 0b0111, 0b1011, 0b1101, 0b1110, 0b1111
+
+
+class SearchResult(msgspec.Struct, array_like=True):
+    total: int
+    ids: list[int]
+    facets: Facets
+    did_you_mean: str | None = None
+
+
+def normalize(q: str) -> str:
+    """The query as matched: case and spacing do not change what websearch finds."""
+    return " ".join(q.lower().split())
+
+
+class Search:
+    def __init__(self, *, pool: asyncpg.Pool, cache: CatalogCache, products,
+                 suggestions: Suggestions, categories) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._products = products
+        self._suggestions = suggestions
+        self._categories = categories
+
+    async def search(self, q: str, filters: Filters, *, sort: str, page: int,
+                     page_size: int) -> SearchPage:
+        text = normalize(q)
+        if not text:
+            raise ValidationFailed.at("query.q", "must not be blank")
+        if page * page_size > MAX_WINDOW:
+            raise ValidationFailed.at("query.page", f"pages reach the first {MAX_WINDOW} results")
+        result = await self._cache.result(
+            "search", (text, filters.key(), sort, page, page_size), SearchResult,
+            lambda: self._compute(text, filters, sort, page, page_size))
+        items = await self._products.load_many(result.ids)
+        return SearchPage(items=items, total=result.total, page=page, page_size=page_size,
+                          facets=result.facets, did_you_mean=result.did_you_mean)
+
+    async def _compute(self, text: str, filters: Filters, sort: str, page: int,
+                       page_size: int) -> SearchResult:
+        if filters.categories == ():  # an unknown category matches nothing
+            return SearchResult(total=0, ids=[], facets=Facets([], [], [], []))
+        sql, args = _statement(text, filters, sort, (page - 1) * page_size, page_size)
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            # A big match set is aggregated in memory; JIT compiles for longer than these
+            # queries run.
+            await conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
+            rows = await conn.fetch(sql, *args)
+        facet_rows = [r for r in rows if r["part"] == 0]
+        ids = [r["product_id"] for r in rows if r["part"] == 1]
+        total = next((r["n_all"] for r in facet_rows if r["grp"] == _ALL), 0)
+        facets = await self._facets(facet_rows, filters)
+        hint = await self._suggestions.did_you_mean(text) if total == 0 else None
+        return SearchResult(total=total, ids=ids, facets=facets, did_you_mean=hint)
+
+    async def _facets(self, rows: list[asyncpg.Record], filters: Filters) -> Facets:
+        brands = sorted(((r["brand"], r["n_brand"]) for r in rows
+                         if r["grp"] == _BY_BRAND and r["n_brand"]),
+                        key=lambda bc: (-bc[1], bc[0]))
+        categories = sorted(((r["category_id"], r["n_category"]) for r in rows
+                             if r["grp"] == _BY_CATEGORY and r["n_category"]
+                             and r["category_id"] is not None),
+                            key=lambda cc: (-cc[1], cc[0]))
+        names = await self._categories.names() if categories else {}
+        by_bucket = {r["bucket"]: r["n_price"] for r in rows if r["grp"] == _BY_PRICE}
+        by_stars = {r["stars"]: r["n_rating"] for r in rows if r["grp"] == _BY_RATING}
+        edges = (Decimal(0), *PRICE_EDGES, None)
+        price = [PriceBucket(min=edges[b], max=edges[b + 1], count=n)
+                 for b, n in sorted(by_bucket.items()) if n and b is not None]
+        rating = [RatingBucket(min=floor, count=n) for floor in RATING_FLOORS
+                  if (n := sum(c for s, c in by_stars.items() if s is not None and s >= floor))]
+        return Facets(
+            brand=_top([FacetValue(value=b, count=n) for b, n in brands], filters.brands),
+            category=_top([FacetValue(value=c, count=n, name=names.get(c))
+                           for c, n in categories], ()),
+            price=price, rating=rating)
+
+
+def _top(values: list[FacetValue], chosen: tuple) -> list[FacetValue]:
+    """The FACET_SIZE largest values, plus any chosen value that fell outside them (a
+    shopper always sees the values they picked)."""
+    top = values[:FACET_SIZE]
+    shown = {v.value for v in top}
+    return top + [v for v in values[FACET_SIZE:] if v.value in chosen and v.value not in shown]
+
+
+def _flag(conditions: list[str]) -> str:
+    return "(" + " AND ".join(conditions) + ")" if conditions else "true"
+
+
+def _statement(text: str, f: Filters, sort: str, offset: int, limit: int
+               ) -> tuple[str, list]:
+    arg = Params()
+    query = f"websearch_to_tsquery('{TEXT_CONFIG}', {arg(text)})"
+    by_brand = [f"p.brand = ANY({arg(list(f.brands), '::text[]')})"] if f.brands else []
+    by_category = ([f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})"]
+                   if f.categories is not None else [])
+    by_price = ([f"p.price >= {arg(f.price_min)}"] if f.price_min is not None else []) + (
+        [f"p.price <= {arg(f.price_max)}"] if f.price_max is not None else [])
+    by_rating = [f"p.rating_avg >= {arg(f.rating_min)}"] if f.rating_min is not None else []
+    score = _SCORE if sort == "relevance" else "0::float8"
+    edges = arg(list(PRICE_EDGES), "::numeric[]")
+    sql = f"""
+WITH hits AS MATERIALIZED (
+    SELECT p.product_id, p.brand, p.category_id, p.price, p.rating_avg, p.rating_count,
+           p.created_at, {score} AS score,
+           {_flag(by_brand)} AS fb, {_flag(by_category)} AS fc,
+           {_flag(by_price)} AS fp, {_flag(by_rating)} AS fr
+    FROM products p, {query} AS query
+    WHERE p.search_vector @@ query AND p.status = 'active'
+)
+SELECT 0 AS part, brand, category_id, bucket, stars,
+       GROUPING(brand, category_id, bucket, stars) AS grp,
+       count(*) FILTER (WHERE fc AND fp AND fr) AS n_brand,
+       count(*) FILTER (WHERE fb AND fp AND fr) AS n_category,
+       count(*) FILTER (WHERE fb AND fc AND fr) AS n_price,
+       count(*) FILTER (WHERE fb AND fc AND fp) AS n_rating,
+       count(*) FILTER (WHERE fb AND fc AND fp AND fr) AS n_all,
+       NULL::bigint AS product_id
+FROM (SELECT *, width_bucket(price, {edges}) AS bucket, floor(rating_avg)::int AS stars
+      FROM hits
+      -- a row failing two filters counts in no facet
+      WHERE (NOT fb)::int + (NOT fc)::int + (NOT fp)::int + (NOT fr)::int <= 1) h
+GROUP BY GROUPING SETS ((brand), (category_id), (bucket), (stars), ())
+UNION ALL
+(SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, product_id
+ FROM hits WHERE fb AND fc AND fp AND fr
+ ORDER BY {ORDER_BY[sort]} LIMIT {arg(limit)} OFFSET {arg(offset)})"""
+    return sql, arg.values
