@@ -82,14 +82,13 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
     suggestions = Suggestions(pool=pool)
     # The purchase path's own handles (stateless but for the admission batcher, which
     # stop() drains through orders_upkeep).
-    accounts = Accounts(pool=pool, signer=signer)
     admission = Admission(redis, rate_limit=settings.rate_limit)
     sales = Sales(pool=pool, redis=redis)
     carts = Carts(pool=pool, redis=redis)
     payments = Payments(pool=pool, card=SimulatedCardProvider(pool=pool,
                                                               outcome_of=simulated_outcome),
                         wallet=WalletProvider(pool=pool), cod=CashOnDelivery())
-    checkout = Checkout(pool=pool, rules=PricingRules.from_settings(settings), accounts=accounts,
+    checkout = Checkout(pool=pool, rules=PricingRules.from_settings(settings),
                         admission=admission, sales=sales, carts=carts, payments=payments)
     order_tasks = OrderTasks(pool=pool, payments=payments, admission=admission)
     return Services(

@@ -31,7 +31,7 @@ class PlanLine(msgspec.Struct, frozen=True):
     sale_id: int | None = None
 
 
-async def cart_lines(pool: asyncpg.Pool, carts: Carts, user_id: int
+async def cart_lines(conn: asyncpg.Connection, carts: Carts, user_id: int
                      ) -> tuple[list[PlanLine], str]:
     """The cart's lines priced from Postgres: a price that changed since the shopper saw
     it, or stock that ran short, is reported, never charged."""
@@ -39,7 +39,7 @@ async def cart_lines(pool: asyncpg.Pool, carts: Carts, user_id: int
     if not cart:
         raise ValidationFailed("The cart is empty.",
                                details=[{"path": "$", "message": "the cart is empty"}])
-    rows = await pool.fetch(
+    rows = await conn.fetch(
         "SELECT p.product_id, p.name, p.price, p.currency, p.status,"
         " coalesce(i.available_qty, 0) AS available_qty FROM products p"
         " LEFT JOIN inventory i USING (product_id) WHERE p.product_id = ANY($1::bigint[])",
@@ -73,8 +73,8 @@ async def cart_lines(pool: asyncpg.Pool, carts: Carts, user_id: int
     return lines, currencies.pop()
 
 
-async def flash_lines(pool: asyncpg.Pool, admission: Admission, sales: Sales, user_id: int,
-                      reservation_id: str) -> tuple[list[PlanLine], str]:
+async def flash_lines(conn: asyncpg.Connection, admission: Admission, sales: Sales,
+                      user_id: int, reservation_id: str) -> tuple[list[PlanLine], str]:
     """The hold's one line at the sale's price: the hold must be live and the caller's."""
     hold = await admission.get(reservation_id)
     if hold is None or hold.user_id != user_id:
@@ -88,7 +88,7 @@ async def flash_lines(pool: asyncpg.Pool, admission: Admission, sales: Sales, us
         raise Conflict("The reservation is already paid for.",
                        details={"reservation_id": reservation_id, "order_id": hold.order_id})
     sale = await sales.view(hold.sale_id)
-    product = await pool.fetchrow(
+    product = await conn.fetchrow(
         "SELECT name, currency FROM products WHERE product_id = $1", sale.product_id)
     line = PlanLine(product_id=sale.product_id, name=product["name"],
                     quantity=hold.quantity, unit_price=sale.price,

@@ -30,8 +30,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
 
 import asyncpg
 import msgspec
@@ -41,6 +41,7 @@ from engine.admission import Admission
 from engine.errors import (
     Conflict,
     FlashsaleError,
+    NotFound,
     Unavailable,
     as_unavailable,
 )
@@ -51,21 +52,22 @@ from orders.cart import Carts
 from orders.coupons import Coupons
 from orders.idempotency import CheckoutRequest, IdempotencyStore, LeaseLost, Record, Stored
 from orders.payments import Payment, Payments
-from orders.pricing import PricingRules, quote
+from orders.pricing import ZERO, PricingRules, quote
 from orders.tasks import restock
 from orders.txn import retrying
-from orders.views import encode, error_body, load_view
+from orders.views import (
+    OrderEventView,
+    OrderItemView,
+    OrderView,
+    PaymentView,
+    encode,
+    error_body,
+    load_view,
+)
 
 log = logging.getLogger("flashsale.checkout")
 
 FaultHook = Callable[[str, Record], Awaitable[None]]
-
-
-class AccountsLookup(Protocol):
-    async def get_address(self, user_id: int, address_id: int) -> dict[str, Any]: ...
-
-    async def get_payment_method(self, user_id: int, payment_method_id: int
-                                 ) -> dict[str, Any]: ...
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -113,12 +115,11 @@ def _plan(record: Record) -> Plan:
 
 
 class Checkout:
-    def __init__(self, *, pool: asyncpg.Pool, rules: PricingRules, accounts: AccountsLookup,
-                 admission: Admission, sales: Sales, carts: Carts, payments: Payments,
-                 lease_seconds: float = 15.0, fault: FaultHook | None = None) -> None:
+    def __init__(self, *, pool: asyncpg.Pool, rules: PricingRules, admission: Admission,
+                 sales: Sales, carts: Carts, payments: Payments, lease_seconds: float = 15.0,
+                 fault: FaultHook | None = None) -> None:
         self._pool = pool
         self._rules = rules
-        self._accounts = accounts
         self._admission = admission
         self._sales = sales
         self._carts = carts
@@ -130,19 +131,32 @@ class Checkout:
     # -- entry points --------------------------------------------------------------------
     async def place(self, user_id: int, request: CheckoutRequest) -> CheckoutResult:
         started = time.perf_counter()
-        async with self._pool.acquire() as conn:
-            claimed = await self._store.claim(conn, user_id, request)
-        if isinstance(claimed, Stored):
-            return CheckoutResult(200 if claimed.status == 201 else claimed.status,
-                                  claimed.body, replayed=True)
         # A client that hangs up must not stop the saga between two steps.
-        task = asyncio.ensure_future(self._drive(claimed))
+        task = asyncio.ensure_future(self._place(user_id, request))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         try:
             return await asyncio.shield(task)
         finally:
             metrics.CHECKOUT_DURATION.observe(time.perf_counter() - started)
+
+    async def _place(self, user_id: int, request: CheckoutRequest) -> CheckoutResult:
+        claimed: Record | None = None
+        token = None
+        try:
+            async with self._pool.acquire() as conn:  # one connection up to the reserve step
+                claimed = await self._store.claim(conn, user_id, request)
+                if isinstance(claimed, Stored):
+                    return CheckoutResult(200 if claimed.status == 201 else claimed.status,
+                                          claimed.body, replayed=True)
+                if claimed.step == "started":
+                    token = await self._start(conn, claimed)
+        except Exception as exc:
+            if (isinstance(claimed, Record) and claimed.step == "started"
+                    and not isinstance(exc, LeaseLost)):
+                await self._quietly(self._store.drop, claimed)  # nothing to undo: key freed
+            raise
+        return await self._drive(claimed, token)
 
     async def recover_incomplete(self, *, limit: int = 100) -> RecoveryReport:
         """Resume every running checkout whose executor died (its lease ran out): the
@@ -177,15 +191,8 @@ class Checkout:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     # -- the saga ------------------------------------------------------------------------
-    async def _drive(self, record: Record) -> CheckoutResult:
-        token: str | None = None
-        if record.step == "started":
-            try:
-                token = await self._start(record)
-            except BaseException as exc:
-                if isinstance(exc, Exception) and not isinstance(exc, LeaseLost):
-                    await self._quietly(self._store.drop, record)  # nothing to undo
-                raise
+    async def _drive(self, record: Record, token: str | None = None) -> CheckoutResult:
+        """Run a reserved checkout from its recorded step to its end."""
         while record.step != "done":
             step = record.step
             try:
@@ -193,8 +200,10 @@ class Checkout:
                     await self._pay(record, _plan(record), token)
                 elif step == "ordered":
                     await self._settle(record, _plan(record))
-                else:
+                elif step == "compensating":
                     await self._unwind(record, _plan(record))
+                else:
+                    raise RuntimeError(f"checkout {record.checkout_id} is at step {step}")
             except LeaseLost:
                 raise
             except Exception as exc:
@@ -207,19 +216,18 @@ class Checkout:
         response = record.response
         return CheckoutResult(response.status, response.body)
 
-    async def _start(self, record: Record) -> str | None:
+    async def _start(self, conn: asyncpg.Connection, record: Record) -> str | None:
         """Validate and price, then reserve: returns the card's provider token."""
         request, user_id = record.request, record.user_id
-        await self._accounts.get_address(user_id, request.shipping_address_id)
-        method = await self._accounts.get_payment_method(user_id, request.payment_method_id)
+        method = await self._payer(conn, user_id, request)
         if request.reservation_id is not None:
             lines, currency = await basket.flash_lines(
-                self._pool, self._admission, self._sales, user_id, request.reservation_id)
+                conn, self._admission, self._sales, user_id, request.reservation_id)
         else:
-            lines, currency = await basket.cart_lines(self._pool, self._carts, user_id)
+            lines, currency = await basket.cart_lines(conn, self._carts, user_id)
 
         async def reserve() -> None:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with conn.transaction():
                 coupon = None
                 subtotal = sum((line.subtotal for line in lines), Decimal(0))
                 if request.coupon_code is not None:
@@ -256,22 +264,41 @@ class Checkout:
         await self._at("after_reserve", record)
         return method["provider_token"]
 
+    @staticmethod
+    async def _payer(conn: asyncpg.Connection, user_id: int, request: CheckoutRequest
+                     ) -> asyncpg.Record:
+        """The caller's address and payment method, scoped by owner: another user's is
+        indistinguishable from a missing one."""
+        row = await conn.fetchrow(
+            "SELECT a.address_id, pm.type, pm.provider_token FROM (VALUES (1)) AS one"
+            " LEFT JOIN addresses a ON a.address_id = $2 AND a.user_id = $1"
+            " LEFT JOIN payment_methods pm ON pm.payment_method_id = $3 AND pm.user_id = $1",
+            user_id, request.shipping_address_id, request.payment_method_id)
+        if row["address_id"] is None:
+            raise NotFound("No such address.")
+        if row["type"] is None:
+            raise NotFound("No such payment method.")
+        return row
+
     async def _pay(self, record: Record, plan: Plan, token: str | None) -> None:
         """reserved -> ordered: authorize, confirm the hold, write the order."""
         if token is None and plan.method == "card":  # resumed: the token was not kept
-            token = (await self._accounts.get_payment_method(
-                record.user_id, plan.payment_method_id))["provider_token"]
+            token = await self._pool.fetchval(
+                "SELECT provider_token FROM payment_methods WHERE payment_method_id = $1"
+                " AND user_id = $2", plan.payment_method_id, record.user_id)
         await self._payments.authorize(self._payment(record, plan), token)
         await self._at("after_authorize", record)
         if plan.reservation_id is not None:
             await self._admission.confirm(plan.reservation_id, user_id=record.user_id,
                                           order_id=plan.order_id)
             await self._at("after_confirm", record)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await self._store.advance(conn, record, "ordered")
-            await self._write_order(conn, record, plan)
-            if plan.method == "cod":  # nothing to capture: paid on delivery
-                await self._complete(conn, record, plan)
+        if plan.method == "cod":  # nothing to capture: paid on delivery, done now
+            async with self._pool.acquire() as conn, conn.transaction():
+                record.view = await self._write_order(conn, record, plan)
+                await self._complete(conn, record, plan, record.view)
+        else:
+            async with self._pool.acquire() as conn:  # one statement: atomic on its own
+                record.view = await self._write_order(conn, record, plan)
         await self._at("after_order", record)
         if record.step == "done":
             await self._after_success(record, plan)
@@ -280,38 +307,91 @@ class Checkout:
         """ordered -> done: capture, mark paid, notify, store the response."""
         await self._payments.capture(self._payment(record, plan))
         await self._at("after_capture", record)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "WITH o AS (UPDATE orders SET status = 'paid', updated_at = now()"
-                " WHERE order_id = $1 AND status = 'placed' RETURNING order_id),"
-                " p AS (UPDATE payments SET status = 'captured', updated_at = now()"
-                " WHERE payment_id = $2)"
-                " INSERT INTO order_events (order_id, status) SELECT order_id, 'paid' FROM o",
-                plan.order_id, plan.payment_id)
-            await self._complete(conn, record, plan)
+        placed = record.view or await load_view(self._pool, plan.order_id)  # resumed: read it
+        at = datetime.now(UTC)
+        paid = msgspec.structs.replace(
+            placed, status="paid", updated_at=at,
+            events=[*placed.events, OrderEventView(status="paid", at=at)],
+            payment=msgspec.structs.replace(placed.payment, status="captured"))
+        body = encode(paid)
+        # One statement, so atomic: the checkout ends (if we still hold it), the order is
+        # paid, its tracking event, the payment captured, the notification.
+        done, args = self._store.finish_cte(record, status=201, body=body,
+                                            cart_pending=record.request.kind == "cart", first=1)
+        notify, notify_args = outbox.enqueue_cte(
+            "order.confirmed", order_id=plan.order_id, user_id=record.user_id,
+            data={"status": "paid", "total": plan.total, "items": len(plan.lines)}, first=10,
+            after="c")
+        async with self._pool.acquire() as conn:
+            settled = await conn.fetchval(
+                f"WITH {done}, {notify},"
+                " o AS (UPDATE orders SET status = 'paid', updated_at = $7 WHERE order_id = $8"
+                " AND status = 'placed' AND EXISTS (SELECT 1 FROM c) RETURNING order_id),"
+                " e AS (INSERT INTO order_events (order_id, status, at)"
+                " SELECT order_id, 'paid', $7 FROM o),"
+                " p AS (UPDATE payments SET status = 'captured', updated_at = $7"
+                " WHERE payment_id = $9 AND EXISTS (SELECT 1 FROM c))"
+                " SELECT count(*) FROM c", *args, at, plan.order_id, plan.payment_id,
+                *notify_args)
+        if not settled:
+            raise LeaseLost()
+        self._store.finished(record, 201, body)
+        metrics.ORDERS.labels("paid").inc()
         await self._after_success(record, plan)
 
-    async def _write_order(self, conn: asyncpg.Connection, record: Record, plan: Plan) -> None:
-        await conn.execute(
-            "WITH o AS (INSERT INTO orders (order_id, user_id, idempotency_key, status, subtotal,"
+    async def _write_order(self, conn: asyncpg.Connection, record: Record, plan: Plan
+                           ) -> OrderView:
+        """Order, items, first tracking event, payment authorized; returns the order as
+        written, without reading it back."""
+        at = datetime.now(UTC)
+        payment_status = "pending" if plan.method == "cod" else "authorized"
+        advance, args = self._store.advance_cte(record, "ordered", first=22)
+        # One statement: nothing is written unless we still hold the checkout (FROM c).
+        written = await conn.fetch(
+            f"WITH {advance},"
+            " o AS (INSERT INTO orders (order_id, user_id, idempotency_key, status, subtotal,"
             " discount, tax, shipping_fee, total, currency, shipping_address_id,"
-            " payment_method_id, coupon_code, reservation_id) VALUES ($1, $2, $3, 'placed',"
-            " $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING order_id),"
-            " i AS (INSERT INTO order_items (order_id, product_id, sale_id, quantity,"
-            " unit_price, subtotal) SELECT (SELECT order_id FROM o), * FROM"
-            " unnest($14::bigint[], $15::bigint[], $16::int[], $17::numeric[], $18::numeric[])),"
-            " p AS (UPDATE payments SET status = $20, updated_at = now() WHERE payment_id = $19)"
-            " INSERT INTO order_events (order_id, status) SELECT order_id, 'placed' FROM o",
+            " payment_method_id, coupon_code, reservation_id, created_at, updated_at)"
+            " SELECT $1, $2, $3, 'placed', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $21,"
+            " $21 FROM c RETURNING order_id),"
+            " e AS (INSERT INTO order_events (order_id, status, at)"
+            " SELECT order_id, 'placed', $21 FROM o),"
+            " p AS (UPDATE payments SET status = $20, updated_at = $21 WHERE payment_id = $19"
+            " AND EXISTS (SELECT 1 FROM c))"
+            " INSERT INTO order_items (order_id, product_id, sale_id, quantity, unit_price,"
+            " subtotal) SELECT (SELECT order_id FROM o), * FROM"
+            " unnest($14::bigint[], $15::bigint[], $16::int[], $17::numeric[], $18::numeric[])"
+            " WHERE EXISTS (SELECT 1 FROM o) RETURNING order_item_id, product_id",
             plan.order_id, record.user_id, record.request.idempotency_key, plan.subtotal,
             plan.discount, plan.tax, plan.shipping_fee, plan.total, plan.currency,
             plan.shipping_address_id, plan.payment_method_id, plan.coupon_code,
             plan.reservation_id, [line.product_id for line in plan.lines],
             [line.sale_id for line in plan.lines], [line.quantity for line in plan.lines],
             [line.unit_price for line in plan.lines], [line.subtotal for line in plan.lines],
-            plan.payment_id, "pending" if plan.method == "cod" else "authorized")
+            plan.payment_id, payment_status, at, *args)
+        if not written:
+            raise LeaseLost()
+        record.step = "ordered"
+        item_of = {r["product_id"]: r["order_item_id"] for r in written}
+        items = sorted((OrderItemView(order_item_id=item_of[ln.product_id],
+                                      product_id=ln.product_id, name=ln.name,
+                                      quantity=ln.quantity, unit_price=ln.unit_price,
+                                      subtotal=ln.subtotal, sale_id=ln.sale_id)
+                        for ln in plan.lines), key=lambda item: item.order_item_id)
+        return OrderView(
+            order_id=plan.order_id, status="placed", subtotal=plan.subtotal,
+            discount=plan.discount, tax=plan.tax, shipping_fee=plan.shipping_fee,
+            total=plan.total, currency=plan.currency, items=items,
+            events=[OrderEventView(status="placed", at=at)],
+            payment=PaymentView(method=plan.method, status=payment_status, amount=plan.total,
+                                refunded_amount=ZERO),
+            shipping_address_id=plan.shipping_address_id,
+            payment_method_id=plan.payment_method_id, coupon_code=plan.coupon_code,
+            reservation_id=plan.reservation_id, created_at=at, updated_at=at)
 
-    async def _complete(self, conn: asyncpg.Connection, record: Record, plan: Plan) -> None:
-        view = await load_view(conn, plan.order_id)
+    async def _complete(self, conn: asyncpg.Connection, record: Record, plan: Plan,
+                        view: OrderView) -> None:
+        """Notify and store the response (inside the step's transaction)."""
         await outbox.enqueue(conn, "order.confirmed", order_id=plan.order_id,
                              user_id=record.user_id,
                              data={"status": view.status, "total": plan.total,

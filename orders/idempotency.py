@@ -70,6 +70,7 @@ class Record:
     payment_id: int | None = None
     plan: Any = None  # the priced plan: JSON from the row, or orders.checkout.Plan
     response: Stored | None = None  # set when the checkout ends
+    view: Any = None  # the order as this executor wrote it (orders.views.OrderView)
 
 
 _RECORD = "checkout_id, user_id, request, step, lease_token, executions, order_id, payment_id, plan"
@@ -150,20 +151,42 @@ class IdempotencyStore:
             raise LeaseLost()
         record.step = step
 
+    def advance_cte(self, record: Record, step: str, first: int) -> tuple[str, list[Any]]:
+        """``advance`` as a CTE named ``c`` (parameters from ``$first``), for a statement
+        whose other parts must happen only if it does (``... FROM c``)."""
+        n = first
+        return (f"c AS (UPDATE checkouts SET step = ${n}, lease_until = now()"
+                f" + make_interval(secs => ${n + 1}), updated_at = now()"
+                f" WHERE checkout_id = ${n + 2} AND lease_token = ${n + 3}"
+                " AND state = 'running' RETURNING checkout_id)",
+                [step, self.lease_seconds, record.checkout_id, record.lease])
+
+    def finish_cte(self, record: Record, *, status: int, body: bytes, cart_pending: bool,
+                   first: int) -> tuple[str, list[Any]]:
+        """``finish`` as a CTE named ``c``; call ``finished`` once it committed."""
+        n = first
+        return (f"c AS (UPDATE checkouts SET state = ${n}, step = 'done',"
+                f" response_status = ${n + 1}, response_body = ${n + 2},"
+                f" cart_pending = ${n + 3}, lease_token = NULL, lease_until = NULL,"
+                " finished_at = now(), updated_at = now()"
+                f" WHERE checkout_id = ${n + 4} AND lease_token = ${n + 5}"
+                " AND state = 'running' RETURNING checkout_id)",
+                ["completed" if status < 400 else "failed", status, body.decode(), cart_pending,
+                 record.checkout_id, record.lease])
+
+    @staticmethod
+    def finished(record: Record, status: int, body: bytes) -> None:
+        record.step = "done"
+        record.response = Stored(status, body)
+
     async def finish(self, conn: asyncpg.Connection, record: Record, *, status: int,
                      body: bytes, cart_pending: bool = False) -> None:
         """Store the response and end the checkout (inside the caller's transaction)."""
-        done = await conn.fetchval(
-            "UPDATE checkouts SET state = $3, step = 'done', response_status = $4,"
-            " response_body = $5, cart_pending = $6, lease_token = NULL, lease_until = NULL,"
-            " finished_at = now(), updated_at = now() WHERE checkout_id = $1"
-            " AND lease_token = $2 AND state = 'running' RETURNING 1",
-            record.checkout_id, record.lease, "completed" if status < 400 else "failed",
-            status, body.decode(), cart_pending)
-        if done is None:
+        cte, args = self.finish_cte(record, status=status, body=body,
+                                    cart_pending=cart_pending, first=1)
+        if not await conn.fetchval(f"WITH {cte} SELECT count(*) FROM c", *args):
             raise LeaseLost()
-        record.step = "done"
-        record.response = Stored(status, body)
+        self.finished(record, status, body)
 
     async def drop(self, conn: asyncpg.Connection, record: Record) -> None:
         """Forget a checkout that ended before any side effect (the key is free again)."""

@@ -43,6 +43,19 @@ async def enqueue(conn: asyncpg.Connection, topic: str, *, order_id: int, user_i
         topic, order_id, user_id, msgspec.to_builtins(data))
 
 
+def enqueue_cte(topic: str, *, order_id: int, user_id: int, data: dict[str, Any], first: int,
+                after: str) -> tuple[str, list[Any]]:
+    """``enqueue`` as a CTE named ``x`` (parameters from ``$first``) that writes the
+    notification only if the CTE ``after`` returned a row: one statement for a change
+    and its notification."""
+    if topic not in TOPICS:
+        raise ValueError(f"unknown topic {topic!r}")
+    n = first
+    return (f"x AS (INSERT INTO outbox (topic, order_id, user_id, payload)"
+            f" SELECT ${n}, ${n + 1}, ${n + 2}, ${n + 3} FROM {after})",
+            [topic, order_id, user_id, msgspec.to_builtins(data)])
+
+
 class Notification(msgspec.Struct, frozen=True):
     event_id: int
     topic: str

@@ -262,7 +262,8 @@ class Payments:
 
     async def _call(self, operation: Awaitable):
         try:
-            return await asyncio.wait_for(operation, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await operation
         except TimeoutError as exc:
             raise ProviderUnavailable() from exc
 

@@ -239,7 +239,7 @@ async def main():
             await asyncio.sleep(3600)
 
     checkout = Checkout(pool=pool, rules=PricingRules.from_settings(settings),
-                        accounts=svc.accounts, admission=svc.admission, sales=svc.sales,
+                        admission=svc.admission, sales=svc.sales,
                         carts=svc.carts, payments=svc.payments, lease_seconds=1.0,
                         fault=wait_to_be_killed)
     await checkout.place(int(sys.argv[1]), CheckoutRequest(**json.loads(sys.argv[2])))
