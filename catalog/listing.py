@@ -75,9 +75,9 @@ def filter_clauses(f: Filters, arg: Params, *, skip: str = "", alias: str = "p"
     """SQL conditions for ``f`` (``skip`` one of brand/category/price/rating)."""
     out = [f"{alias}.status = 'active'"]
     if f.categories is not None and skip != "category":
-        out.append(f"{alias}.category_id = ANY({arg(list(f.categories), '::bigint[]')})")
+        out.append(_any_of(f"{alias}.category_id", f.categories, "bigint", arg))
     if f.brands and skip != "brand":
-        out.append(f"{alias}.brand = ANY({arg(list(f.brands), '::text[]')})")
+        out.append(_any_of(f"{alias}.brand", f.brands, "text", arg))
     if skip != "price":
         if f.price_min is not None:
             out.append(f"{alias}.price >= {arg(f.price_min)}")
@@ -86,6 +86,14 @@ def filter_clauses(f: Filters, arg: Params, *, skip: str = "", alias: str = "p"
     if f.rating_min is not None and skip != "rating":
         out.append(f"{alias}.rating_avg >= {arg(f.rating_min)}")
     return out
+
+
+def _any_of(column: str, values: tuple, sql_type: str, arg: Params) -> str:
+    # One value is spelled `=`: with `= ANY(array)` the planner cannot see that a single
+    # (category_id, price) index range is ordered and sorts the whole category instead.
+    if len(values) == 1:
+        return f"{column} = {arg(values[0], '::' + sql_type)}"
+    return f"{column} = ANY({arg(list(values), '::' + sql_type + '[]')})"
 
 
 class Cursor(msgspec.Struct, array_like=True):

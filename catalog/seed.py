@@ -1,6 +1,6 @@
 """A deterministic synthetic catalog, bulk-loaded with COPY.
 
-Product ``i`` of a seed is a pure function of ``(seed, i)``: two 64-bit splitmix hashes
+Product ``i`` of a seed is a pure function of ``(seed, i)``: chained 64-bit splitmix hashes
 pick its category, brand, series, specs, colour, price, rating and stock, so the same
 ``--products N --seed S`` always yields the same names, prices, ratings and stock
 (``created_at`` is relative to the load time; ids continue after existing products).
@@ -84,10 +84,18 @@ class CatalogGenerator:
         self.edition_terms = tuple(frozenset(words(e)) for e in vocab.EDITIONS)
         self.terms: Counter[str] = Counter()
         self.stock: list[str] = []
+        # Rows are written grouped by category (ids stay spread over all categories): the
+        # heap is then clustered as `CLUSTER products USING products_category_idx` would
+        # leave it, and a category's rows, or a search for a category's noun, share pages.
+        base = seed * 0x100000001B3
+        groups: list[list[int]] = [[] for _ in self.leaves]
+        for i in range(total):
+            groups[_mix(base + i) % len(self.leaves)].append(i)
+        self.order = [i for group in groups for i in group]
 
     def chunk(self, start: int, stop: int) -> bytes:
-        """COPY text for products ``start..stop`` (seed-relative indexes); the matching
-        inventory lines are appended to ``self.stock`` and name terms counted."""
+        """COPY text for rows ``start..stop`` of the load order; the matching inventory
+        lines are appended to ``self.stock`` and name terms counted."""
         out: list[str] = []
         stock = self.stock
         terms = self.terms
@@ -97,7 +105,7 @@ class CatalogGenerator:
         qualities, benefits, uses = vocab.QUALITIES, vocab.BENEFITS, vocab.USES
         span = HISTORY.total_seconds()
         base = self.seed * 0x100000001B3
-        for i in range(start, stop):
+        for i in self.order[start:stop]:
             h1 = _mix(base + i)
             h2 = _mix(h1)
             h3 = _mix(h2)

@@ -137,7 +137,7 @@ def _acting_seller(request: web.Request) -> int | None:
     return who.user_id
 
 
-def _text(request: web.Request, name: str, value: str) -> str:
+def _text(name: str, value: str) -> str:
     if "\x00" in value:
         raise ValidationFailed.at(f"query.{name}", "must not contain NUL characters")
     try:
@@ -151,7 +151,7 @@ def _choices(request: web.Request, name: str) -> list[str]:
     values = request.query.getall(name, [])
     if len(values) > MAX_CHOICES:
         raise ValidationFailed.at(f"query.{name}", f"at most {MAX_CHOICES} values")
-    return [_text(request, name, v) for v in values]
+    return [_text(name, v) for v in values]
 
 
 def _amount(name: str, value: Decimal | None) -> Decimal | None:
@@ -206,7 +206,7 @@ async def browse(request: web.Request, query: BrowseQuery) -> ProductPage:
 async def search(request: web.Request, query: SearchQuery) -> SearchResponse:
     """Full-text search with filters and disjunctive facets."""
     return await services(request).search.search(
-        _text(request, "q", query.q), await _filters(request, query), sort=query.sort,
+        _text("q", query.q), await _filters(request, query), sort=query.sort,
         page=query.page, page_size=query.page_size)
 
 
@@ -214,7 +214,7 @@ async def search(request: web.Request, query: SearchQuery) -> SearchResponse:
 async def suggest(request: web.Request, query: SuggestQuery) -> Suggestions:
     """Autocomplete: completions of the word being typed, most used first."""
     return Suggestions(await services(request).suggestions.suggest(
-        _text(request, "q", query.q), limit=query.limit))
+        _text("q", query.q), limit=query.limit))
 
 
 @routes.post("/api/v1/products/{product_id}/reviews", body=NewReview, response=Review,

@@ -1,0 +1,264 @@
+"""Catalog read paths over HTTP on a seeded catalog: product page (cached and uncached),
+browse (first pages and keyset deep paging), search (common term with facets, very common
+term, rare term, filtered; cold and warm) and suggest.
+
+``--quick``: 50,000 products (under a minute). ``--full``: 1,000,000 products (the seed
+alone takes a minute or two). The benchmark owns the database ``flashsale_bench_catalog``
+and Redis db 13; it seeds them afresh unless ``--reuse`` finds the same catalog there.
+The gateway runs as a subprocess (``flashsale serve``, one worker); requests come from
+``--concurrency`` client tasks in this process, latency measured per request.
+
+"Cold" search requests each carry a distinct ``price_max`` above every price: the same
+work and answer, but never a cached result, so they show what Postgres does. "Warm"
+requests repeat popular queries, as real search traffic does, and hit the result cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import asyncpg
+
+from benchmarks.common import latency_summary, table, write_results
+from engine.connections import with_database
+
+DATABASE = "flashsale_bench_catalog"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+SERVER_URL = os.environ.get("FLASHSALE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/")
+MODES = {"quick": {"products": 50_000, "requests": 300},
+         "full": {"products": 1_000_000, "requests": 1000}}
+COMMON = ("laptop", "headphones", "tent", "sneakers", "blender", "monitor", "novel",
+          "shampoo", "dog", "camera")
+VERY_COMMON = ("black", "silver", "blue", "wireless", "organic")
+RARE = ("anniversary", "heritage", "expedition", "signature", "collector's")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def prepare(database_url: str, products: int, reuse: bool) -> dict[str, Any]:
+    """Seed the benchmark database (or keep it with --reuse) and return the seed figures."""
+    from accounts.passwords import hash_password
+    from catalog.seed import seed_catalog
+    from engine.migrate import migrate
+
+    if reuse:
+        try:
+            conn = await asyncpg.connect(database_url)
+            try:
+                have = await conn.fetchval("SELECT count(*) FROM products")
+            finally:
+                await conn.close()
+            if have == products:
+                return {"reused": True, "products": products}
+        except (OSError, asyncpg.PostgresError):
+            pass
+    admin = await asyncpg.connect(with_database(database_url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    await migrate(database_url)
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        if done[0] % 100_000 < n or done[0] == products:
+            print(f"  seeded {done[0]:,}/{products:,}", file=sys.stderr, flush=True)
+
+    report = await seed_catalog(database_url, products=products, seed=1,
+                                password_hash=hash_password("benchmark-seller-password"),
+                                on_progress=progress)
+    return {"reused": False, "products": products, "seconds": report.seconds,
+            "phases": report.phases}
+
+
+async def samples(database_url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        top = await conn.fetchval("SELECT max(product_id) FROM products")
+        leaves = [r["category_id"] for r in await conn.fetch(
+            "SELECT category_id FROM categories WHERE parent_id IS NOT NULL")]
+        parents = [r["category_id"] for r in await conn.fetch(
+            "SELECT category_id FROM categories WHERE parent_id IS NULL")]
+        brands = [r["brand"] for r in await conn.fetch(
+            "SELECT brand FROM products GROUP BY brand ORDER BY count(*) DESC LIMIT 30")]
+    finally:
+        await conn.close()
+    return {"top": top, "leaves": leaves, "parents": parents, "brands": brands}
+
+
+async def drive(http: aiohttp.ClientSession, base: str, paths: list[str],
+                concurrency: int) -> dict[str, Any]:
+    """GET every path, ``concurrency`` at a time; latency of each request."""
+    latencies: list[float] = []
+    errors = 0
+    queue = iter(paths)
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal errors
+        for path in queue:
+            t0 = time.perf_counter()
+            async with http.get(base + path) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return {"requests": len(latencies), "errors": errors,
+            "per_second": round(len(latencies) / seconds, 1), **latency_summary(latencies)}
+
+
+async def deep_pages(http: aiohttp.ClientSession, base: str, category: int, pages: int
+                     ) -> dict[str, Any]:
+    """Follow next_cursor ``pages`` deep; the latency of each page."""
+    latencies, path = [], f"/api/v1/products?category={category}&sort=price_asc&page_size=100"
+    cursor = None
+    for _ in range(pages):
+        t0 = time.perf_counter()
+        async with http.get(base + path + (f"&cursor={cursor}" if cursor else "")) as resp:
+            body = await resp.json()
+        latencies.append(time.perf_counter() - t0)
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            break
+    return {"requests": len(latencies), "errors": 0, "per_second": 0.0,
+            **latency_summary(latencies)}
+
+
+def cases(s: dict[str, Any], n: int, rng: random.Random) -> dict[str, list[str] | Callable]:
+    unique = iter(range(1, 10**9))
+
+    def cold() -> str:  # a price bound above every price: same answer, distinct cache key
+        return f"&price_max={99_999_999 + next(unique) / 100:.2f}"
+
+    brands = [quote(b) for b in s["brands"]]
+    hot = [rng.randint(1, s["top"]) for _ in range(100)]
+    cold_ids = rng.sample(range(1, s["top"] + 1), min(n, s["top"]))
+    sorts = ("newest", "price_asc", "price_desc", "rating")
+    return {
+        "product_get_cached": [f"/api/v1/products/{rng.choice(hot)}" for _ in range(n)],
+        "product_get_uncached": [f"/api/v1/products/{i}" for i in cold_ids],
+        "browse_category": [
+            f"/api/v1/products?category={rng.choice(s['leaves'] + s['parents'])}"
+            f"&sort={rng.choice(sorts)}&page={rng.randint(1, 5)}" for _ in range(n)],
+        "browse_filtered": [
+            f"/api/v1/products?category={rng.choice(s['leaves'])}&brand={rng.choice(brands)}"
+            f"&price_min=20&price_max={rng.choice((200, 500, 2000))}&rating_min=3"
+            f"&sort={rng.choice(sorts)}" for _ in range(n)],
+        "search_common_facets": [f"/api/v1/search?q={rng.choice(COMMON)}{cold()}"
+                                 for _ in range(n)],
+        "search_very_common": [f"/api/v1/search?q={rng.choice(VERY_COMMON)}{cold()}"
+                               for _ in range(max(50, n // 4))],
+        "search_rare": [f"/api/v1/search?q={quote(rng.choice(RARE))}{cold()}"
+                        for _ in range(n)],
+        "search_filtered": [
+            f"/api/v1/search?q={rng.choice(COMMON)}&brand={rng.choice(brands)}"
+            f"&price_min=50&rating_min=3.5&sort=price_asc{cold()}" for _ in range(n)],
+        "search_warm": [f"/api/v1/search?q={quote(rng.choice(COMMON + VERY_COMMON))}"
+                        for _ in range(n)],
+        "suggest": [f"/api/v1/search/suggest?q={rng.choice(COMMON + VERY_COMMON)[:3]}"
+                    for _ in range(n)],
+    }
+
+
+async def run(mode: str, *, reuse: bool, concurrency: int) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    cfg = MODES[mode]
+    database_url = SERVER_URL.rstrip("/") + "/" + DATABASE
+    print(f"preparing {cfg['products']:,} products in {DATABASE}...", file=sys.stderr)
+    seeded = await prepare(database_url, cfg["products"], reuse)
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    await redis.flushdb()
+    await redis.aclose()
+    port = free_port()
+    env = {**os.environ, "FLASHSALE_DATABASE_URL": database_url, "FLASHSALE_REDIS_URL": REDIS_URL,
+           "FLASHSALE_RATE_LIMIT": "0", "FLASHSALE_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {}
+    try:
+        connector = aiohttp.TCPConnector(limit=concurrency * 2)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(100):
+                try:
+                    async with http.get(base + "/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            s = await samples(database_url)
+            rng = random.Random(7)
+            plan = cases(s, cfg["requests"], rng)
+            # warm the connections and the hot product set
+            await drive(http, base, plan["product_get_cached"][:200], concurrency)
+            for name, paths in plan.items():
+                if name == "search_warm":  # popular queries, computed once a minute
+                    await drive(http, base, sorted(set(paths)), concurrency)
+                print(f"  {name}...", file=sys.stderr, flush=True)
+                results[name] = await drive(http, base, paths, concurrency)
+            # A parent category (a merge of its leaves' scans), 100 pages of 100 deep.
+            results["browse_deep_cursor"] = await deep_pages(http, base, s["parents"][0], 100)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return {"seed": seeded, "concurrency": concurrency, "cases": results}
+
+
+def report(data: dict[str, Any]) -> str:
+    seed = data["seed"]
+    title = (f"catalog, {seed['products']:,} products"
+             + (f", seeded in {seed['seconds']:.1f} s" if "seconds" in seed else " (reused)")
+             + f", {data['concurrency']} concurrent clients")
+    rows = [[name, r["requests"], r["errors"], r["p50_ms"], r["p99_ms"], r["mean_ms"],
+             r["per_second"]] for name, r in data["cases"].items()]
+    return table(title, ["case", "requests", "errors", "p50 ms", "p99 ms", "mean ms", "req/s"],
+                 rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="50,000 products (default)")
+    group.add_argument("--full", action="store_true", help="1,000,000 products")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep an existing benchmark catalog of the same size")
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+    mode = "full" if args.full else "quick"
+    import uvloop
+
+    data = uvloop.run(run(mode, reuse=args.reuse, concurrency=args.concurrency))
+    print(report(data))
+    path = write_results("catalog", mode, data)
+    print(f"results: {path}")
+    failed = sum(r["errors"] for r in data["cases"].values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
