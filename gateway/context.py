@@ -63,7 +63,8 @@ class Services:
         self.orders_upkeep.start()  # resumes interrupted checkouts now, then periodically
 
     async def stop(self) -> None:
-        """Stop background work; answer the script calls already batched."""
+        """Stop background work, let running checkouts finish, then answer the script
+        calls already batched."""
         await self.catalog_cache.stop()
         await self.orders_upkeep.stop()
         await self.admission.close()
@@ -80,8 +81,7 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
     products = Products(pool=pool, cache=catalog_cache)
     categories = Categories(pool=pool, cache=catalog_cache)
     suggestions = Suggestions(pool=pool)
-    # The purchase path's own handles (stateless but for the admission batcher, which
-    # stop() drains through orders_upkeep).
+    # One admission (one pipelined script connection) for the whole process.
     admission = Admission(redis, rate_limit=settings.rate_limit)
     sales = Sales(pool=pool, redis=redis)
     carts = Carts(pool=pool, redis=redis)
@@ -94,8 +94,8 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
     return Services(
         settings=settings, redis=redis, pool=pool, signer=signer,
         accounts=Accounts(pool=pool, signer=signer),
-        admission=Admission(redis, rate_limit=settings.rate_limit),
-        sales=Sales(pool=pool, redis=redis),
+        admission=admission,
+        sales=sales,
         products=products,
         categories=categories,
         catalog_cache=catalog_cache,
@@ -111,7 +111,7 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
         orders=Orders(pool=pool, sales=sales, tasks=order_tasks),
         coupons=Coupons(pool=pool),
         returns=Returns(pool=pool, tasks=order_tasks),
-        orders_upkeep=Upkeep(checkout=checkout, tasks=order_tasks, admission=admission),
+        orders_upkeep=Upkeep(checkout=checkout, tasks=order_tasks),
     )
 
 
