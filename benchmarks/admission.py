@@ -1,7 +1,7 @@
 """Engine admission throughput against real Redis, beside redis-benchmark running the same
 script in the same run.
 
-    python -m benchmarks.admission --quick     (under 30 s)
+    python -m benchmarks.admission --quick     (about 25 s)
     python -m benchmarks.admission --full
 
 In-process: N concurrent callers loop on ``Admission.reserve`` (auto-batched, and direct
@@ -86,8 +86,8 @@ def redis_benchmark(url: str, *, requests: int, clients: int, pipeline: int) -> 
 
 
 async def main_async(mode: str) -> dict:
-    seconds = 3.0 if mode == "quick" else 10.0
-    requests = 150_000 if mode == "quick" else 1_000_000
+    seconds = 2.5 if mode == "quick" else 10.0
+    requests = 100_000 if mode == "quick" else 1_000_000
     settings = Settings(redis_url=BENCH_REDIS_URL)
     redis = create_redis(settings, max_connections=256)
     results: dict = {"engine": [], "redis_benchmark": {}}
