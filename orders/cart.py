@@ -5,12 +5,15 @@ the quantity, and the unit price and name the shopper saw when adding it. That s
 is what the cart shows; checkout prices the order from Postgres again and reports any
 difference instead of charging it (see orders/checkout.py).
 
-Writes are optimistic Redis transactions (WATCH the cart, read, MULTI/EXEC), retried when
-a concurrent write to the same cart got in first, so concurrent adds never lose units.
+Writes are optimistic Redis transactions (WATCH the cart, read, MULTI/EXEC), retried with
+a random, growing backoff when a concurrent write to the same cart got in first, so
+concurrent adds never lose units.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,7 +148,7 @@ class Carts:
     # -- internals -----------------------------------------------------------------------
     async def _update(self, user_id: int, change: Change) -> Lines:
         key = cart_key(user_id)
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(key)
@@ -166,7 +169,9 @@ class Carts:
                     await pipe.execute()
                     return lines
                 except WatchError:
-                    continue
+                    # Many writers on one cart: back off a random, growing moment so they
+                    # stop colliding instead of retrying in lockstep.
+                    await asyncio.sleep(random.uniform(0, 0.001 * (attempt + 1)))
         raise Conflict("The cart is being changed by another request; try again.")
 
     async def _product(self, product_id: int) -> dict[str, Any]:
