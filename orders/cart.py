@@ -7,7 +7,9 @@ difference instead of charging it (see orders/checkout.py).
 
 Writes are optimistic Redis transactions (WATCH the cart, read, MULTI/EXEC), retried with
 a random, growing backoff when a concurrent write to the same cart got in first, so
-concurrent adds never lose units.
+concurrent adds never lose units. Taking a checkout's units out of the cart leaves a
+marker field (``done:<checkout id>``) in the same transaction, so repeating it (a resumed
+checkout) takes nothing twice.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from engine.keys import cart_key
 from orders.pricing import ZERO, line_subtotal
 
 CART_TTL_SECONDS = 30 * 24 * 3600
+DONE = "done:"  # marker fields: checkouts whose units already left this cart
+DONE_KEPT_MS = 24 * 3600 * 1000  # a marker outlives by far any checkout it guards
 MAX_LINES = 50
 MAX_QUANTITY = 99
 _RETRIES = 20
@@ -66,6 +70,11 @@ Lines = dict[int, CartLine]
 Change = Callable[[Lines], dict[int, CartLine | None]]  # product id -> new line, None: delete
 
 
+def _lines(raw: dict[bytes, bytes]) -> Lines:
+    return {int(field): _decode(value) for field, value in raw.items()
+            if not field.startswith(DONE.encode())}
+
+
 def cart_of(lines: Lines) -> Cart:
     items = [CartItem(item_id=pid, product_id=pid, name=line.n, quantity=line.q,
                       unit_price=line.p, subtotal=line_subtotal(line.p, line.q))
@@ -79,8 +88,7 @@ class Carts:
         self._redis = redis
 
     async def lines(self, user_id: int) -> Lines:
-        raw = await self._redis.hgetall(cart_key(user_id))
-        return {int(field): _decode(value) for field, value in raw.items()}
+        return _lines(await self._redis.hgetall(cart_key(user_id)))
 
     async def view(self, user_id: int) -> Cart:
         return cart_of(await self.lines(user_id))
@@ -131,9 +139,10 @@ class Carts:
 
         await self._update(user_id, change)
 
-    async def remove_ordered(self, user_id: int, ordered: dict[int, int]) -> None:
-        """Take the ordered units out of the cart; units the shopper added while the
-        checkout ran stay."""
+    async def remove_ordered(self, user_id: int, ordered: dict[int, int], *,
+                             checkout_id: int) -> None:
+        """Take the ordered units out of the cart, once per checkout; units the shopper
+        added while the checkout ran stay."""
         def change(lines: Lines) -> dict[int, CartLine | None]:
             out: dict[int, CartLine | None] = {}
             for pid, qty in ordered.items():
@@ -143,21 +152,31 @@ class Carts:
                     out[pid] = msgspec.structs.replace(line, q=left) if left > 0 else None
             return out
 
-        await self._update(user_id, change)
+        await self._update(user_id, change, done=checkout_id)
 
     # -- internals -----------------------------------------------------------------------
-    async def _update(self, user_id: int, change: Change) -> Lines:
+    async def _update(self, user_id: int, change: Change, *, done: int | None = None) -> Lines:
+        """Apply ``change`` atomically; with ``done``, at most once for that checkout."""
         key = cart_key(user_id)
         for attempt in range(_RETRIES):
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(key)
                     raw = await pipe.hgetall(key)
-                    lines = {int(field): _decode(value) for field, value in raw.items()}
+                    lines = _lines(raw)
+                    if done is not None and f"{DONE}{done}".encode() in raw:
+                        return lines
                     writes = change(lines)
-                    if not writes:
+                    if not writes and done is None:
                         return lines
                     pipe.multi()
+                    if done is not None:
+                        now = int(time.time() * 1000)
+                        pipe.hset(key, f"{DONE}{done}", now)
+                        stale = [f for f, v in raw.items() if f.startswith(DONE.encode())
+                                 and now - int(v) > DONE_KEPT_MS]
+                        if stale:
+                            pipe.hdel(key, *stale)
                     for pid, line in writes.items():
                         if line is None:
                             pipe.hdel(key, str(pid))

@@ -7,11 +7,11 @@ Steps, each recorded in ``checkouts.step`` in the same transaction as its Postgr
     reserved  one transaction: stock taken (cart: conditional updates in product order),
               coupon redeemed, order id allocated, payment row, the priced plan
               -> authorize the payment -> confirm the hold (flash, confirm.lua)
-    ordered   one transaction: order, items, first tracking event, payment authorized
+    ordered   one statement: order, items, first tracking event, payment authorized
               (cash on delivery ends here: the order is ``placed``)
-              -> capture
-    done      one transaction: order paid, tracking event, outbox notification, the
-              response stored; then the ordered units leave the cart
+              -> capture -> the ordered units leave the cart (once per checkout)
+    done      one statement: order paid, tracking event, outbox notification, the
+              response stored
 
 A business failure after ``started`` (declined, hold expired or released, capture refused,
 the order write refused) moves to ``compensating``, with the response to give, and
@@ -307,6 +307,11 @@ class Checkout:
         """ordered -> done: capture, mark paid, notify, store the response."""
         await self._payments.capture(self._payment(record, plan))
         await self._at("after_capture", record)
+        # Paid: the units leave the cart now (idempotent), so that the settle statement
+        # records the cart as done and no extra write is needed.
+        cart_pending = (record.request.kind == "cart"
+                        and await self._empty_cart(record.checkout_id, record.user_id, plan))
+        await self._at("after_cart", record)
         placed = record.view or await load_view(self._pool, plan.order_id)  # resumed: read it
         at = datetime.now(UTC)
         paid = msgspec.structs.replace(
@@ -317,7 +322,7 @@ class Checkout:
         # One statement, so atomic: the checkout ends (if we still hold it), the order is
         # paid, its tracking event, the payment captured, the notification.
         done, args = self._store.finish_cte(record, status=201, body=body,
-                                            cart_pending=record.request.kind == "cart", first=1)
+                                            cart_pending=cart_pending, first=1)
         notify, notify_args = outbox.enqueue_cte(
             "order.confirmed", order_id=plan.order_id, user_id=record.user_id,
             data={"status": "paid", "total": plan.total, "items": len(plan.lines)}, first=10,
@@ -337,7 +342,6 @@ class Checkout:
             raise LeaseLost()
         self._store.finished(record, 201, body)
         metrics.ORDERS.labels("paid").inc()
-        await self._after_success(record, plan)
 
     async def _write_order(self, conn: asyncpg.Connection, record: Record, plan: Plan
                            ) -> OrderView:
@@ -401,19 +405,26 @@ class Checkout:
         metrics.ORDERS.labels(view.status).inc()
 
     async def _after_success(self, record: Record, plan: Plan) -> None:
-        if record.request.kind != "cart":
-            return
+        """Cash on delivery: the ordered units leave the cart after the order is placed."""
+        if record.request.kind == "cart" and not await self._empty_cart(
+                record.checkout_id, record.user_id, plan):
+            await self._pool.execute(
+                "UPDATE checkouts SET cart_pending = false WHERE checkout_id = $1",
+                record.checkout_id)
+
+    async def _empty_cart(self, checkout_id: int, user_id: int, plan: Plan) -> bool:
+        """Take the ordered units out of the cart (at most once per checkout); True when
+        Redis could not be reached and recovery must do it later."""
         try:
-            await self._clear_cart(record.checkout_id, record.user_id, plan)
-        except Exception as exc:  # the order stands; recovery empties the cart later
+            await self._carts.remove_ordered(
+                user_id, {line.product_id: line.quantity for line in plan.lines},
+                checkout_id=checkout_id)
+        except Exception as exc:  # the order stands either way
             if not _transient(exc):
                 raise
-            log.warning("checkout %s: cart not emptied yet: %s", record.checkout_id, exc)
-
-    async def _clear_cart(self, checkout_id: int, user_id: int, plan: Plan) -> None:
-        await self._carts.remove_ordered(user_id, {ln.product_id: ln.quantity for ln in plan.lines})
-        await self._pool.execute("UPDATE checkouts SET cart_pending = false WHERE checkout_id = $1",
-                                 checkout_id)
+            log.warning("checkout %s: cart not emptied yet: %s", checkout_id, exc)
+            return True
+        return False
 
     async def _clear_pending_carts(self, limit: int) -> int:
         rows = await self._pool.fetch(
@@ -421,8 +432,11 @@ class Checkout:
             " AND finished_at < now() - make_interval(secs => $2) ORDER BY finished_at LIMIT $1",
             limit, self._store.lease_seconds)
         for row in rows:
-            await self._clear_cart(row["checkout_id"], row["user_id"],
-                                   msgspec.convert(row["plan"], Plan, strict=False))
+            plan = msgspec.convert(row["plan"], Plan, strict=False)
+            if not await self._empty_cart(row["checkout_id"], row["user_id"], plan):
+                await self._pool.execute(
+                    "UPDATE checkouts SET cart_pending = false WHERE checkout_id = $1",
+                    row["checkout_id"])
         return len(rows)
 
     # -- compensation --------------------------------------------------------------------

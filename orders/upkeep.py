@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 
-from engine.admission import Admission
 from engine.errors import as_unavailable
 from orders.checkout import Checkout, RecoveryReport
 from orders.tasks import OrderTasks, TaskReport
@@ -18,11 +17,9 @@ log = logging.getLogger("flashsale.orders")
 
 
 class Upkeep:
-    def __init__(self, *, checkout: Checkout, tasks: OrderTasks, admission: Admission | None = None,
-                 interval: float = 5.0) -> None:
+    def __init__(self, *, checkout: Checkout, tasks: OrderTasks, interval: float = 5.0) -> None:
         self.checkout = checkout
         self.tasks = tasks
-        self._admission = admission  # drained at stop: confirm/release calls in flight
         self.interval = interval
         self._task: asyncio.Task | None = None
 
@@ -45,8 +42,6 @@ class Upkeep:
                 await self._task
             self._task = None
         await self.checkout.wait_idle()
-        if self._admission is not None:
-            await self._admission.close()
 
     async def _loop(self) -> None:
         while True:

@@ -126,7 +126,8 @@ async def test_a_hold_that_expired_while_the_saga_was_dead_is_compensated(
     assert_error(err, "reservation_expired")
 
 
-@pytest.mark.parametrize("point", ["after_reserve", "after_order", "after_capture"])
+@pytest.mark.parametrize("point", ["after_reserve", "after_order", "after_capture",
+                                   "after_cart"])
 async def test_recovery_completes_from_every_step(api, svc, pool, point) -> None:
     buyer = await shopper(api)
     item = await product(api, price="10.00", stock=5)
@@ -143,6 +144,22 @@ async def test_recovery_completes_from_every_step(api, svc, pool, point) -> None
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
     _, cart = await api.call("GET", "/api/v1/cart", headers=buyer["headers"])
     assert cart["items"] == []
+
+
+async def test_a_resumed_checkout_takes_its_units_out_of_the_cart_once(api, svc, pool) -> None:
+    buyer = await shopper(api)
+    item = await product(api, price="10.00", stock=9)
+    await add_to_cart(api, buyer, item, 2)
+    body = order_body(buyer)
+    await interrupted(svc, buyer, body, "after_cart")  # paid, cart emptied, not recorded
+    _, cart = await api.call("GET", "/api/v1/cart", headers=buyer["headers"])
+    assert cart["items"] == []
+    await add_to_cart(api, buyer, item, 1)  # the shopper goes on shopping
+    await lapse_leases(pool)
+    assert (await svc.checkout.recover_incomplete()).completed == 1
+    _, cart = await api.call("GET", "/api/v1/cart", headers=buyer["headers"])
+    assert [(i["product_id"], i["quantity"]) for i in cart["items"]] == [(item, 1)]
+    assert await pool.fetchval("SELECT cart_pending FROM checkouts") is False
 
 
 async def test_a_checkout_dead_before_reserving_is_forgotten(api, svc, pool) -> None:
