@@ -7,7 +7,9 @@ with the same server settings as the gateway (no access log, SO_REUSEPORT worker
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 
 import uvloop
 from aiohttp import web
@@ -40,6 +42,14 @@ def main() -> None:
             serve(args.port)
             os._exit(0)
         children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     for pid in children:
         os.waitpid(pid, 0)
 
