@@ -41,8 +41,9 @@ async def cart_lines(conn: asyncpg.Connection, carts: Carts, user_id: int
                                details=[{"path": "$", "message": "the cart is empty"}])
     rows = await conn.fetch(
         "SELECT p.product_id, p.name, p.price, p.currency, p.status,"
-        " coalesce(i.available_qty, 0) AS available_qty FROM products p"
-        " LEFT JOIN inventory i USING (product_id) WHERE p.product_id = ANY($1::bigint[])",
+        " coalesce((SELECT i.available_qty FROM inventory i"
+        " WHERE i.product_id = p.product_id), 0) AS available_qty"
+        " FROM products p WHERE p.product_id = ANY($1::bigint[])",
         list(cart))
     found = {r["product_id"]: r for r in rows}
     changed, short = [], []
@@ -106,7 +107,9 @@ async def take_stock(conn: asyncpg.Connection, lines: list[PlanLine]) -> None:
         "UPDATE inventory i SET available_qty = i.available_qty - l.q,"
         " sold_qty = i.sold_qty + l.q, version = i.version + 1, updated_at = now()"
         " FROM unnest($1::bigint[], $2::int[]) AS l(pid, q)"
-        " WHERE i.product_id = l.pid AND i.available_qty >= l.q RETURNING i.product_id",
+        # product_id = ANY: an index condition, so no plan ever scans the whole table
+        " WHERE i.product_id = ANY($1::bigint[]) AND i.product_id = l.pid"
+        " AND i.available_qty >= l.q RETURNING i.product_id",
         pids, [line.quantity for line in lines])
     if len(taken) == len(pids):
         return

@@ -141,22 +141,25 @@ class Checkout:
             metrics.CHECKOUT_DURATION.observe(time.perf_counter() - started)
 
     async def _place(self, user_id: int, request: CheckoutRequest) -> CheckoutResult:
-        claimed: Record | None = None
-        token = None
-        try:
-            async with self._pool.acquire() as conn:  # one connection up to the reserve step
-                claimed = await self._store.claim(conn, user_id, request)
-                if isinstance(claimed, Stored):
-                    return CheckoutResult(200 if claimed.status == 201 else claimed.status,
-                                          claimed.body, replayed=True)
-                if claimed.step == "started":
-                    token = await self._start(conn, claimed)
-        except Exception as exc:
-            if (isinstance(claimed, Record) and claimed.step == "started"
-                    and not isinstance(exc, LeaseLost)):
-                await self._quietly(self._store.drop, claimed)  # nothing to undo: key freed
-            raise
+        async with self._pool.acquire() as conn:
+            claimed, token = await retrying(lambda: self._claim(conn, user_id, request))
+        if isinstance(claimed, Stored):
+            return CheckoutResult(200 if claimed.status == 201 else claimed.status,
+                                  claimed.body, replayed=True)
+        await self._at("after_reserve", claimed)
         return await self._drive(claimed, token)
+
+    async def _claim(self, conn: asyncpg.Connection, user_id: int, request: CheckoutRequest
+                     ) -> tuple[Record | Stored, str | None]:
+        """One transaction: claim the key, validate and price, reserve. A failure before the
+        commit leaves nothing behind, not even the key (validation failures are not
+        stored); a concurrent request with the same key waits on the key's index entry
+        for the outcome, then gets the stored response or 409."""
+        async with conn.transaction():
+            claimed = await self._store.claim(conn, user_id, request)
+            if isinstance(claimed, Stored) or claimed.step != "started":
+                return claimed, None  # answered, or a dead executor's checkout to resume
+            return claimed, await self._start(conn, claimed)
 
     async def recover_incomplete(self, *, limit: int = 100) -> RecoveryReport:
         """Resume every running checkout whose executor died (its lease ran out): the
@@ -217,7 +220,8 @@ class Checkout:
         return CheckoutResult(response.status, response.body)
 
     async def _start(self, conn: asyncpg.Connection, record: Record) -> str | None:
-        """Validate and price, then reserve: returns the card's provider token."""
+        """Validate and price, then reserve (inside the claim's transaction): returns the
+        card's provider token."""
         request, user_id = record.request, record.user_id
         method = await self._payer(conn, user_id, request)
         if request.reservation_id is not None:
@@ -226,42 +230,37 @@ class Checkout:
         else:
             lines, currency = await basket.cart_lines(conn, self._carts, user_id)
 
-        async def reserve() -> None:
-            async with conn.transaction():
-                coupon = None
-                subtotal = sum((line.subtotal for line in lines), Decimal(0))
-                if request.coupon_code is not None:
-                    coupon = await Coupons.applicable(conn, request.coupon_code,
-                                                      user_id=user_id, subtotal=subtotal)
-                priced = quote([line.subtotal for line in lines], self._rules,
-                               coupon[2] if coupon else None)
-                if request.reservation_id is None:
-                    await basket.take_stock(conn, lines)
-                ids = await conn.fetchrow(
-                    "INSERT INTO payments (checkout_id, order_id, user_id, payment_method_id,"
-                    " method, amount) VALUES ($1, nextval(pg_get_serial_sequence('orders',"
-                    " 'order_id')), $2, $3, $4, $5) RETURNING order_id, payment_id",
-                    record.checkout_id, user_id, request.payment_method_id, method["type"],
-                    priced.total)
-                if coupon is not None:
-                    await Coupons.redeem(conn, coupon_id=coupon[0], user_id=user_id,
-                                         checkout_id=record.checkout_id,
-                                         order_id=ids["order_id"], discount=priced.discount)
-                plan = Plan(order_id=ids["order_id"], payment_id=ids["payment_id"],
-                            method=method["type"], lines=lines, subtotal=priced.subtotal,
-                            discount=priced.discount, tax=priced.tax,
-                            shipping_fee=priced.shipping_fee, total=priced.total,
-                            currency=currency, shipping_address_id=request.shipping_address_id,
-                            payment_method_id=request.payment_method_id,
-                            coupon_code=coupon[1] if coupon else None,
-                            reservation_id=request.reservation_id)
-                await self._store.advance(
-                    conn, record, "reserved", ", order_id = $1, payment_id = $2, plan = $3",
-                    plan.order_id, plan.payment_id, msgspec.to_builtins(plan))
-                record.plan = plan
-
-        await retrying(reserve)
-        await self._at("after_reserve", record)
+        coupon = None
+        subtotal = sum((line.subtotal for line in lines), Decimal(0))
+        if request.coupon_code is not None:
+            coupon = await Coupons.applicable(conn, request.coupon_code,
+                                              user_id=user_id, subtotal=subtotal)
+        priced = quote([line.subtotal for line in lines], self._rules,
+                       coupon[2] if coupon else None)
+        if request.reservation_id is None:
+            await basket.take_stock(conn, lines)
+        ids = await conn.fetchrow(
+            "INSERT INTO payments (checkout_id, order_id, user_id, payment_method_id,"
+            " method, amount) VALUES ($1, nextval(pg_get_serial_sequence('orders',"
+            " 'order_id')), $2, $3, $4, $5) RETURNING order_id, payment_id",
+            record.checkout_id, user_id, request.payment_method_id, method["type"],
+            priced.total)
+        if coupon is not None:
+            await Coupons.redeem(conn, coupon_id=coupon[0], user_id=user_id,
+                                 checkout_id=record.checkout_id,
+                                 order_id=ids["order_id"], discount=priced.discount)
+        plan = Plan(order_id=ids["order_id"], payment_id=ids["payment_id"],
+                    method=method["type"], lines=lines, subtotal=priced.subtotal,
+                    discount=priced.discount, tax=priced.tax,
+                    shipping_fee=priced.shipping_fee, total=priced.total,
+                    currency=currency, shipping_address_id=request.shipping_address_id,
+                    payment_method_id=request.payment_method_id,
+                    coupon_code=coupon[1] if coupon else None,
+                    reservation_id=request.reservation_id)
+        await self._store.advance(
+            conn, record, "reserved", ", order_id = $1, payment_id = $2, plan = $3",
+            plan.order_id, plan.payment_id, msgspec.to_builtins(plan))
+        record.plan = plan
         return method["provider_token"]
 
     @staticmethod

@@ -5,8 +5,10 @@ canonical body) and, when it ends, its response. Then:
 - same key, same body, finished -> the stored response, replayed verbatim;
 - same key, different body -> 422 ``idempotency_key_reused``;
 - same key while the first is still running -> 409 ``idempotency_key_in_use``;
-- a request that failed validation before any side effect stores nothing: its row is
-  deleted and the key may be used again.
+- a request that failed validation before any side effect stores nothing: the key is
+  claimed in the same transaction as the reserve step, so a failure before its commit
+  leaves no row and the key may be used again. A concurrent request with the same key
+  waits on the key's unique index entry for that transaction's outcome.
 
 A running checkout is owned through a lease (a random token and an expiry, renewed at
 every step). When its executor dies, the lease runs out and the next request with the
@@ -91,7 +93,7 @@ class IdempotencyStore:
                     request: CheckoutRequest) -> Record | Stored:
         """Start a checkout, take over one whose executor died, or answer from the record."""
         digest = fingerprint(request)
-        for _ in range(5):  # a row deleted under us (a validation failure) means: try again
+        for _ in range(5):  # the row vanished under us (its claim rolled back): try again
             row = await conn.fetchrow(
                 "INSERT INTO checkouts (user_id, idempotency_key, fingerprint, request, kind,"
                 " lease_token, lease_until) VALUES ($1, $2, $3, $4, $5, $6,"
@@ -189,7 +191,8 @@ class IdempotencyStore:
         self.finished(record, status, body)
 
     async def drop(self, conn: asyncpg.Connection, record: Record) -> None:
-        """Forget a checkout that ended before any side effect (the key is free again)."""
+        """Forget a checkout recorded as ``started``: nothing was done for it (claims
+        commit with the reserve step, so only a hand-made or older row is in this state)."""
         await conn.execute(
             "DELETE FROM checkouts WHERE checkout_id = $1 AND lease_token = $2"
             " AND step = 'started'", record.checkout_id, record.lease)
