@@ -27,9 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or SUITE:
         print(f"\n=== benchmarks.{name} {flag}", flush=True)
         started = time.perf_counter()
-        module = importlib.import_module(f"benchmarks.{name}")
         try:
-            code = module.main([flag])
+            code = importlib.import_module(f"benchmarks.{name}").main([flag])
         except Exception as exc:  # one broken benchmark must not hide the others' tables
             print(f"benchmarks.{name} failed: {type(exc).__name__}: {exc}")
             code = 1
