@@ -7,9 +7,9 @@ difference instead of charging it (see orders/checkout.py).
 
 Writes are optimistic Redis transactions (WATCH the cart, read, MULTI/EXEC), retried with
 a random, growing backoff when a concurrent write to the same cart got in first, so
-concurrent adds never lose units. Taking a checkout's units out of the cart leaves a
-marker field (``done:<checkout id>``) in the same transaction, so repeating it (a resumed
-checkout) takes nothing twice.
+concurrent adds never lose units. A paid checkout's units leave the cart through one
+script call (lua/take_from_cart.lua) that also leaves a marker field
+(``done:<checkout id>``), so repeating it (a resumed checkout) takes nothing twice.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -29,18 +30,21 @@ from redis.exceptions import WatchError
 
 from engine.errors import Conflict, InsufficientStock, NotFound, ValidationFailed
 from engine.keys import cart_key
+from engine.scripts import Script
 from orders.pricing import ZERO, line_subtotal
 
 CART_TTL_SECONDS = 30 * 24 * 3600
 DONE = "done:"  # marker fields: checkouts whose units already left this cart
 DONE_KEPT_MS = 24 * 3600 * 1000  # a marker outlives by far any checkout it guards
+TAKE_FROM_CART = Script("take_from_cart", resources.files("lua").joinpath(
+    "take_from_cart.lua").read_text(encoding="utf-8"))
 MAX_LINES = 50
 MAX_QUANTITY = 99
 _RETRIES = 20
 
 
 class CartLine(msgspec.Struct, frozen=True):
-    q: int  # quantity
+    q: int  # quantity (first: lua/take_from_cart.lua reads and rewrites it in place)
     p: Decimal  # unit price shown to the shopper
     n: str  # product name
     at: int  # added, ms (keeps the lines in the order the shopper added them)
@@ -140,23 +144,18 @@ class Carts:
         await self._update(user_id, change)
 
     async def remove_ordered(self, user_id: int, ordered: dict[int, int], *,
-                             checkout_id: int) -> None:
-        """Take the ordered units out of the cart, once per checkout; units the shopper
-        added while the checkout ran stay."""
-        def change(lines: Lines) -> dict[int, CartLine | None]:
-            out: dict[int, CartLine | None] = {}
-            for pid, qty in ordered.items():
-                line = lines.get(pid)
-                if line is not None:
-                    left = line.q - qty
-                    out[pid] = msgspec.structs.replace(line, q=left) if left > 0 else None
-            return out
-
-        await self._update(user_id, change, done=checkout_id)
+                             checkout_id: int) -> bool:
+        """Take the ordered units out of the cart, once per checkout (False: already
+        done); units the shopper added while the checkout ran stay."""
+        args: list[object] = [f"{DONE}{checkout_id}", int(time.time() * 1000), DONE_KEPT_MS,
+                              CART_TTL_SECONDS]
+        for pid, qty in ordered.items():
+            args += [pid, qty]
+        return bool(await TAKE_FROM_CART(self._redis, [cart_key(user_id)], args))
 
     # -- internals -----------------------------------------------------------------------
-    async def _update(self, user_id: int, change: Change, *, done: int | None = None) -> Lines:
-        """Apply ``change`` atomically; with ``done``, at most once for that checkout."""
+    async def _update(self, user_id: int, change: Change) -> Lines:
+        """Apply ``change`` atomically (optimistic: retried when another write got in)."""
         key = cart_key(user_id)
         for attempt in range(_RETRIES):
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -164,19 +163,10 @@ class Carts:
                     await pipe.watch(key)
                     raw = await pipe.hgetall(key)
                     lines = _lines(raw)
-                    if done is not None and f"{DONE}{done}".encode() in raw:
-                        return lines
                     writes = change(lines)
-                    if not writes and done is None:
+                    if not writes:
                         return lines
                     pipe.multi()
-                    if done is not None:
-                        now = int(time.time() * 1000)
-                        pipe.hset(key, f"{DONE}{done}", now)
-                        stale = [f for f, v in raw.items() if f.startswith(DONE.encode())
-                                 and now - int(v) > DONE_KEPT_MS]
-                        if stale:
-                            pipe.hdel(key, *stale)
                     for pid, line in writes.items():
                         if line is None:
                             pipe.hdel(key, str(pid))

@@ -106,3 +106,20 @@ async def test_concurrent_adds_lose_no_unit(api) -> None:
     _, cart = await api.call("GET", "/api/v1/cart", headers=buyer["headers"])
     assert sorted(i["quantity"] for i in cart["items"]) == [10, 10, 10]
     assert cart["subtotal"] == "30.00"
+
+
+async def test_a_checkouts_units_leave_the_cart_once(api, redis) -> None:
+    from tests.test_orders_support import services_of
+
+    buyer = await shopper(api)
+    odd = await product(api, price="2.50", name='Mug "Ünïcode" {q:1}')
+    pen = await product(api, price="1.00", name="Pen")
+    await add_to_cart(api, buyer, odd, 3)
+    await add_to_cart(api, buyer, pen, 1)
+    carts = services_of(api).carts
+    assert await carts.remove_ordered(buyer["user_id"], {odd: 2, pen: 1}, checkout_id=7)
+    assert not await carts.remove_ordered(buyer["user_id"], {odd: 2, pen: 1}, checkout_id=7)
+    _, cart = await api.call("GET", "/api/v1/cart", headers=buyer["headers"])
+    assert [(i["product_id"], i["name"], i["quantity"], i["subtotal"]) for i in cart["items"]] == [
+        (odd, 'Mug "Ünïcode" {q:1}', 1, "2.50")]
+    assert await redis.hexists(cart_key(buyer["user_id"]), "done:7")
