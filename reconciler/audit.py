@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import NotFound
 from engine.keys import ACTIVE_SALES, sale_keys
 from engine.sales import Sales
 from reconciler.lag import stream_lag
@@ -55,7 +56,11 @@ async def _records(sales: Sales, sale_id: int) -> tuple[Counter, Counter]:
 
 async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -> SaleAudit:
     report = SaleAudit(sale_id)
-    sale = await sales.get(sale_id)
+    try:
+        sale = await sales.get(sale_id)
+    except NotFound:
+        report.fail("active in Redis but unknown to Postgres (Redis from another database?)")
+        return report
     keys = sale_keys(sale_id)
     try:
         books = await sales.counts(sale_id)

@@ -55,6 +55,8 @@ class Consumer:
         self.postgres_ok = True
         self.redis_ok = True
         self._groups: set[int] = set()
+        self._known: set[int] = set()  # sales Postgres has
+        self._reported: set[int] = set()  # sales Postgres lacks, already logged
         self._sales: list[int] = []
         self._sales_read_at = 0.0
         self._claim_cursor: dict[int, str] = {}
@@ -74,6 +76,12 @@ class Consumer:
                 log.warning("redis unavailable (%s); retrying", exc)
                 await backoff.wait()
                 continue
+            except POSTGRES_DOWN as exc:
+                self.postgres_ok = False
+                metrics.POSTGRES_ERRORS.inc()
+                log.warning("postgres unavailable (%s); retrying", exc)
+                await backoff.wait()
+                continue
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
@@ -83,8 +91,7 @@ class Consumer:
                 self._groups.clear()
                 self._sales_read_at = 0.0
                 continue
-            if batch:
-                await self._apply_until_committed(batch)
+            if batch and await self._apply_until_committed(batch):
                 await self._ack(batch)
             backoff.reset()
             await self._housekeeping()
@@ -103,9 +110,9 @@ class Consumer:
             block=self.settings.reconcile_block_ms)
         return self._events(reply)
 
-    async def _apply_until_committed(self, batch: list[SaleEvent]) -> None:
+    async def _apply_until_committed(self, batch: list[SaleEvent]) -> bool:
         """Postgres down: keep the batch, do not ack, retry with backoff until it lands.
-        (On SIGTERM during an outage the batch stays pending and is claimed later.)"""
+        False when told to stop first: the batch stays pending and is claimed later."""
         backoff = Backoff(first=0.1)
         while True:
             try:
@@ -118,16 +125,21 @@ class Consumer:
                     metrics.EVENTS_APPLIED.labels(kind).inc(n)
                 log.debug("applied %d events in %.1f ms", len(batch),
                           (time.perf_counter() - started) * 1000)
-                return
+                return True
             except (*POSTGRES_DOWN, asyncpg.SerializationError,
                     asyncpg.DeadlockDetectedError) as exc:
                 self.postgres_ok = False
                 metrics.POSTGRES_ERRORS.inc()
                 log.warning("postgres write failed (%s); batch of %d kept, retrying",
                             type(exc).__name__, len(batch))
-                if self.stopping.is_set() and backoff.delay >= 1:
-                    raise
-                await backoff.wait()
+            except asyncpg.PostgresError:
+                # Not an outage, and not ours to guess at: keep the batch unacknowledged,
+                # say so loudly, and retry slowly rather than die and restart in a loop.
+                metrics.POSTGRES_ERRORS.inc()
+                log.exception("batch of %d rejected by Postgres; kept, retrying", len(batch))
+            if self.stopping.is_set() and backoff.delay >= 1:
+                return False
+            await backoff.wait()
 
     async def _ack(self, batch: list[SaleEvent]) -> None:
         by_stream: dict[int, list[str]] = {}
@@ -153,13 +165,28 @@ class Consumer:
     async def _active_sales(self) -> list[int]:
         now = time.monotonic()
         if now - self._sales_read_at > 1.0:
-            members = await self.redis.smembers(ACTIVE_SALES)
-            self._sales = sorted(int(m) for m in members)
+            members = sorted(int(m) for m in await self.redis.smembers(ACTIVE_SALES))
+            self._sales = await self._known_to_postgres(members)
             self._sales_read_at = now
             for sale_id in self._sales:
                 if sale_id not in self._groups:
                     await self._ensure_group(sale_id)
         return self._sales
+
+    async def _known_to_postgres(self, sale_ids: list[int]) -> list[int]:
+        """Only sales Postgres knows are read: a sale active in Redis but absent from
+        Postgres (Redis left over from another database) is left unread and reported,
+        never applied half-way."""
+        unknown = [s for s in sale_ids if s not in self._known]
+        if unknown:
+            found = {r["sale_id"] for r in await self.pool.fetch(
+                "SELECT sale_id FROM flash_sales WHERE sale_id = ANY($1)", unknown)}
+            self._known |= found
+            for sale_id in set(unknown) - found - self._reported:
+                log.warning("sale %d is active in Redis but unknown to Postgres; its events "
+                            "are left unread (`flashsale audit` reports it)", sale_id)
+                self._reported.add(sale_id)
+        return [s for s in sale_ids if s in self._known]
 
     async def _ensure_group(self, sale_id: int) -> None:
         try:

@@ -217,3 +217,24 @@ async def test_recover_rebuilds_redis_from_postgres(
         await admission.reserve(sale, 0, 2, "more")  # user 0 bought 1, limit 2
     audit = await asyncio.to_thread(_cli, settings, "audit", str(sale))
     assert audit.returncode == 0, audit.stdout
+
+
+async def test_a_sale_unknown_to_postgres_is_left_unread_not_fatal(
+        settings, sales, product_factory, admission, pool, redis, procs) -> None:
+    """Redis left over from another database: its sale is reported, the others proceed."""
+    from engine.keys import ACTIVE_SALES
+    from engine.scripts import SCRIPTS
+
+    stray = sale_keys(9999)
+    await SCRIPTS.load_tokens(redis, stray.for_load, (1, "1.00", 0, 0, 5, 600_000, 5, 5, 0, 0))
+    await redis.sadd(ACTIVE_SALES, 9999)
+    await admission.reserve(9999, 1, 1, "k")
+    sale = await _new_sale(sales, product_factory, 10)
+    proc = ReconcilerProcess(settings, "stray").start()
+    procs.append(proc)
+    await admission.reserve(sale, 1, 1, "k")
+    await wait_drained(redis, pool, sale, rows=1)
+    assert proc.proc.poll() is None
+    assert "unknown to Postgres" in proc.log.read_text()
+    report = await asyncio.to_thread(_cli, settings, "audit", "--wait", "0")
+    assert report.returncode == 1 and "unknown to Postgres" in report.stdout
