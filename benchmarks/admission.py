@@ -38,7 +38,7 @@ TOKENS = 100_000_000
 async def load_sale(redis) -> None:
     await redis.flushdb()
     await SCRIPTS.load_tokens(redis, sale_keys(SALE).for_load,
-                              (1, "9.99", 0, 0, 1_000_000, 600_000, TOKENS, TOKENS, 0, 0))
+                              (1, "9.99", 0, 0, 1_000_000, 600_000, TOKENS, TOKENS, 0, 0, "bench"))
     await SCRIPTS.reserve.load(redis)
 
 

@@ -95,7 +95,7 @@ class Server:
 async def reset_sale(redis) -> None:
     await redis.flushdb()
     await SCRIPTS.load_tokens(redis, sale_keys(SALE).for_load,
-                              (1, "9.99", 0, 0, 10**9, 600_000, 10**9, 10**9, 0, 0))
+                              (1, "9.99", 0, 0, 10**9, 600_000, 10**9, 10**9, 0, 0, "bench"))
 
 
 def run_wrk(url: str, path: str, token: str, conns: int, seconds: float) -> dict:

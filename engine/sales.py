@@ -31,6 +31,18 @@ def from_ms(ms: int) -> datetime | None:
     return None if not ms else datetime.fromtimestamp(ms / 1000, UTC)
 
 
+def identity(sale: dict[str, Any]) -> str:
+    """What tells this sale from another with the same id (a recreated database): its
+    creation time in microseconds, kept in the sale's Redis meta."""
+    return str(int(sale["created_at"].timestamp() * 1_000_000))
+
+
+def foreign_message(sale_id: int) -> str:
+    return (f"Redis already holds a different sale {sale_id} (left from another database?). "
+            f"Point FLASHSALE_REDIS_URL at a clean Redis db, or delete the keys "
+            f"'fs:{{s:{sale_id}}}:*' if that sale is gone for good.")
+
+
 @dataclass(frozen=True, slots=True)
 class SaleView:
     """What a shopper sees: read from Redis only."""
@@ -105,7 +117,9 @@ class Sales:
         answer = await SCRIPTS.load_tokens(self.redis, keys.for_load, (
             sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]),
             to_ms(sale["ends_at"]), sale["per_user_limit"], sale["hold_seconds"] * 1000,
-            sale["quantity"], sale["quantity"], 0, 0))
+            sale["quantity"], sale["quantity"], 0, 0, identity(sale)))
+        if answer[0] == b"foreign":
+            raise Conflict(foreign_message(sale_id))
         if answer[0] == b"exists":
             # Loaded before a crash kept us from marking it ready: finish, never load twice.
             loaded = 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.errors import Conflict
 from engine.keys import ACTIVE_SALES, sale_keys
-from engine.sales import Sales, to_ms
+from engine.sales import Sales, identity, to_ms
 from engine.scripts import SCRIPTS
 
 _LETTER = {"held": "h", "confirmed": "c", "released": "r", "expired": "e"}
@@ -58,8 +58,8 @@ async def recover_sale(sales: Sales, sale_id: int) -> dict[str, Any]:
     answer = await SCRIPTS.load_tokens(sales.redis, keys.for_load, (
         sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]), to_ms(sale["ends_at"]),
         sale["per_user_limit"], sale["hold_seconds"] * 1000, tokens, sale["quantity"], held,
-        confirmed))
-    if answer[0] == b"exists":
+        confirmed, identity(sale)))
+    if answer[0] != b"ok":
         raise Conflict(f"Sale {sale_id} reappeared in Redis during the rebuild; left as it is.")
     if sale["status"] == "ready":
         await sales.redis.sadd(ACTIVE_SALES, sale_id)

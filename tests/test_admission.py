@@ -74,6 +74,18 @@ async def test_load_twice_is_refused_and_a_crash_is_finished(sales, product_fact
                                sale_id) == "ready"
 
 
+async def test_a_sale_id_held_in_redis_by_another_database_is_refused(
+        sales, product_factory, pool, redis):
+    product = await product_factory(stock=10)
+    sale = await sales.create(product_id=product, quantity=2, price=Decimal("1.00"))
+    # The database is recreated (ids start again) while Redis keeps the old sale's keys.
+    await pool.execute("TRUNCATE flash_sales CASCADE")
+    await pool.execute("ALTER SEQUENCE flash_sales_sale_id_seq RESTART")
+    with pytest.raises(Conflict, match="different sale"):
+        await sales.create(product_id=product, quantity=3, price=Decimal("1.00"))
+    assert await redis.get(sale_keys(sale["sale_id"]).tokens) == b"2"  # untouched
+
+
 async def test_reserve_happy_replay_limit_sold_out(admission, sales, product_factory):
     product = await product_factory(stock=3)
     sale = (await sales.create(product_id=product, quantity=3, price=Decimal("5.00"),

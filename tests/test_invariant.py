@@ -35,7 +35,7 @@ class SaleMachine(RuleBasedStateMachine):
         self.keys = sale_keys(SALE)
         self.run(self.redis.delete(*self.keys.all))
         self.run(SCRIPTS.load_tokens(self.redis, self.keys.for_load, (
-            1, "1.00", 0, 0, LIMIT, 600_000, INITIAL, INITIAL, 0, 0)))
+            1, "1.00", 0, 0, LIMIT, 600_000, INITIAL, INITIAL, 0, 0, "test")))
         self.order = 0
 
     def connect(self) -> aioredis.Redis:

@@ -226,7 +226,8 @@ async def test_a_sale_unknown_to_postgres_is_left_unread_not_fatal(
     from engine.scripts import SCRIPTS
 
     stray = sale_keys(9999)
-    await SCRIPTS.load_tokens(redis, stray.for_load, (1, "1.00", 0, 0, 5, 600_000, 5, 5, 0, 0))
+    await SCRIPTS.load_tokens(redis, stray.for_load,
+                              (1, "1.00", 0, 0, 5, 600_000, 5, 5, 0, 0, "stray"))
     await redis.sadd(ACTIVE_SALES, 9999)
     await admission.reserve(9999, 1, 1, "k")
     sale = await _new_sale(sales, product_factory, 10)
