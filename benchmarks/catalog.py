@@ -30,8 +30,7 @@ from urllib.parse import quote
 import aiohttp
 import asyncpg
 
-from benchmarks.common import latency_summary, table, write_results
-from engine.connections import with_database
+from benchmarks.common import fresh_database, latency_summary, table, write_results
 
 DATABASE = "flashsale_bench_catalog"
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -54,7 +53,6 @@ async def prepare(database_url: str, products: int, reuse: bool) -> dict[str, An
     """Seed the benchmark database (or keep it with --reuse) and return the seed figures."""
     from accounts.passwords import hash_password
     from catalog.seed import seed_catalog
-    from engine.migrate import migrate
 
     if reuse:
         try:
@@ -67,12 +65,7 @@ async def prepare(database_url: str, products: int, reuse: bool) -> dict[str, An
                 return {"reused": True, "products": products}
         except (OSError, asyncpg.PostgresError):
             pass
-    admin = await asyncpg.connect(with_database(database_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    await migrate(database_url)
+    await fresh_database(database_url)
     done = [0]
 
     def progress(n: int) -> None:

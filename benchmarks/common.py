@@ -72,6 +72,21 @@ def machine() -> dict[str, Any]:
             "postgres": version(["psql", "--version"])}
 
 
+async def fresh_database(url: str) -> None:
+    """Drop the benchmark's database and create it again, fully migrated."""
+    import asyncpg
+
+    from engine.connections import database_name, with_database
+    from engine.migrate import migrate
+
+    admin = await asyncpg.connect(with_database(url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    await migrate(url)
+
+
 def write_results(name: str, mode: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{mode}.json"

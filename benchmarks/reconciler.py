@@ -17,26 +17,21 @@ import sys
 import time
 from decimal import Decimal
 
-import asyncpg
 import uvloop
 
-from benchmarks.common import BENCH_DATABASE_URL, BENCH_REDIS_URL, table, write_results
+from benchmarks.common import (
+    BENCH_DATABASE_URL,
+    BENCH_REDIS_URL,
+    fresh_database,
+    table,
+    write_results,
+)
 from engine.admission import Admission
-from engine.connections import create_pool, create_redis, database_name, with_database
-from engine.migrate import migrate
+from engine.connections import create_pool, create_redis
 from engine.sales import Sales
 from engine.settings import Settings
 from reconciler.consumer import Consumer
 from reconciler.lag import stream_lag
-
-
-async def fresh_database(url: str) -> None:
-    admin = await asyncpg.connect(with_database(url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    await migrate(url)
 
 
 async def make_backlog(settings: Settings, pool, redis, events: int) -> tuple[int, float]:
