@@ -12,13 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.admission import STATES
 from engine.errors import NotFound
 from engine.keys import ACTIVE_SALES, sale_keys
 from engine.sales import Sales
 from reconciler.lag import stream_lag
 from reconciler.report import postgres_books
-
-_STATE = {b"h": "held", b"c": "confirmed", b"r": "released", b"e": "expired"}
 
 
 @dataclass
@@ -48,7 +47,7 @@ async def _records(sales: Sales, sale_id: int) -> tuple[Counter, Counter]:
     per_buyer: Counter = Counter()
     async for _rid, raw in sales.redis.hscan_iter(sale_keys(sale_id).res, count=1000):
         user, qty, state, _expires, _order = raw.split(b":", 4)
-        units[_STATE[state]] += int(qty)
+        units[STATES[state]] += int(qty)
         if state in (b"h", b"c"):
             per_buyer[int(user)] += int(qty)
     return units, per_buyer

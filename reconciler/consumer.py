@@ -70,16 +70,15 @@ class Consumer:
             try:
                 batch = await self._next_batch()
                 self.redis_ok = True
-            except REDIS_DOWN as exc:
-                self.redis_ok = False
-                metrics.REDIS_ERRORS.inc()
-                log.warning("redis unavailable (%s); retrying", exc)
-                await backoff.wait()
-                continue
-            except POSTGRES_DOWN as exc:
-                self.postgres_ok = False
-                metrics.POSTGRES_ERRORS.inc()
-                log.warning("postgres unavailable (%s); retrying", exc)
+            except (*REDIS_DOWN, *POSTGRES_DOWN) as exc:
+                redis_down = isinstance(exc, REDIS_DOWN)
+                if redis_down:
+                    self.redis_ok = False
+                else:
+                    self.postgres_ok = False
+                (metrics.REDIS_ERRORS if redis_down else metrics.POSTGRES_ERRORS).inc()
+                log.warning("%s unavailable (%s); retrying",
+                            "redis" if redis_down else "postgres", exc)
                 await backoff.wait()
                 continue
             except ResponseError as exc:

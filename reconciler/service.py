@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -13,10 +12,8 @@ from aiohttp import web
 
 from engine import metrics
 from engine.connections import close_pool, create_pool, create_redis
-from engine.keys import ACTIVE_SALES
 from engine.settings import Settings
 from reconciler.consumer import Consumer
-from reconciler.lag import stream_lag
 from reconciler.sweeper import Sweeper
 
 log = logging.getLogger("flashsale.reconciler")
@@ -48,20 +45,6 @@ def _status_app(consumer: Consumer) -> web.Application:
     return app
 
 
-async def _watch_lag(consumer: Consumer) -> None:
-    """Keep the oldest-pending-age gauge current (the per-sale pending gauge is the
-    sweeper's)."""
-    while not consumer.stopping.is_set():
-        with contextlib.suppress(Exception):
-            oldest = 0.0
-            for member in await consumer.redis.smembers(ACTIVE_SALES):
-                oldest = max(oldest, (await stream_lag(consumer.redis, int(member)))
-                             .oldest_age_seconds)
-            metrics.OLDEST_PENDING_AGE.set(oldest)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(consumer.stopping.wait(), 2.0)
-
-
 async def run_reconciler(settings: Settings, *, metrics_port: int | None = None,
                          consumer_name: str | None = None) -> None:
     redis = create_redis(settings)
@@ -82,8 +65,7 @@ async def run_reconciler(settings: Settings, *, metrics_port: int | None = None,
              f"; metrics on http://{settings.host}:{metrics_port}/metrics" if metrics_port else "")
     started = time.monotonic()
     tasks = [asyncio.create_task(consumer.run(), name="consumer"),
-             asyncio.create_task(sweeper.run(), name="sweeper"),
-             asyncio.create_task(_watch_lag(consumer), name="lag")]
+             asyncio.create_task(sweeper.run(), name="sweeper")]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:

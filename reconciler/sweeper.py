@@ -19,7 +19,7 @@ from engine import metrics
 from engine.admission import Admission
 from engine.errors import POSTGRES_DOWN, REDIS_DOWN
 from engine.keys import ACTIVE_SALES, sale_keys
-from reconciler.lag import stream_lag
+from reconciler.lag import Lag, stream_lag
 
 log = logging.getLogger("flashsale.sweeper")
 
@@ -45,7 +45,10 @@ class Sweeper:
                 pass
 
     async def sweep_once(self) -> int:
+        """Expire due holds of every active sale, publish its gauges (lag read once per
+        sale per sweep), and close the sales that are finished."""
         expired_total = 0
+        oldest = 0.0
         for member in await self.redis.smembers(ACTIVE_SALES):
             sale_id = int(member)
             while True:
@@ -53,29 +56,33 @@ class Sweeper:
                 expired_total += expired
                 if not left:
                     break
-            await self._publish_gauges(sale_id)
-            await self.close_if_finished(sale_id)
+            lag = await stream_lag(self.redis, sale_id)
+            oldest = max(oldest, lag.oldest_age_seconds)
+            holds = await self._publish_gauges(sale_id, lag)
+            if not holds and not lag.pending:  # live holds may still be paid; events in flight
+                await self.close_if_finished(sale_id)
+        metrics.OLDEST_PENDING_AGE.set(oldest)
         if expired_total:
             metrics.HOLDS_EXPIRED.inc(expired_total)
         return expired_total
 
-    async def _publish_gauges(self, sale_id: int) -> None:
+    async def _publish_gauges(self, sale_id: int, lag: Lag) -> int:
+        """Set the sale's gauges; returns its live holds."""
         keys = sale_keys(sale_id)
-        lag = await stream_lag(self.redis, sale_id)
         tokens, holds = await asyncio.gather(self.redis.get(keys.tokens),
                                              self.redis.zcard(keys.holds))
         label = str(sale_id)
         metrics.TOKENS_REMAINING.labels(label).set(int(tokens or 0))
         metrics.HOLDS_LIVE.labels(label).set(holds)
         metrics.PENDING_ENTRIES.labels(label).set(lag.pending)
+        return holds
 
     async def close_if_finished(self, sale_id: int) -> bool:
+        """Close a sale past its end (the caller has seen no live hold and no lag)."""
         keys = sale_keys(sale_id)
         ends_ms, state = await self.redis.hmget(keys.meta, "ends_ms", "state")
         if state is None or not int(ends_ms or 0) or time.time() * 1000 < int(ends_ms):
             return False
-        if await self.redis.zcard(keys.holds) or (await stream_lag(self.redis, sale_id)).pending:
-            return False  # live holds may still be paid; events still on their way
         async with self.pool.acquire() as conn, conn.transaction():
             sale = await conn.fetchrow(
                 "SELECT product_id, quantity, held_qty, confirmed_qty, status FROM flash_sales"
