@@ -24,6 +24,7 @@ from engine.events import SaleEvent
 from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys
 from engine.settings import Settings
 from reconciler.apply import apply_batch, stream_id_key
+from reconciler.lag import text
 
 log = logging.getLogger("flashsale.reconciler")
 
@@ -254,15 +255,12 @@ async def trim_acknowledged(redis: aioredis.Redis, sale_id: int) -> None:
     for group in groups:
         # Entries up to last-delivered-id are acknowledged unless still pending.
         if group["pending"]:
-            candidate = _text((await redis.xpending(stream, group["name"]))["min"])
+            candidate = text((await redis.xpending(stream, group["name"]))["min"])
         else:
-            ms, seq = stream_id_key(_text(group["last-delivered-id"]))
+            ms, seq = stream_id_key(text(group["last-delivered-id"]))
             candidate = f"{ms}-{seq + 1}"
         if floor is None or stream_id_key(candidate) < stream_id_key(floor):
             floor = candidate
     if floor:
         await redis.xtrim(stream, minid=floor, approximate=False)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

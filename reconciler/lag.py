@@ -22,7 +22,8 @@ class Lag:
         return {"pending": self.pending, "oldest_age_seconds": round(self.oldest_age_seconds, 3)}
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A stream id or name as str, whether Redis answered bytes or str."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -36,12 +37,12 @@ async def stream_lag(redis: aioredis.Redis, sale_id: int) -> Lag:
         groups = await redis.xinfo_groups(stream)
     except ResponseError:  # no stream at all
         return Lag(0, 0.0)
-    group = next((g for g in groups if _text(g["name"]) == CONSUMER_GROUP), None)
+    group = next((g for g in groups if text(g["name"]) == CONSUMER_GROUP), None)
     if group is None:  # no reconciler has looked yet: every entry is waiting
         first = await redis.xrange(stream, count=1)
         count = await redis.xlen(stream)
-        return Lag(count, _age(_text(first[0][0])) if first else 0.0)
-    last = _text(group["last-delivered-id"])
+        return Lag(count, _age(text(first[0][0])) if first else 0.0)
+    last = text(group["last-delivered-id"])
     undelivered = group.get("lag")
     after = await redis.xrange(stream, min="(" + last, count=1)
     if undelivered is None:
@@ -50,7 +51,7 @@ async def stream_lag(redis: aioredis.Redis, sale_id: int) -> Lag:
     oldest = 0.0
     oldest_pending = (await redis.xpending(stream, CONSUMER_GROUP))["min"] if pending else None
     if oldest_pending is not None:  # (acknowledged meanwhile: None)
-        oldest = _age(_text(oldest_pending))
+        oldest = _age(text(oldest_pending))
     elif after:
-        oldest = _age(_text(after[0][0]))
+        oldest = _age(text(after[0][0]))
     return Lag(pending + int(undelivered), oldest)

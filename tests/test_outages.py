@@ -22,20 +22,23 @@ def _through(url: str, proxy: TcpProxy) -> str:
     return url.replace(parts.netloc.split("@")[-1], f"127.0.0.1:{proxy.port}")
 
 
-@pytest.fixture
-async def redis_proxy():
-    parts = urlsplit(TEST_REDIS_URL)
-    proxy = await TcpProxy(parts.hostname, parts.port or 6379).start()
+async def _proxy_in_front_of(url: str, default_port: int):
+    parts = urlsplit(url)
+    proxy = await TcpProxy(parts.hostname, parts.port or default_port).start()
     yield proxy
     await proxy.close()
+
+
+@pytest.fixture
+async def redis_proxy():
+    async for proxy in _proxy_in_front_of(TEST_REDIS_URL, 6379):
+        yield proxy
 
 
 @pytest.fixture
 async def pg_proxy():
-    parts = urlsplit(TEST_DATABASE_URL)
-    proxy = await TcpProxy(parts.hostname, parts.port or 5432).start()
-    yield proxy
-    await proxy.close()
+    async for proxy in _proxy_in_front_of(TEST_DATABASE_URL, 5432):
+        yield proxy
 
 
 async def _timed(api: Api, method: str, path: str, **kw) -> tuple[int, object, float, dict]:
