@@ -37,6 +37,7 @@ class SaleKeys:
     for_expire: tuple[str, ...]
     for_confirm: tuple[str, ...]
     for_load: tuple[str, ...]
+    for_state: tuple[str, ...]
     all: tuple[str, ...]
 
 
@@ -52,6 +53,7 @@ def sale_keys(sale_id: int) -> SaleKeys:
                     holds=holds, res=res, seq=seq, events=events, rate=rate,
                     for_reserve=every, for_release=release, for_expire=release,
                     for_confirm=(meta, holds, res, events), for_load=(meta, tokens, events),
+                    for_state=(meta, tokens),
                     all=every)
 
 

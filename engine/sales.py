@@ -5,6 +5,10 @@ moves Q units out of ``inventory.available_qty`` and inserts the sale with statu
 ``loading``; then ``load_tokens.lua`` loads Q tokens into Redis (refusing a second load)
 and the sale is marked ``ready``. A crash between the two leaves a ``loading`` sale that
 ``flashsale sale load-tokens`` finishes, never loading twice.
+
+An operator can pause a sale (reservations answer ``sale_not_active``; holds can still be
+paid), resume it, or end it now (``change_sale_state.lua`` checks and moves the state in
+Redis atomically; Postgres keeps ``paused_at`` and the new ``ends_at`` under a row lock).
 """
 
 from __future__ import annotations
@@ -13,12 +17,18 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from engine.errors import Conflict, InsufficientStock, NotFound, ValidationFailed
+from engine.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidTransition,
+    NotFound,
+    ValidationFailed,
+)
 from engine.keys import ACTIVE_SALES, sale_keys
 from engine.scripts import SCRIPTS
 
@@ -50,7 +60,7 @@ class SaleView:
     product_id: int
     price: Decimal
     remaining: int
-    status: str  # scheduled | active | sold_out | ended
+    status: str  # scheduled | active | paused | sold_out | ended
     starts_at: datetime | None
     ends_at: datetime | None
     per_user_limit: int
@@ -58,7 +68,15 @@ class SaleView:
 
 SALE_COLUMNS = ("sale_id, product_id, quantity, price, starts_at, ends_at, per_user_limit,"
                 " hold_seconds, status, held_qty, confirmed_qty, released_qty, expired_qty,"
-                " last_stream_id, created_at")
+                " last_stream_id, created_at, paused_at")
+
+SaleAction = Literal["pause", "resume", "end"]
+# What each action may start from (the checks themselves run in change_sale_state.lua).
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    "pause": ("scheduled", "active", "sold_out"),
+    "resume": ("paused",),
+    "end": ("scheduled", "active", "paused", "sold_out"),
+}
 
 
 class Sales:
@@ -131,6 +149,46 @@ class Sales:
             sale_id)
         return loaded
 
+    async def change_state(self, sale_id: int, action: SaleAction) -> dict[str, Any]:
+        """Pause, resume or end a sale now; returns the sale's row after the move.
+        NotFound for an unknown sale, InvalidTransition when the move is not allowed."""
+        keys = sale_keys(sale_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            sale = await conn.fetchrow(
+                "SELECT status FROM flash_sales WHERE sale_id = $1 FOR UPDATE", sale_id)
+            if sale is None:
+                raise NotFound(f"No sale {sale_id}.")
+            if sale["status"] == "loading":
+                raise InvalidTransition(
+                    f"Sale {sale_id} is still loading its tokens; finish it with "
+                    f"`flashsale sale load-tokens {sale_id}` first.",
+                    details={"sale_id": sale_id, "status": "loading", "action": action})
+            # Redis moves first, inside the row lock: a second operator waits for us.
+            answer = await SCRIPTS.change_sale_state(self.redis, keys.for_state, (action,))
+            if answer[0] == b"no_sale":
+                raise Conflict(
+                    f"Sale {sale_id} has no state in Redis (lost?): rebuild it with "
+                    f"`flashsale sale recover {sale_id}` first.", details={"sale_id": sale_id})
+            before = answer[1].decode()
+            if answer[0] == b"invalid":
+                allowed = ", ".join(ALLOWED_FROM[action])
+                raise InvalidTransition(
+                    f"Cannot {action} sale {sale_id}: it is {before} (allowed from: "
+                    f"{allowed}).", details={"sale_id": sale_id, "status": before,
+                                              "action": action})
+            if action == "pause":
+                await conn.execute(
+                    "UPDATE flash_sales SET paused_at = now() WHERE sale_id = $1", sale_id)
+            elif action == "resume":
+                await conn.execute(
+                    "UPDATE flash_sales SET paused_at = NULL WHERE sale_id = $1", sale_id)
+            else:
+                await conn.execute(
+                    "UPDATE flash_sales SET ends_at = $3, starts_at = CASE WHEN starts_at >= $3"
+                    " THEN $2 ELSE starts_at END WHERE sale_id = $1",
+                    sale_id, from_ms(int(answer[2])), from_ms(int(answer[3])))
+        return await self.get(sale_id)
+
     async def view(self, sale_id: int) -> SaleView:
         """The shopper's view, from Redis alone (no Postgres on this path)."""
         keys = sale_keys(sale_id)
@@ -146,6 +204,8 @@ class Sales:
         now = time.time() * 1000
         if state == b"closed" or (int(ends) and now >= int(ends)):
             status = "ended"
+        elif state == b"paused":
+            status = "paused"
         elif now < int(starts):
             status = "scheduled"
         elif remaining <= 0:

@@ -48,7 +48,7 @@ def _read(name: str) -> str:
 class Scripts:
     """Every script of ``lua/``, loaded once per process."""
 
-    NAMES = ("reserve", "release", "confirm", "expire_holds", "load_tokens")
+    NAMES = ("reserve", "release", "confirm", "expire_holds", "load_tokens", "change_sale_state")
 
     def __init__(self) -> None:
         for name in self.NAMES:
@@ -59,6 +59,7 @@ class Scripts:
     confirm: Script
     expire_holds: Script
     load_tokens: Script
+    change_sale_state: Script
 
     async def load_all(self, redis: aioredis.Redis) -> None:
         for name in self.NAMES:

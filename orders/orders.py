@@ -35,7 +35,7 @@ EDGES = {
 }
 TOPIC = {"shipped": "order.shipped", "delivered": "order.delivered",
          "cancelled": "order.cancelled", "returned": "order.returned"}
-RUNNING_SALE = ("active", "sold_out")
+RUNNING_SALE = ("active", "paused", "sold_out")
 
 
 def refuse(current: str, target: str, why: str | None = None) -> InvalidTransition:

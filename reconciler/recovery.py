@@ -62,6 +62,8 @@ async def recover_sale(sales: Sales, sale_id: int) -> dict[str, Any]:
     if answer[0] != b"ok":
         raise Conflict(f"Sale {sale_id} reappeared in Redis during the rebuild; left as it is.")
     if sale["status"] == "ready":
+        if sale["paused_at"] is not None:  # an operator paused it: it stays paused
+            await sales.redis.hset(keys.meta, "state", "paused")
         await sales.redis.sadd(ACTIVE_SALES, sale_id)
     else:
         await sales.redis.hset(keys.meta, "state", "closed")

@@ -13,10 +13,11 @@ from msgspec import Meta
 from engine.errors import NotFound
 from gateway.api import Body, Reply, RouteTable, path_int, principal
 from gateway.context import services
+from reconciler.board import BoardStatus, SaleBoard, sale_board, sale_boards
 
 routes = RouteTable("sales")
 
-SaleStatus = Literal["scheduled", "active", "sold_out", "ended"]
+SaleStatus = Literal["scheduled", "active", "paused", "sold_out", "ended"]
 ReservationStatus = Literal["held", "confirmed", "released", "expired"]
 
 
@@ -148,3 +149,62 @@ async def release_reservation(request: web.Request) -> Reservation:
     return Reservation(reservation_id=found.reservation_id, sale_id=found.sale_id,
                        quantity=found.quantity, status=hold.status,
                        expires_at=found.expires_at, order_id=found.order_id)
+
+
+# -- operating sales (admin) --------------------------------------------------------------
+class SaleBoards(msgspec.Struct):
+    items: list[SaleBoard]
+
+
+class SalesQuery(msgspec.Struct, forbid_unknown_fields=True):
+    status: BoardStatus | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000, description="The newest this many sales are "
+                                                          "looked at.")] = 500
+
+
+async def _board(request: web.Request, sale_id: int) -> SaleBoard:
+    board = await sale_board(services(request).sales, sale_id)
+    if board is None:
+        raise NotFound(f"No sale {sale_id}.")
+    return board
+
+
+@routes.get("/api/v1/admin/sales", auth="admin", query=SalesQuery, response=SaleBoards,
+            errors=(422,))
+async def list_sales(request: web.Request, query: SalesQuery) -> SaleBoards:
+    """Every sale's board, newest first, optionally of one status (admin)."""
+    return SaleBoards(items=await sale_boards(services(request).sales, status=query.status,
+                                              limit=query.limit))
+
+
+@routes.get("/api/v1/admin/sales/{sale_id}", auth="admin", response=SaleBoard)
+async def get_sale_board(request: web.Request) -> SaleBoard:
+    """A sale's board: books, reconciler lag, window and limits (admin)."""
+    return await _board(request, path_int(request, "sale_id"))
+
+
+async def _change(request: web.Request, action: str) -> SaleBoard:
+    sale_id = path_int(request, "sale_id")
+    await services(request).sales.change_state(sale_id, action)
+    return await _board(request, sale_id)
+
+
+@routes.post("/api/v1/admin/sales/{sale_id}/pause", auth="admin", response=SaleBoard,
+             errors=(409,))
+async def pause_sale(request: web.Request) -> SaleBoard:
+    """Pause a sale: reservations answer 409 sale_not_active; holds can still be paid."""
+    return await _change(request, "pause")
+
+
+@routes.post("/api/v1/admin/sales/{sale_id}/resume", auth="admin", response=SaleBoard,
+             errors=(409,))
+async def resume_sale(request: web.Request) -> SaleBoard:
+    """Resume a paused sale."""
+    return await _change(request, "resume")
+
+
+@routes.post("/api/v1/admin/sales/{sale_id}/end", auth="admin", response=SaleBoard,
+             errors=(409,))
+async def end_sale(request: web.Request) -> SaleBoard:
+    """End a sale now: no new reservations; unsold units return to stock once drained."""
+    return await _change(request, "end")
