@@ -14,6 +14,7 @@ from gateway import api
 from gateway.context import SERVICES, SETTINGS, build_services
 from gateway.middleware import edge_middleware
 from gateway.openapi import build_openapi
+from gateway.pages import add_pages
 from gateway.routes import ROUTE_TABLES
 
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)
+    add_pages(app)
     return app
 
 
