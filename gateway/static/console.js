@@ -11,7 +11,7 @@
 const API = "/api/v1/admin/sales";
 const TOKEN_KEY = "flashsale.token";
 const POLL_MS = 2000;            // the board refreshes itself every 2 seconds
-const HISTORY_MS = 5 * 60 * 1000; // the admissions chart shows the last 5 minutes
+const HISTORY_MS = 3 * 60 * 1000; // the admissions chart shows the last 3 minutes
 const RATE_WINDOW_MS = 10 * 1000; // admissions per second averaged over 10 seconds
 
 const $ = (id) => document.getElementById(id);
@@ -121,7 +121,7 @@ function setConnection(live, text) {
   const el = $("connection");
   el.textContent = live ? "● live" : "● stale: " + text;
   el.className = "connection " + (live ? "live" : "stale");
-  if (live) $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  if (live) $("updated").textContent = "updated " + utc(new Date()).slice(11);
 }
 
 // --- board ---------------------------------------------------------------------------
@@ -146,8 +146,12 @@ function figure(label, field, value, extraClass) {
     el("span", { class: "value", "data-field": field }, value));
 }
 
+function utc(moment) {  // operators across time zones read one clock
+  return moment.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+}
+
 function when(iso) {
-  return iso ? new Date(iso).toLocaleString() : "—";
+  return iso ? utc(new Date(iso)).replace(":00 UTC", " UTC") : "no end";
 }
 
 function record(sale, now) {
@@ -171,40 +175,52 @@ function ratePerSecond(samples) {
 const SVG = "http://www.w3.org/2000/svg";
 
 function chart(samples) {
-  // Admissions per second between consecutive samples, over the last minutes.
+  // One bar per refresh: the admissions per second between two samples, over the last
+  // minutes (right edge: now).
   const width = 260, height = 48;
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("class", "chart");
+  svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
-  const rates = [];
+  const bars = [];
   for (let i = 1; i < samples.length; i++) {
-    const dt = (samples[i][0] - samples[i - 1][0]) / 1000;
-    rates.push([samples[i][0], dt > 0 ? Math.max(0, samples[i][1] - samples[i - 1][1]) / dt : 0]);
+    const [t0, a0] = samples[i - 1], [t1, a1] = samples[i];
+    const dt = (t1 - t0) / 1000;
+    bars.push([t0, t1, dt > 0 ? Math.max(0, a1 - a0) / dt : 0]);
   }
-  const peak = Math.max(1, ...rates.map((r) => r[1]));
-  svg.setAttribute("aria-label", `admissions per second, last ${HISTORY_MS / 60000} minutes, peak ${peak.toFixed(1)}`);
+  const peak = Math.max(0, ...bars.map((b) => b[2]));
+  svg.dataset.peak = peak.toFixed(2);
+  svg.setAttribute("aria-label",
+    `admissions per second over the last ${HISTORY_MS / 60000} minutes, peak ${peak.toFixed(1)}`);
   const end = samples.length ? samples[samples.length - 1][0] : 0;
   const x = (t) => width - ((end - t) / HISTORY_MS) * width;
-  const y = (v) => height - 2 - (v / peak) * (height - 6);
-  const base = document.createElementNS(SVG, "line");
-  for (const [k, v] of Object.entries({ x1: 0, x2: width, y1: height - 1, y2: height - 1 })) {
-    base.setAttribute(k, v);
+  const scale = (height - 12) / Math.max(1, peak);
+  const axis = document.createElementNS(SVG, "line");
+  for (const [k, v] of Object.entries({ x1: 0, x2: width, y1: height - 0.5, y2: height - 0.5 })) {
+    axis.setAttribute(k, v);
   }
-  base.setAttribute("class", "axis");
-  svg.append(base);
-  if (rates.length) {
-    const line = document.createElementNS(SVG, "polyline");
-    line.setAttribute("points", rates.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" "));
-    line.setAttribute("class", "rate");
-    svg.append(line);
+  axis.setAttribute("class", "axis");
+  svg.append(axis);
+  for (const [t0, t1, rate] of bars) {
+    if (rate <= 0) continue;
+    const bar = document.createElementNS(SVG, "rect");
+    const left = Math.max(0, x(t0));
+    bar.setAttribute("x", left.toFixed(1));
+    bar.setAttribute("width", Math.max(1, x(t1) - left - 0.5).toFixed(1));
+    bar.setAttribute("y", (height - rate * scale).toFixed(1));
+    bar.setAttribute("height", (rate * scale).toFixed(1));
+    bar.setAttribute("class", "rate");
+    svg.append(bar);
   }
-  const label = document.createElementNS(SVG, "text");
-  label.setAttribute("x", 2);
-  label.setAttribute("y", 10);
-  label.textContent = "peak " + peak.toFixed(1) + "/s";
-  svg.append(label);
   return svg;
+}
+
+function trend(samples) {
+  const svg = chart(samples);
+  return el("div", { class: "trend" }, svg,
+    el("span", { class: "muted" }, `admissions per second, last ${HISTORY_MS / 60000} minutes` +
+      ` (peak ${parseFloat(svg.dataset.peak).toFixed(1)}/s)`));
 }
 
 const ACTIONS = {
@@ -256,7 +272,7 @@ function card(sale, samples) {
         el("span", { "data-field": "product_name" }, sale.product_name)),
       el("span", { class: "badge", "data-field": "status" }, sale.status.replace("_", " "))),
     el("p", { class: "muted meta" },
-      `${sale.price} · product ${sale.product_id} · ${sale.per_user_limit} per buyer · ` +
+      `price ${sale.price} · product ${sale.product_id} · ${sale.per_user_limit} per buyer · ` +
       `hold ${sale.hold_seconds}s · ${when(sale.starts_at)} → ${when(sale.ends_at)}`),
     el("div", { class: "big" },
       el("span", { class: "value", "data-field": "remaining" }, sale.remaining),
@@ -270,8 +286,7 @@ function card(sale, samples) {
       figure("admissions/s", "rate", rate.toFixed(1)),
       figure("reconciler lag", "reconciler_lag", sale.reconciler_lag,
         sale.reconciler_lag > 0 ? "warn" : "")),
-    el("div", { class: "trend" }, chart(samples),
-      el("span", { class: "muted" }, "admissions per second, last 5 minutes")),
+    trend(samples),
     el("p", { class: "audit" }, books),
     waiting,
     actions);

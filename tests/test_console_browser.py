@@ -1,0 +1,248 @@
+"""The console and the API reference in a real browser: headless Chromium (the system's,
+driven over the DevTools protocol by tests/browser.py), offline but for the gateway under
+test. Screenshots land in tests/artifacts/.
+
+Skipped, with the reason, when no Chromium is installed (`make test` installs Debian's
+where it can) and, for the console's board, while the gateway has no admin sales API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.browser import Browser, Page, find_chromium
+from tests.conftest import ADMIN_TOKEN, assert_error, create_sale
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+BOARD = "/api/v1/admin/sales"
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("no Chromium found (chromium, chromium-browser, google-chrome or "
+                    "FLASHSALE_CHROMIUM); `make test` installs Debian's chromium when run "
+                    "as root, or install it by hand to run the browser tests")
+    chromium = await Browser(executable).start()
+    yield chromium
+    await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, app_client) -> AsyncIterator[Page]:
+    tab = await browser.new_page()
+    yield tab
+    await tab.close()
+
+
+@pytest.fixture
+async def board_api(api) -> None:
+    """The console's data source; until the admin sales API is on this branch the board
+    cannot be shown, and the tests that need it say so."""
+    status, _ = await api.call("GET", BOARD, headers=api.admin)
+    if status in (404, 405):
+        pytest.skip(f"GET {BOARD} (the admin sales API, issue 15) is not on this branch yet")
+
+
+def url(app_client, path: str) -> str:
+    return str(app_client.make_url(path))
+
+
+def assert_stayed_home(page: Page, app_client, *, secret: str | None = None) -> None:
+    """Every request went to the gateway under test, none failed, nothing threw, and
+    the token never appeared in a URL."""
+    origin = urlsplit(url(app_client, "/")).netloc
+    for request in page.requests:
+        parts = urlsplit(request)
+        assert parts.scheme in ("http", "data") or request == "about:blank", request
+        if parts.scheme == "http":
+            assert parts.netloc == origin, request
+        if secret:
+            assert secret not in request, request
+    assert page.failed == [], page.failed
+    assert page.errors == [], page.errors
+
+
+def card(sale_id: int, field: str) -> str:
+    return (f"(document.querySelector('[data-sale-id=\"{sale_id}\"] [data-field=\"{field}\"]')"
+            f" || {{}}).textContent")
+
+
+async def reserve_many(api, sale_id: int, buyers: int) -> list[int]:
+    users = [await api.signup() for _ in range(buyers)]
+
+    async def one(user: dict) -> int:
+        status, _ = await api.call(
+            "POST", f"/api/v1/sales/{sale_id}/reservations", headers=user["headers"],
+            json={"quantity": 1, "idempotency_key": uuid.uuid4().hex})
+        return status
+    return list(await asyncio.gather(*(one(u) for u in users)))
+
+
+async def test_console_shows_each_sale_and_follows_reservations(api, app_client, page,
+                                                                 board_api) -> None:
+    hot = await create_sale(api, quantity=20)
+    small = await create_sale(api, quantity=5, per_user_limit=2)
+    await page.goto(url(app_client, f"/console#token={ADMIN_TOKEN}"))
+    await page.wait_for(f"{card(hot['sale_id'], 'remaining')} === '20'"
+                        f" && {card(small['sale_id'], 'remaining')} === '5'")
+    assert await page.evaluate(card(hot["sale_id"], "initial")) == "20"
+    assert await page.evaluate(card(hot["sale_id"], "status")) == "active"
+    assert await page.evaluate(card(hot["sale_id"], "product_name")) == "Hot Gadget"
+    assert await page.evaluate(card(hot["sale_id"], "books")) == "books balanced"
+    # The fragment is gone from the address bar; the token lives in session storage.
+    assert await page.evaluate("location.hash") == ""
+    assert await page.evaluate("sessionStorage.getItem('flashsale.token')") == ADMIN_TOKEN
+
+    statuses = await reserve_many(api, hot["sale_id"], 7)
+    assert statuses == [201] * 7
+    await page.wait_for(f"{card(hot['sale_id'], 'remaining')} === '13'"
+                        f" && {card(hot['sale_id'], 'held')} === '7'")
+    assert await page.evaluate(card(small["sale_id"], "remaining")) == "5"
+    _, listed = await api.call("GET", BOARD, headers=api.admin, expect=200)
+    by_id = {s["sale_id"]: s for s in listed["items"]}
+    assert by_id[hot["sale_id"]]["remaining"] == 13
+    # The admissions chart has drawn the burst (its peak stays for 5 minutes).
+    await page.wait_for(f"parseFloat(document.querySelector('[data-sale-id=\"{hot['sale_id']}\"]"
+                        f" .chart').dataset.peak) > 0")
+    # A second burst: the board keeps following.
+    assert await reserve_many(api, hot["sale_id"], 3) == [201] * 3
+    await page.wait_for(f"{card(hot['sale_id'], 'remaining')} === '10'"
+                        f" && {card(hot['sale_id'], 'held')} === '10'")
+    await page.screenshot("console")
+    assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
+
+
+@pytest.mark.parametrize("who", ["wrong", "buyer"])
+async def test_a_refused_token_sees_only_the_sign_in(api, app_client, page, board_api,
+                                                     who: str) -> None:
+    sale = await create_sale(api, quantity=9)
+    token = "not-the-operator-token" if who == "wrong" else (await api.signup())["token"]
+    await page.goto(url(app_client, f"/console#token={token}"))
+    await page.wait_for("!document.getElementById('signin').hidden"
+                        " && document.getElementById('signin-error').textContent !== ''")
+    assert await page.evaluate("document.getElementById('board').hidden") is True
+    assert await page.evaluate("document.querySelectorAll('[data-sale-id]').length") == 0
+    body = await page.text()
+    assert "Hot Gadget" not in body and f"#{sale['sale_id']} " not in body
+    assert await page.evaluate("sessionStorage.getItem('flashsale.token')") is None
+    assert await page.evaluate("location.hash") == ""
+    if who == "wrong":
+        await page.screenshot("console-wrong-token")
+    # The page asked the API with that token once and was refused; nothing else leaked.
+    assert page.errors in ([], [e for e in page.errors if "401" in e or "403" in e])
+    page.errors.clear()
+    assert_stayed_home(page, app_client, secret=token)
+
+
+async def test_sign_in_with_the_field(api, app_client, page, board_api) -> None:
+    sale = await create_sale(api, quantity=3)
+    await page.goto(url(app_client, "/console"))
+    await page.wait_for("!document.getElementById('signin').hidden")
+    assert await page.evaluate("document.querySelectorAll('[data-sale-id]').length") == 0
+    await page.fill("#token", ADMIN_TOKEN)
+    await page.click("#signin-form button[type=submit]")
+    await page.wait_for(f"{card(sale['sale_id'], 'remaining')} === '3'")
+    await page.click("#sign-out")
+    await page.wait_for("document.querySelectorAll('[data-sale-id]').length === 0"
+                        " && !document.getElementById('signin').hidden")
+    assert await page.evaluate("sessionStorage.getItem('flashsale.token')") is None
+    assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
+
+
+async def confirm_action(page: Page, sale_id: int, action: str) -> None:
+    await page.click(f'[data-sale-id="{sale_id}"] button[data-action="{action}"]')
+    await page.wait_for("document.getElementById('confirm').open")
+    await page.click("#confirm-ok")
+
+
+async def test_pause_resume_and_end_from_the_page(api, app_client, page, board_api) -> None:
+    sale = await create_sale(api, quantity=4)
+    sale_id = sale["sale_id"]
+    buyer = await api.signup()
+    await page.goto(url(app_client, f"/console#token={ADMIN_TOKEN}"))
+    await page.wait_for(f"{card(sale_id, 'status')} === 'active'")
+
+    # Cancel leaves the sale as it was.
+    await page.click(f'[data-sale-id="{sale_id}"] button[data-action="end"]')
+    await page.wait_for("document.getElementById('confirm').open")
+    assert "cannot be undone" in await page.text("#confirm-text")
+    await page.click("#confirm-cancel")
+    assert await page.evaluate("document.getElementById('confirm').open") is False
+    _, board = await api.call("GET", f"{BOARD}/{sale_id}", headers=api.admin, expect=200)
+    assert board["status"] == "active"
+
+    await confirm_action(page, sale_id, "pause")
+    await page.wait_for(f"{card(sale_id, 'status')} === 'paused'")
+    _, board = await api.call("GET", f"{BOARD}/{sale_id}", headers=api.admin, expect=200)
+    assert board["status"] == "paused"
+    status, body = await api.call("POST", f"/api/v1/sales/{sale_id}/reservations",
+                                  headers=buyer["headers"],
+                                  json={"quantity": 1, "idempotency_key": "while-paused"})
+    assert status == 409
+    assert_error(body, "sale_not_active")
+    await page.screenshot("console-paused")
+
+    await confirm_action(page, sale_id, "resume")
+    await page.wait_for(f"{card(sale_id, 'status')} === 'active'")
+    _, board = await api.call("GET", f"{BOARD}/{sale_id}", headers=api.admin, expect=200)
+    assert board["status"] == "active"
+    await api.call("POST", f"/api/v1/sales/{sale_id}/reservations", headers=buyer["headers"],
+                   json={"quantity": 1, "idempotency_key": "after-resume"}, expect=201)
+
+    await confirm_action(page, sale_id, "end")
+    await page.wait_for(f"{card(sale_id, 'status')} === 'ended'")
+    _, board = await api.call("GET", f"{BOARD}/{sale_id}", headers=api.admin, expect=200)
+    assert board["status"] == "ended"
+    assert await page.evaluate(
+        f"document.querySelectorAll('[data-sale-id=\"{sale_id}\"] button').length") == 0
+    assert "now ended" in await page.text("#notice")
+    assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
+
+
+async def test_docs_render_offline_and_try_it_with_a_bearer_token(api, app_client,
+                                                                   page) -> None:
+    _, doc = await api.call("GET", "/api/v1/openapi.json", expect=200)
+    operations = sum(len(methods) for methods in doc["paths"].values())
+    await page.goto(url(app_client, "/docs"))
+    await page.wait_for(f"document.querySelectorAll('.opblock').length === {operations}",
+                        timeout=60)
+    shown = await page.evaluate(
+        "[...document.querySelectorAll('.opblock-summary-path')]"
+        ".map(e => e.getAttribute('data-path'))")
+    assert set(shown) == set(doc["paths"])
+    await page.screenshot("docs")
+
+    # "Authorize" with a bearer token, then "Try it out" on GET /api/v1/me.
+    user = await api.signup(name="Docs Reader")
+    await page.click(".auth-wrapper .authorize")
+    await page.wait_for("document.querySelector('.modal-ux input') !== null")
+    await page.evaluate(
+        "(() => { const input = document.querySelector('.modal-ux input');"
+        " const set = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;"
+        f" set.call(input, {json.dumps(user['token'])});"
+        " input.dispatchEvent(new Event('input', {bubbles: true})); })()")
+    await page.click(".modal-ux .auth-btn-wrapper button.authorize")
+    await page.click(".modal-ux .btn-done")
+    me = "#operations-accounts-accounts_me"
+    await page.wait_for(f"document.querySelector('{me}') !== null")
+    await page.click(f"{me} .opblock-summary-control")
+    await page.wait_for(f"document.querySelector('{me} .try-out__btn') !== null")
+    await page.click(f"{me} .try-out__btn")
+    await page.wait_for(f"document.querySelector('{me} .execute') !== null")
+    await page.click(f"{me} .execute")
+    code = await page.wait_for(
+        f"(document.querySelector('{me} .live-responses-table tbody .response-col_status')"
+        " || {}).textContent")
+    assert code.strip().startswith("200"), code
+    assert "Docs Reader" in await page.text(f"{me} .live-responses-table")
+    await page.screenshot("docs-try-it")
+    assert_stayed_home(page, app_client)
