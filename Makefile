@@ -15,7 +15,7 @@ RECONCILE_ARGS ?=
 PACKAGING := $(wildcard setup.cfg pyproject.toml setup.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench services services-stop migrate serve reconcile demo \
+.PHONY: help install install-bench services services-stop browser migrate serve reconcile demo \
 	test bench bench-full swarm lint clean
 
 help: ## list the targets
@@ -44,6 +44,9 @@ install-bench: $(VENV)/.installed-bench ## as install, plus the bench extras (lo
 services: ## make Redis and Postgres answer (start private ones under .var if needed)
 	@bash scripts/services.sh
 
+browser: ## make a Chromium available for the browser tests (Debian's, installed as root)
+	@bash scripts/browser.sh
+
 services-stop: ## stop the private Redis/Postgres under .var (never the system ones)
 	@bash scripts/services.sh stop
 
@@ -61,7 +64,7 @@ demo: install services ## migrate, seed, run a simulated flash sale and report
 	$(BIN)/flashsale demo
 
 # --- checking ----------------------------------------------------------------------
-test: install services ## run pytest against real Redis/Postgres (PYTEST_ARGS='-x -k ...')
+test: install services browser ## run pytest against real Redis/Postgres (PYTEST_ARGS='-x -k ...')
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install ## ruff check

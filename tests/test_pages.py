@@ -9,7 +9,9 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from tests.conftest import assert_error
 
@@ -107,8 +109,9 @@ async def test_unknown_asset_names_are_404_in_the_contract(api, name: str) -> No
 
 
 async def test_asset_paths_cannot_leave_the_table(api) -> None:
-    for path in ("/static/..%2Fapp.py", "/static/%2e%2e%2fpages.py", "/docs/assets/..%2F..%2Fcore.py",
-                 "/static/../gateway/app.py", "/docs/assets/swagger-editor.js"):
+    for path in ("/static/..%2Fapp.py", "/static/%2e%2e%2fpages.py",
+                 "/docs/assets/..%2F..%2Fcore.py", "/static/../gateway/app.py",
+                 "/docs/assets/swagger-editor.js"):
         resp = await api.client.get(path)
         assert resp.status == 404, path
         assert_error(await resp.json(), "not_found")
