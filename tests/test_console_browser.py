@@ -15,9 +15,18 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.app import create_app
 from tests.browser import Browser, Page, find_chromium
-from tests.conftest import ADMIN_TOKEN, assert_error, create_sale
+from tests.conftest import (
+    ADMIN_TOKEN,
+    TEST_REDIS_URL,
+    assert_error,
+    create_sale,
+    make_settings,
+)
+from tests.proxy import TcpProxy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -221,6 +230,17 @@ async def test_docs_render_offline_and_try_it_with_a_bearer_token(api, app_clien
     assert set(shown) == set(doc["paths"])
     await page.screenshot("docs")
 
+    # A token signed in to the console in this tab is offered to "Authorize" already.
+    await page.evaluate(f"sessionStorage.setItem('flashsale.token', {json.dumps(ADMIN_TOKEN)})")
+    await page.goto(url(app_client, "/docs"))
+    await page.wait_for("document.querySelector('.auth-wrapper .authorize.locked') !== null")
+    assert await page.evaluate(
+        "window.ui.authSelectors.authorized().toJS().bearer.value") == ADMIN_TOKEN
+    await page.evaluate("sessionStorage.clear()")
+    await page.goto(url(app_client, "/docs"))
+    await page.wait_for(f"document.querySelectorAll('.opblock').length === {operations}",
+                        timeout=60)
+
     # "Authorize" with a bearer token, then "Try it out" on GET /api/v1/me.
     user = await api.signup(name="Docs Reader")
     await page.click(".auth-wrapper .authorize")
@@ -246,3 +266,36 @@ async def test_docs_render_offline_and_try_it_with_a_bearer_token(api, app_clien
     assert "Docs Reader" in await page.text(f"{me} .live-responses-table")
     await page.screenshot("docs-try-it")
     assert_stayed_home(page, app_client)
+
+
+async def test_console_rides_out_a_redis_outage(api, app_client, page, board_api) -> None:
+    """While Redis is cut the board keeps its last figures and says they are stale; when
+    Redis returns it goes live again by itself."""
+    sale = await create_sale(api, quantity=6)
+    sale_id = sale["sale_id"]
+    parts = urlsplit(TEST_REDIS_URL)
+    proxy = await TcpProxy(parts.hostname, parts.port or 6379).start()
+    settings = make_settings(
+        redis_url=TEST_REDIS_URL.replace(parts.netloc.split("@")[-1], f"127.0.0.1:{proxy.port}"))
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+        await page.goto(url(client, f"/console#token={ADMIN_TOKEN}"))
+        await page.wait_for(f"{card(sale_id, 'remaining')} === '6'")
+        await proxy.cut()
+        stale = await page.wait_for(
+            "document.getElementById('connection').textContent.includes('stale')"
+            " && document.getElementById('connection').textContent")
+        assert "unavailable" in stale.lower() or "answer" in stale.lower(), stale
+        assert await page.evaluate(card(sale_id, "remaining")) == "6"
+        await page.screenshot("console-stale")
+        await proxy.restore()
+        assert await reserve_many(api, sale_id, 2) == [201, 201]
+        await page.wait_for(f"{card(sale_id, 'remaining')} === '4'"
+                            " && document.getElementById('connection').textContent === '● live'")
+        # The 503s were the only failures: no script error, nothing outside the origin.
+        page.errors[:] = [e for e in page.errors if "503" not in e]
+        assert_stayed_home(page, client, secret=ADMIN_TOKEN)
+    finally:
+        await client.close()
+        await proxy.close()
