@@ -57,7 +57,7 @@ def _asset(path: Path | importlib.resources.abc.Traversable) -> Asset:
 def load_assets() -> tuple[dict[str, Asset], dict[str, Asset]]:
     """(our files by name, Swagger UI's files by name)."""
     ours = {entry.name: _asset(entry)
-            for entry in importlib.resources.files("gateway").joinpath("static").iterdir()
+            for entry in importlib.resources.files("gateway.static").iterdir()
             if Path(entry.name).suffix in _TYPES}
     swagger = {name: _asset(swagger_ui_dir() / name) for name in _SWAGGER_FILES}
     return ours, swagger

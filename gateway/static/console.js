@@ -121,6 +121,7 @@ function setConnection(live, text) {
   const el = $("connection");
   el.textContent = live ? "● live" : "● stale: " + text;
   el.className = "connection " + (live ? "live" : "stale");
+  $("sales").classList.toggle("stale", !live);
   if (live) $("updated").textContent = "updated " + utc(new Date()).slice(11);
 }
 

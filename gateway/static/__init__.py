@@ -1,0 +1,1 @@
+"""The browser pages' files (HTML, CSS, JavaScript), served by gateway/pages.py."""
