@@ -231,6 +231,29 @@ async def test_pause_resume_and_end_from_the_page(api, app_client, page, board_a
     assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
 
 
+async def test_a_move_another_operator_made_first_is_refused_clearly(api, app_client, page,
+                                                                     board_api) -> None:
+    """The page asked to pause, but someone ended the sale meanwhile: the API refuses the
+    move (409) and the page says why, then shows the sale as it is."""
+    sale = await create_sale(api, quantity=4)
+    sale_id = sale["sale_id"]
+    await page.goto(url(app_client, f"/console#token={ADMIN_TOKEN}"))
+    await page.wait_for(f"{card(sale_id, 'status')} === 'active'")
+    await page.click(f'[data-sale-id="{sale_id}"] button[data-action="pause"]')
+    await page.wait_for("document.getElementById('confirm').open")
+    await api.call("POST", f"{BOARD}/{sale_id}/end", headers=api.admin, expect=200)
+    await page.click("#confirm-ok")
+    notice = await page.wait_for(
+        "document.getElementById('notice').className.includes('error')"
+        " && document.getElementById('notice').textContent")
+    assert notice.startswith(f"Could not pause sale #{sale_id}: "), notice
+    await page.wait_for(f"{card(sale_id, 'status')} === 'ended'")
+    _, board = await api.call("GET", f"{BOARD}/{sale_id}", headers=api.admin, expect=200)
+    assert board["status"] == "ended"
+    page.errors[:] = [e for e in page.errors if "409" not in e]
+    assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
+
+
 async def test_docs_render_offline_and_try_it_with_a_bearer_token(api, app_client,
                                                                    page) -> None:
     _, doc = await api.call("GET", "/api/v1/openapi.json", expect=200)
