@@ -23,6 +23,7 @@ from tests.conftest import (
     ADMIN_TOKEN,
     TEST_REDIS_URL,
     assert_error,
+    create_product,
     create_sale,
     make_settings,
 )
@@ -252,6 +253,40 @@ async def test_a_move_another_operator_made_first_is_refused_clearly(api, app_cl
     assert board["status"] == "ended"
     page.errors[:] = [e for e in page.errors if "409" not in e]
     assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
+
+
+async def test_seller_text_is_shown_as_text(api, app_client, page, board_api) -> None:
+    """A product name is seller input: the board shows it, never runs it."""
+    name = '<img src=x onerror="window.pwned=1">Gadget</b>'
+    product = await create_product(api, stock=3, name=name)
+    await api.call("POST", BOARD, headers=api.admin, expect=201, json={
+        "product_id": product["product_id"], "quantity": 3, "price": "1.00"})
+    await page.goto(url(app_client, f"/console#token={ADMIN_TOKEN}"))
+    sale_id = await page.wait_for("(document.querySelector('[data-sale-id]') || {}).dataset"
+                                  " && document.querySelector('[data-sale-id]').dataset.saleId")
+    assert await page.evaluate(card(sale_id, "product_name")) == name
+    assert await page.evaluate("document.querySelectorAll('#sales img').length") == 0
+    assert await page.evaluate("window.pwned") is None
+    assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
+
+
+async def test_waiting_room_figures_are_shown_when_a_sale_has_them(app_client, page) -> None:
+    """The board's waiting_room is null until the waiting-room work fills it; any figures
+    it carries are shown by name."""
+    await page.goto(url(app_client, "/console"))
+    board = {"sale_id": 7, "product_id": 1, "product_name": "Hot Gadget", "price": "9.99",
+             "status": "active", "initial": 10, "remaining": 4, "held": 5, "confirmed": 1,
+             "released": 0, "expired": 0, "starts_at": "2026-01-01T00:00:00Z", "ends_at": None,
+             "per_user_limit": 1, "hold_seconds": 600, "reconciler_lag": 0,
+             "books_balanced": False, "books_mismatch_units": 2, "admissions_total": 6,
+             "waiting_room": {"queued": 120, "passes_issued": 30}}
+    text = await page.evaluate(
+        f"card({json.dumps(board)}, [[0, 0], [2000, 6]]).innerText")
+    assert "queued: 120" in text and "passes issued: 30" in text
+    assert "books off by 2 units" in text
+    board["waiting_room"] = None
+    text = await page.evaluate(f"card({json.dumps(board)}, [[0, 0]]).innerText")
+    assert "waiting room" not in text
 
 
 async def test_docs_render_offline_and_try_it_with_a_bearer_token(api, app_client,
