@@ -3,7 +3,7 @@ driven over the DevTools protocol by tests/browser.py), offline but for the gate
 test. Screenshots land in tests/artifacts/.
 
 Skipped, with the reason, when no Chromium is installed (`make test` installs Debian's
-where it can) and, for the console's board, while the gateway has no admin sales API.
+where it can).
 """
 
 from __future__ import annotations
@@ -54,15 +54,6 @@ async def page(browser: Browser, app_client) -> AsyncIterator[Page]:
     await tab.close()
 
 
-@pytest.fixture
-async def board_api(api) -> None:
-    """The console's data source; until the admin sales API is on this branch the board
-    cannot be shown, and the tests that need it say so."""
-    status, _ = await api.call("GET", BOARD, headers=api.admin)
-    if status in (404, 405):
-        pytest.skip(f"GET {BOARD} (the admin sales API, issue 15) is not on this branch yet")
-
-
 def url(app_client, path: str) -> str:
     return str(app_client.make_url(path))
 
@@ -98,8 +89,8 @@ async def reserve_many(api, sale_id: int, buyers: int) -> list[int]:
     return list(await asyncio.gather(*(one(u) for u in users)))
 
 
-async def test_console_shows_each_sale_and_follows_reservations(api, app_client, page, settings,
-                                                                 board_api) -> None:
+async def test_console_shows_each_sale_and_follows_reservations(api, app_client, page,
+                                                                 settings) -> None:
     hot = await create_sale(api, quantity=20)
     small = await create_sale(api, quantity=5, per_user_limit=2)
     await page.goto(url(app_client, f"/console#token={ADMIN_TOKEN}"))
@@ -146,8 +137,7 @@ async def test_console_shows_each_sale_and_follows_reservations(api, app_client,
 
 
 @pytest.mark.parametrize("who", ["wrong", "buyer"])
-async def test_a_refused_token_sees_only_the_sign_in(api, app_client, page, board_api,
-                                                     who: str) -> None:
+async def test_a_refused_token_sees_only_the_sign_in(api, app_client, page, who: str) -> None:
     sale = await create_sale(api, quantity=9)
     token = "not-the-operator-token" if who == "wrong" else (await api.signup())["token"]
     await page.goto(url(app_client, f"/console#token={token}"))
@@ -167,7 +157,7 @@ async def test_a_refused_token_sees_only_the_sign_in(api, app_client, page, boar
     assert_stayed_home(page, app_client, secret=token)
 
 
-async def test_sign_in_with_the_field(api, app_client, page, board_api) -> None:
+async def test_sign_in_with_the_field(api, app_client, page) -> None:
     sale = await create_sale(api, quantity=3)
     await page.goto(url(app_client, "/console"))
     await page.wait_for("!document.getElementById('signin').hidden")
@@ -188,7 +178,7 @@ async def confirm_action(page: Page, sale_id: int, action: str) -> None:
     await page.click("#confirm-ok")
 
 
-async def test_pause_resume_and_end_from_the_page(api, app_client, page, board_api) -> None:
+async def test_pause_resume_and_end_from_the_page(api, app_client, page) -> None:
     sale = await create_sale(api, quantity=4)
     sale_id = sale["sale_id"]
     buyer = await api.signup()
@@ -232,8 +222,8 @@ async def test_pause_resume_and_end_from_the_page(api, app_client, page, board_a
     assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
 
 
-async def test_a_move_another_operator_made_first_is_refused_clearly(api, app_client, page,
-                                                                     board_api) -> None:
+async def test_a_move_another_operator_made_first_is_refused_clearly(api, app_client,
+                                                                     page) -> None:
     """The page asked to pause, but someone ended the sale meanwhile: the API refuses the
     move (409) and the page says why, then shows the sale as it is."""
     sale = await create_sale(api, quantity=4)
@@ -255,7 +245,7 @@ async def test_a_move_another_operator_made_first_is_refused_clearly(api, app_cl
     assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
 
 
-async def test_seller_text_is_shown_as_text(api, app_client, page, board_api) -> None:
+async def test_seller_text_is_shown_as_text(api, app_client, page) -> None:
     """A product name is seller input: the board shows it, never runs it."""
     name = '<img src=x onerror="window.pwned=1">Gadget</b>'
     product = await create_product(api, stock=3, name=name)
@@ -340,7 +330,7 @@ async def test_docs_render_offline_and_try_it_with_a_bearer_token(api, app_clien
     assert_stayed_home(page, app_client)
 
 
-async def test_console_rides_out_a_redis_outage(api, app_client, page, board_api) -> None:
+async def test_console_rides_out_a_redis_outage(api, app_client, page) -> None:
     """While Redis is cut the board keeps its last figures and says they are stale; when
     Redis returns it goes live again by itself."""
     sale = await create_sale(api, quantity=6)
