@@ -5,6 +5,7 @@ tests/test_console_browser.py."""
 
 from __future__ import annotations
 
+import gzip
 import re
 from html.parser import HTMLParser
 
@@ -120,3 +121,25 @@ async def test_asset_paths_cannot_leave_the_table(api) -> None:
 def _quote(name: str) -> str:
     from urllib.parse import quote
     return quote(name, safe="")
+
+
+@pytest.mark.parametrize("path", ["/console", "/static/console.js",
+                                  "/docs/assets/swagger-ui-bundle.js"])
+async def test_files_are_revalidated_and_sent_packed(api, path: str) -> None:
+    """A reopened page costs a 304 until the file changes; text goes gzipped to a browser
+    that takes it, and as it is to one that does not."""
+    plain = await api.client.get(path, headers={"Accept-Encoding": "identity"})
+    body = await plain.read()
+    assert plain.status == 200 and "Content-Encoding" not in plain.headers
+    assert plain.headers["Cache-Control"] == "no-cache"
+    etag = plain.headers["ETag"]
+    again = await api.client.get(path, headers={"If-None-Match": f'"other", {etag}'})
+    assert again.status == 304 and await again.read() == b""
+    packed = await api.client.get(path, headers={"Accept-Encoding": "gzip, deflate"},
+                                  auto_decompress=False)
+    assert packed.headers["Content-Encoding"] == "gzip"
+    raw = await packed.read()
+    assert len(raw) < len(body) and gzip.decompress(raw) == body
+    refused = await api.client.get(path, headers={"Accept-Encoding": "gzip;q=0, br"},
+                                   auto_decompress=False)
+    assert "Content-Encoding" not in refused.headers and await refused.read() == body
