@@ -262,7 +262,8 @@ function card(sale, samples) {
     waiting = el("div", { class: "waiting", "data-field": "waiting_room" },
       el("span", { class: "label" }, "waiting room"),
       ...Object.entries(sale.waiting_room).map(([k, v]) =>
-        el("span", { class: "pair" }, `${k.replaceAll("_", " ")}: ${v}`)));
+        el("span", { class: "pair" },
+          `${k.replaceAll("_", " ")}: ${typeof v === "object" && v !== null ? JSON.stringify(v) : v}`)));
   }
   const progress = el("div", { class: "progress" });
   progress.append(el("div", { class: "sold" }));
