@@ -152,7 +152,7 @@ async def test_a_refused_token_sees_only_the_sign_in(api, app_client, page, who:
     if who == "wrong":
         await page.screenshot("console-wrong-token")
     # The page asked the API with that token once and was refused; nothing else leaked.
-    assert page.errors in ([], [e for e in page.errors if "401" in e or "403" in e])
+    assert all("401" in e or "403" in e for e in page.errors), page.errors
     page.errors.clear()
     assert_stayed_home(page, app_client, secret=token)
 
@@ -269,10 +269,11 @@ async def test_waiting_room_figures_are_shown_when_a_sale_has_them(app_client, p
              "released": 0, "expired": 0, "starts_at": "2026-01-01T00:00:00Z", "ends_at": None,
              "per_user_limit": 1, "hold_seconds": 600, "reconciler_lag": 0,
              "books_balanced": False, "books_mismatch_units": 2, "admissions_total": 6,
-             "waiting_room": {"queued": 120, "passes_issued": 30}}
+             "waiting_room": {"queued": 120, "passes_issued": 30, "window": {"open": 5}}}
     text = await page.evaluate(
         f"card({json.dumps(board)}, [[0, 0], [2000, 6]]).innerText")
     assert "queued: 120" in text and "passes issued: 30" in text
+    assert 'window: {"open":5}' in text
     assert "books off by 2 units" in text
     board["waiting_room"] = None
     text = await page.evaluate(f"card({json.dumps(board)}, [[0, 0]]).innerText")
