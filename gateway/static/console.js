@@ -18,7 +18,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: null,
   timer: null,
-  generation: 0,      // bumped on sign-out so late answers of an old token are dropped
+  cycle: 0,           // the newest refresh (or sign-out): older answers are dropped
   history: new Map(), // sale_id -> [[ms, admissions_total], ...]
   sales: new Map(),   // sale_id -> last SaleBoard
 };
@@ -42,7 +42,7 @@ function signIn(token) {
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
-  state.generation += 1;
+  state.cycle += 1;
   clearTimeout(state.timer);
   state.history.clear();
   state.sales.clear();
@@ -95,18 +95,20 @@ function refused(error) {
 }
 
 async function refresh() {
+  // One chain of refreshes: a refresh asked for while another is in flight (an action,
+  // the filter) supersedes it, and only the newest one renders and schedules the next.
   clearTimeout(state.timer);
-  const generation = state.generation;
+  const cycle = ++state.cycle;
   const filter = $("status-filter").value;
   try {
     const body = await call("GET", API + (filter ? "?status=" + encodeURIComponent(filter) : ""));
-    if (generation !== state.generation) return;
+    if (cycle !== state.cycle) return;
     $("board").hidden = false;
     $("sign-out").hidden = false;
     render(body.items, Date.now());
     setConnection(true, "live");
   } catch (error) {
-    if (generation !== state.generation) return;
+    if (cycle !== state.cycle) return;
     if (refused(error)) {
       signOut("That token was refused: " + error.message);
       return;
@@ -114,7 +116,7 @@ async function refresh() {
     // The service or the network is down: keep the last figures, say they are stale.
     setConnection(false, error instanceof ApiError ? error.message : "The service does not answer.");
   }
-  if (generation === state.generation) state.timer = setTimeout(refresh, POLL_MS);
+  state.timer = setTimeout(refresh, POLL_MS);
 }
 
 function setConnection(live, text) {
@@ -152,7 +154,7 @@ function utc(moment) {  // operators across time zones read one clock
 }
 
 function when(iso) {
-  return iso ? utc(new Date(iso)).replace(":00 UTC", " UTC") : "no end";
+  return iso ? utc(new Date(iso)) : "no end";
 }
 
 function record(sale, now) {
