@@ -245,6 +245,21 @@ async def test_a_move_another_operator_made_first_is_refused_clearly(api, app_cl
     assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
 
 
+async def test_the_status_filter_shows_only_that_status(api, app_client, page) -> None:
+    running = await create_sale(api, quantity=2)
+    halted = await create_sale(api, quantity=2)
+    await api.call("POST", f"{BOARD}/{halted['sale_id']}/pause", headers=api.admin, expect=200)
+    await page.goto(url(app_client, f"/console#token={ADMIN_TOKEN}"))
+    shown = "[...document.querySelectorAll('[data-sale-id]')].map(e => e.dataset.saleId).join()"
+    await page.wait_for(f"{shown} === '{halted['sale_id']},{running['sale_id']}'")
+    for status, expected in (("paused", halted), ("active", running)):
+        await page.evaluate("(() => { const s = document.getElementById('status-filter');"
+                            f" s.value = '{status}'; s.dispatchEvent(new Event('change')); }})()")
+        await page.wait_for(f"{shown} === '{expected['sale_id']}'")
+        assert await page.evaluate(card(expected["sale_id"], "status")) == status
+    assert_stayed_home(page, app_client, secret=ADMIN_TOKEN)
+
+
 async def test_seller_text_is_shown_as_text(api, app_client, page) -> None:
     """A product name is seller input: the board shows it, never runs it."""
     name = '<img src=x onerror="window.pwned=1">Gadget</b>'
