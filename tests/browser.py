@@ -214,13 +214,18 @@ class Page:
     async def wait_for(self, expression: str, *, timeout: float = 30.0,
                        interval: float = 0.2) -> Any:
         """Poll ``expression`` until it is truthy; its value, or BrowserError with the
-        last value seen. A readiness wait for a loaded machine, not a timing check."""
+        last value seen. A readiness wait for a loaded machine, not a timing check. While
+        a navigation is under way the expression may throw (the old document is gone):
+        that counts as not yet."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         value: Any = None
         while loop.time() < deadline:
-            value = await self.evaluate(expression)
-            if value:
+            try:
+                value = await self.evaluate(expression)
+            except BrowserError as exc:
+                value = exc
+            if value and not isinstance(value, BrowserError):
                 return value
             await asyncio.sleep(interval)
         raise BrowserError(f"still false after {timeout}s: {expression} (last: {value!r})")

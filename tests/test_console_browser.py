@@ -377,3 +377,14 @@ async def test_console_rides_out_a_redis_outage(api, app_client, page) -> None:
     finally:
         await client.close()
         await proxy.close()
+
+
+async def test_home_page_leads_to_the_console_and_the_docs(app_client, page) -> None:
+    await page.goto(url(app_client, "/"))
+    links = await page.evaluate("[...document.querySelectorAll('a')].map(a => a.pathname)")
+    assert {"/console", "/docs", "/healthz", "/metrics"} <= set(links)
+    await page.screenshot("home")
+    await page.click("a[href='/console']")
+    await page.wait_for("location.pathname === '/console'"
+                        " && !document.getElementById('signin').hidden")
+    assert_stayed_home(page, app_client)
