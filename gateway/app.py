@@ -57,9 +57,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(settings)
     app[SERVICES] = build_services(settings, redis, pool)
     await app[SERVICES].start()
+    refresher = asyncio.create_task(_refresh_readiness(app[SERVICES]), name="readiness")
     try:
         yield
     finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
         await app[SERVICES].stop()
         await redis.aclose()
         await close_pool(pool)
@@ -69,8 +72,27 @@ async def healthz(request: web.Request) -> web.Response:
     return api.json_response({"status": "ok"})
 
 
+READINESS_EVERY = 5.0  # seconds between the probes that keep flashsale_dependency_up current
+
+
+async def _refresh_readiness(svc) -> None:
+    while True:
+        await check_dependencies(svc)
+        await asyncio.sleep(READINESS_EVERY)
+
+
 async def readyz(request: web.Request) -> web.Response:
-    svc = request.app[SERVICES]
+    checks = await check_dependencies(request.app[SERVICES])
+    ready = all(v == "ok" for v in checks.values())
+    if ready:
+        return api.json_response({"status": "ready", "checks": checks})
+    return api.json_response(
+        {"error": {"code": "unavailable", "message": "A backing service is unavailable.",
+                   "details": checks}}, 503, {"Retry-After": "1"})
+
+
+async def check_dependencies(svc) -> dict[str, str]:
+    """Probe Redis and Postgres; set flashsale_dependency_up; "ok" or "unavailable" each."""
     timeout = svc.settings.dependency_timeout
     checks = {}
 
@@ -84,12 +106,7 @@ async def readyz(request: web.Request) -> web.Response:
 
     await asyncio.gather(check("redis", svc.redis.ping),
                          check("postgres", lambda: svc.pool.fetchval("SELECT 1")))
-    ready = all(v == "ok" for v in checks.values())
-    if ready:
-        return api.json_response({"status": "ready", "checks": checks})
-    return api.json_response(
-        {"error": {"code": "unavailable", "message": "A backing service is unavailable.",
-                   "details": checks}}, 503, {"Retry-After": "1"})
+    return checks
 
 
 async def metrics_text(request: web.Request) -> web.Response:

@@ -18,11 +18,11 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from engine import metrics
 from engine.errors import POSTGRES_DOWN, REDIS_DOWN
 from engine.events import SaleEvent
 from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys
 from engine.settings import Settings
+from reconciler import metrics
 from reconciler.apply import apply_batch, stream_id_key
 from reconciler.lag import text
 

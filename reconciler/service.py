@@ -10,13 +10,38 @@ import time
 
 from aiohttp import web
 
-from engine import metrics
 from engine.connections import close_pool, create_pool, create_redis
+from engine.metrics import DEPENDENCY_UP, exposition
 from engine.settings import Settings
 from reconciler.consumer import Consumer
+from reconciler.metrics import RECONCILER
 from reconciler.sweeper import Sweeper
 
 log = logging.getLogger("flashsale.reconciler")
+
+
+async def _probe(check, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(check(), timeout)
+        return True
+    except Exception:  # any failure means down; the consumer logs the cause
+        return False
+
+
+async def _refresh_readiness(consumer: Consumer, settings: Settings, every: float = 2.0
+                             ) -> None:
+    """Keep flashsale_dependency_up current whether or not anyone calls /readyz: probe
+    each dependency every few seconds (an idle consumer would not notice an outage)."""
+    while not consumer.stopping.is_set():
+        redis_up, postgres_up = await asyncio.gather(
+            _probe(consumer.redis.ping, settings.dependency_timeout),
+            _probe(lambda: consumer.pool.fetchval("SELECT 1"), settings.dependency_timeout))
+        DEPENDENCY_UP.labels("redis").set(int(redis_up and consumer.redis_ok))
+        DEPENDENCY_UP.labels("postgres").set(int(postgres_up and consumer.postgres_ok))
+        try:
+            await asyncio.wait_for(consumer.stopping.wait(), every)
+        except TimeoutError:
+            pass
 
 
 def _status_app(consumer: Consumer) -> web.Application:
@@ -26,8 +51,6 @@ def _status_app(consumer: Consumer) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         checks = {"redis": "ok" if consumer.redis_ok else "unavailable",
                   "postgres": "ok" if consumer.postgres_ok else "unavailable"}
-        metrics.DEPENDENCY_UP.labels("redis").set(int(consumer.redis_ok))
-        metrics.DEPENDENCY_UP.labels("postgres").set(int(consumer.postgres_ok))
         if consumer.redis_ok and consumer.postgres_ok:
             return web.json_response({"status": "ready", "checks": checks})
         return web.json_response(
@@ -35,7 +58,7 @@ def _status_app(consumer: Consumer) -> web.Application:
                        "details": checks}}, status=503, headers={"Retry-After": "1"})
 
     async def metrics_text(_: web.Request) -> web.Response:
-        body, content_type = metrics.exposition()
+        body, content_type = exposition(RECONCILER)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     app = web.Application()
@@ -65,7 +88,8 @@ async def run_reconciler(settings: Settings, *, metrics_port: int | None = None,
              f"; metrics on http://{settings.host}:{metrics_port}/metrics" if metrics_port else "")
     started = time.monotonic()
     tasks = [asyncio.create_task(consumer.run(), name="consumer"),
-             asyncio.create_task(sweeper.run(), name="sweeper")]
+             asyncio.create_task(sweeper.run(), name="sweeper"),
+             asyncio.create_task(_refresh_readiness(consumer, settings), name="readiness")]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:

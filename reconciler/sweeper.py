@@ -15,10 +15,12 @@ import time
 import asyncpg
 import redis.asyncio as aioredis
 
-from engine import metrics
 from engine.admission import Admission
 from engine.errors import POSTGRES_DOWN, REDIS_DOWN
 from engine.keys import ACTIVE_SALES, sale_keys
+from engine.sales import Sales
+from reconciler import metrics
+from reconciler.board import RedisBooks, mismatch_units, redis_books
 from reconciler.lag import Lag, stream_lag
 
 log = logging.getLogger("flashsale.sweeper")
@@ -32,6 +34,7 @@ class Sweeper:
         self.interval = interval
         self.stopping = stopping
         self.admission = Admission(redis, batching=False)
+        self._sales = Sales(pool=pool, redis=redis)
 
     async def run(self) -> None:
         while not self.stopping.is_set():
@@ -49,6 +52,7 @@ class Sweeper:
         sale per sweep), and close the sales that are finished."""
         expired_total = 0
         oldest = 0.0
+        books: dict[int, RedisBooks | None] = {}
         for member in await self.redis.smembers(ACTIVE_SALES):
             sale_id = int(member)
             while True:
@@ -58,10 +62,15 @@ class Sweeper:
                     break
             lag = await stream_lag(self.redis, sale_id)
             oldest = max(oldest, lag.oldest_age_seconds)
+            books[sale_id] = await redis_books(self._sales, sale_id)
             holds = await self._publish_gauges(sale_id, lag)
             if not holds and not lag.pending:  # live holds may still be paid; events in flight
-                await self.close_if_finished(sale_id)
+                if await self.close_if_finished(sale_id):
+                    books.pop(sale_id)
+        await self._publish_books(books)
+        await self._publish_outbox()
         metrics.OLDEST_PENDING_AGE.set(oldest)
+        metrics.LAST_SWEEP.set_to_current_time()
         if expired_total:
             metrics.HOLDS_EXPIRED.inc(expired_total)
         return expired_total
@@ -76,6 +85,27 @@ class Sweeper:
         metrics.HOLDS_LIVE.labels(label).set(holds)
         metrics.PENDING_ENTRIES.labels(label).set(lag.pending)
         return holds
+
+    async def _publish_books(self, books: dict[int, RedisBooks | None]) -> None:
+        """The books-mismatch gauge of each live sale. Postgres is read after Redis (one
+        query for all sales), so it is compared at Redis's stream point or not at all."""
+        if not books:
+            return
+        rows = {r["sale_id"]: r for r in await self.pool.fetch(
+            "SELECT sale_id, quantity, status, held_qty, confirmed_qty, last_stream_id"
+            " FROM flash_sales WHERE sale_id = ANY($1)", list(books))}
+        for sale_id, redis_side in books.items():
+            row = rows.get(sale_id)
+            if row is None:  # in Redis, unknown to Postgres: the consumer reports it
+                continue
+            metrics.BOOKS_MISMATCH.labels(str(sale_id)).set(mismatch_units(row, redis_side))
+
+    async def _publish_outbox(self) -> None:
+        backlog, oldest = await self.pool.fetchrow(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+            " FROM outbox WHERE delivered_at IS NULL")
+        metrics.OUTBOX_BACKLOG.set(backlog)
+        metrics.OUTBOX_OLDEST_AGE.set(float(oldest))
 
     async def close_if_finished(self, sale_id: int) -> bool:
         """Close a sale past its end (the caller has seen no live hold and no lag)."""
@@ -100,7 +130,14 @@ class Sweeper:
                 log.info("sale %d closed: %d unsold units back in stock", sale_id, unsold)
         await self.redis.hset(keys.meta, "state", "closed")
         await self.redis.srem(ACTIVE_SALES, sale_id)
-        metrics.TOKENS_REMAINING.remove(str(sale_id))
-        metrics.HOLDS_LIVE.remove(str(sale_id))
-        metrics.PENDING_ENTRIES.remove(str(sale_id))
+        forget_sale(sale_id)
         return True
+
+
+def forget_sale(sale_id: int) -> None:
+    """Drop a closed sale's series: a gauge of a sale that no longer runs only misleads."""
+    for gauge in metrics.PER_SALE:
+        try:
+            gauge.remove(str(sale_id))
+        except KeyError:  # never published by this process
+            pass

@@ -1,0 +1,98 @@
+"""Honest metrics: each process exports its own series only, no `_created` series, the
+books-mismatch gauge follows a tampered sale, and a closed sale's series go away."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from engine.keys import sale_keys
+from tests.conftest import create_sale
+from tests.reconciler_proc import ReconcilerProcess, free_port
+
+
+def _series(text: str) -> dict[str, float]:
+    """Every sample of an exposition: 'name{labels}' -> value."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+async def test_the_gateway_exports_only_its_own_series(api) -> None:
+    sale = await create_sale(api, quantity=3)
+    buyer = await api.signup()
+    await api.call("POST", f"/api/v1/sales/{sale['sale_id']}/reservations",
+                   headers=buyer["headers"], json={"quantity": 1, "idempotency_key": "k"},
+                   expect=201)
+    await api.call("GET", "/readyz", expect=200)
+    text = await (await api.client.get("/metrics")).text()
+    names = {re.split(r"[{ ]", line)[0] for line in text.splitlines()
+             if line and not line.startswith("#")}
+    assert "flashsale_admissions_total" in names and "flashsale_dependency_up" in names
+    assert not [n for n in names if n.startswith("flashsale_reconciler_")]
+    assert not [n for n in names if n.startswith("flashsale_sale_")]  # the reconciler's
+    assert not [n for n in names if n.endswith("_created")]
+
+
+async def _scrape(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        assert resp.status == 200
+        return _series(await resp.text())
+
+
+async def _until(http, port: int, predicate, what: str, timeout: float = 30.0
+                 ) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            samples = await _scrape(http, port)
+            if predicate(samples):
+                return samples
+        except aiohttp.ClientConnectionError:
+            samples = {}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never saw {what}; last scrape: "
+                                 f"{ {k: v for k, v in samples.items() if 'sale' in k} }")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_the_reconciler_gauges_books_backlogs_and_forgets_closed_sales(
+        settings, sales, product_factory, redis, pool) -> None:
+    product = await product_factory(stock=20)
+    sid = (await sales.create(product_id=product, quantity=10,
+                              price=Decimal("3.00")))["sale_id"]
+    await pool.execute("INSERT INTO outbox (topic, payload) VALUES ('order.shipped', '{}')")
+    port = free_port()
+    proc = ReconcilerProcess(settings, "metrics", metrics_port=port).start()
+    mismatch = f'flashsale_sale_books_mismatch_units{{sale_id="{sid}"}}'
+    try:
+        async with aiohttp.ClientSession() as http:
+            samples = await _until(http, port, lambda s: s.get(mismatch) == 0,
+                                   "a balanced sale")
+            assert samples[f'flashsale_sale_tokens_remaining{{sale_id="{sid}"}}'] == 10
+            assert samples['flashsale_dependency_up{dependency="postgres"}'] == 1
+            assert samples['flashsale_dependency_up{dependency="redis"}'] == 1
+            assert samples["flashsale_outbox_backlog"] == 1
+            assert samples["flashsale_outbox_oldest_age_seconds"] >= 0
+            assert not [n for n in samples if n.split("{")[0].endswith("_created")]
+            assert not [n for n in samples if n.startswith("flashsale_http_")]
+
+            await redis.incrby(sale_keys(sid).tokens, 2)  # two units appear from nowhere
+            await _until(http, port, lambda s: s.get(mismatch) == 2, "the mismatch")
+            await redis.incrby(sale_keys(sid).tokens, -2)
+            await _until(http, port, lambda s: s.get(mismatch) == 0, "balanced again")
+
+            await sales.change_state(sid, "end")
+            await _until(http, port, lambda s: not [n for n in s if f'"{sid}"' in n],
+                         "the closed sale's series gone")
+    finally:
+        proc.stop()
