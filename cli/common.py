@@ -1,44 +1,106 @@
-"""What every command shares: settings, running a coroutine, printing a result."""
+"""What every command shares: settings, running a coroutine, printing a result, and one
+line (or, under --json, one JSON error object on stderr) for every mistake."""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
 from engine.settings import Settings
 
+_json_errors = False  # set by --json: errors go to stderr as the API's error object
+
+
+class CommandError(click.ClickException):
+    """A failure the operator can act on: one line, or {"error": {...}} under --json."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, code: str = "error", details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+    def show(self, file=None) -> None:
+        out = file or sys.stderr
+        if _json_errors:
+            click.echo(json.dumps({"error": {"code": self.code, "message": self.message,
+                                             "details": self.details}}), file=out)
+        else:
+            click.echo(f"Error: {self.message}", file=out)
+
+
+_settings: Settings | None = None
+
 
 def settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    global _settings
+    if _settings is None:
+        try:
+            _settings = Settings.from_env()
+        except ValueError as exc:
+            raise CommandError(str(exc), code="misconfigured") from exc
+    return _settings
+
+
+def explain(exc: BaseException) -> CommandError | None:
+    """The one-line error an exception means to an operator, or None for a bug."""
+    from engine.errors import FlashsaleError, as_unavailable
+    from engine.preflight import explain_postgres, explain_redis, where
+
+    if isinstance(exc, FlashsaleError):
+        return CommandError(exc.message, code=exc.code, details=exc.details)
+    config = settings()
+    line = explain_postgres(exc, config.database_url) or explain_redis(exc, config.redis_url)
+    if line is not None:
+        return CommandError(line, code="misconfigured")
+    outage = as_unavailable(exc)
+    if outage is not None:
+        url = {"redis": config.redis_url, "postgres": config.database_url}.get(
+            outage.dependency or "")
+        at = f" at {where(url)}" if url else ""
+        return CommandError(f"{outage.message.rstrip('.')}{at}: {exc}", code=outage.code,
+                            details=outage.details)
+    return None
 
 
 def run(coro) -> Any:
-    """Run a coroutine on uvloop; turn outages and typed errors into one-line messages."""
+    """Run a coroutine on uvloop; turn outages, refusals and typed errors into one line."""
     import uvloop
 
-    from engine.errors import FlashsaleError, as_unavailable
     try:
         return uvloop.run(coro)
-    except FlashsaleError as exc:
-        raise click.ClickException(exc.message) from exc
     except Exception as exc:
-        outage = as_unavailable(exc)
-        if outage is None:
+        error = explain(exc)
+        if error is None:
             raise
-        raise click.ClickException(f"{outage.message} ({exc})") from exc
+        raise error from exc
+
+
+def to_builtins(data: Any) -> Any:
+    """JSON-ready data: ISO 8601 times (UTC 'Z'), money as strings, Structs as objects."""
+    import msgspec
+
+    return msgspec.to_builtins(data, enc_hook=str)
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
-    """Print ``text``, or ``data`` as JSON with --json."""
-    click.echo(json.dumps(data, default=str, indent=2) if as_json else text)
+    """Print ``text``, or ``data`` as JSON with --json (one shape: ISO 8601 times)."""
+    click.echo(json.dumps(to_builtins(data), indent=2) if as_json else text)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    global _json_errors
+    _json_errors = _json_errors or value
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_remember_json,
+                           is_eager=True,
+                           help="Print the result as JSON (errors as JSON on stderr).")
 
 
 async def with_sales(work):

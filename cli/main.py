@@ -14,8 +14,8 @@ import tempfile
 
 import click
 
-from cli import audit, catalog, demo, notify, reconcile, sale
-from cli.common import emit, json_option, run, settings
+from cli import audit, catalog, demo, notify, product, reconcile, sale
+from cli.common import CommandError, emit, json_option, run, settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,18 +50,38 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         # to files in this folder and /metrics sums them.
         metrics_dir = tempfile.mkdtemp(prefix="flashsale-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from engine.errors import Misconfigured
+    from engine.preflight import check_port
     from gateway.server import serve as serve_gateway
 
     config = settings()
+    host, port = host or config.host, port or config.port
     try:
-        serve_gateway(config, host=host or config.host, port=port or config.port,
-                      workers=workers)
+        check_port(host, port, "the gateway")
+        run(preflight(config))
+        serve_gateway(config, host=host, port=port, workers=workers)
+    except Misconfigured as exc:
+        raise CommandError(exc.message, code=exc.code) from exc
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-for command in (reconcile.reconcile, sale.sale, audit.audit, catalog.catalog, demo.demo):
+async def preflight(config) -> None:
+    """Refuse to start on a configuration mistake; start anyway on an outage (the process
+    answers 503 and recovers when the dependency comes back)."""
+    from engine.preflight import check_postgres, check_redis
+
+    if not await check_postgres(config):
+        logging.getLogger("flashsale").warning(
+            "Postgres does not answer yet; starting anyway (requests needing it answer 503)")
+    if not await check_redis(config):
+        logging.getLogger("flashsale").warning(
+            "Redis does not answer yet; starting anyway (requests needing it answer 503)")
+
+
+for command in (reconcile.reconcile, sale.sale, product.product, audit.audit, catalog.catalog,
+                demo.demo):
     cli.add_command(command)
 cli.add_command(notify.notify)
 

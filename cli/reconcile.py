@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import run, settings
+from cli.common import CommandError, run, settings
 
 
 @click.command()
@@ -15,8 +15,17 @@ from cli.common import run, settings
               help="Consumer name in the stream group (default host-pid).")
 def reconcile(metrics_port: int | None, consumer_name: str | None) -> None:
     """Stream sale events into Postgres and expire unpaid holds (SIGTERM stops cleanly)."""
+    from cli.main import preflight
+    from engine.errors import Misconfigured
+    from engine.preflight import check_port
     from reconciler.service import run_reconciler
 
     config = settings()
     port = config.metrics_port if metrics_port is None else metrics_port
+    try:
+        if port:
+            check_port(config.host, port, "the reconciler's metrics")
+    except Misconfigured as exc:
+        raise CommandError(exc.message, code=exc.code) from exc
+    run(preflight(config))
     run(run_reconciler(config, metrics_port=port or None, consumer_name=consumer_name))

@@ -120,12 +120,23 @@ class Unavailable(FlashsaleError):
         self.retry_after = 1
 
 
+class Misconfigured(FlashsaleError):
+    """A configuration mistake a process cannot run with (a port in use, an unknown
+    database or role, a bad URL): its message is the one line an operator reads."""
+    code = "misconfigured"
+
+
+# Postgres refusing who we are or what we ask for: a configuration mistake at start-up,
+# an outage like any other once running (a database dropped under a live gateway).
+POSTGRES_REFUSED = (asyncpg.InvalidCatalogNameError,
+                    asyncpg.InvalidAuthorizationSpecificationError,
+                    asyncpg.InvalidPasswordError)
 # Driver failures that mean "the service is not reachable right now", not a bug of ours.
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
               redis.exceptions.BusyLoadingError)
 POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
                  asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-                 asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+                 asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, *POSTGRES_REFUSED)
 
 
 def as_unavailable(exc: BaseException) -> Unavailable | None:

@@ -13,6 +13,7 @@ Redis atomically; Postgres keeps ``paused_at`` and the new ``ends_at`` under a r
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,10 +24,13 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from engine.errors import (
+    REDIS_DOWN,
     Conflict,
+    IdempotencyKeyReused,
     InsufficientStock,
     InvalidTransition,
     NotFound,
+    Unavailable,
     ValidationFailed,
 )
 from engine.keys import ACTIVE_SALES, sale_keys
@@ -86,12 +90,41 @@ class Sales:
 
     async def create(self, *, product_id: int, quantity: int, price: Decimal,
                      starts_at: datetime | None = None, ends_at: datetime | None = None,
-                     per_user_limit: int = 1, hold_seconds: int = 600) -> dict[str, Any]:
+                     per_user_limit: int = 1, hold_seconds: int = 600,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        """Create a sale and load its tokens. With ``idempotency_key``, the same key and
+        request return the sale made before (``replayed`` is True; a load a crash cut
+        short is finished), another request under that key is IdempotencyKeyReused."""
         if quantity < 1:
             raise ValidationFailed.at("$.quantity", "must be at least 1")
+        fingerprint = json.dumps({
+            "product_id": product_id, "quantity": quantity, "price": str(price),
+            "starts_at": starts_at and starts_at.isoformat(),
+            "ends_at": ends_at and ends_at.isoformat(), "per_user_limit": per_user_limit,
+            "hold_seconds": hold_seconds}, sort_keys=True)
+        if idempotency_key is not None:
+            made = await self._made_before(idempotency_key, fingerprint)
+            if made is not None:
+                return made
         starts_at = starts_at or datetime.now(UTC)
         if ends_at is not None and ends_at <= starts_at:
             raise ValidationFailed.at("$.ends_at", "must be after starts_at")
+        try:
+            row = await self._insert(product_id, quantity, price, starts_at, ends_at,
+                                     per_user_limit, hold_seconds, idempotency_key,
+                                     fingerprint)
+        except asyncpg.UniqueViolationError:  # the same key, created concurrently
+            made = await self._made_before(idempotency_key or "", fingerprint)
+            if made is None:
+                raise
+            return made
+        await self._load_or_explain(row["sale_id"], row["product_id"], quantity)
+        return {**await self.get(row["sale_id"]), "replayed": False}
+
+    async def _insert(self, product_id: int, quantity: int, price: Decimal,
+                      starts_at: datetime, ends_at: datetime | None, per_user_limit: int,
+                      hold_seconds: int, idempotency_key: str | None,
+                      fingerprint: str) -> asyncpg.Record:
         async with self.pool.acquire() as conn, conn.transaction():
             moved = await conn.fetchval(
                 "UPDATE inventory SET available_qty = available_qty - $2,"
@@ -108,13 +141,39 @@ class Sales:
                 raise InsufficientStock(
                     f"Product {product_id} has {have} units available; the sale needs "
                     f"{quantity}.", details={"available_qty": have, "requested": quantity})
-            row = await conn.fetchrow(
+            return await conn.fetchrow(
                 "INSERT INTO flash_sales (product_id, quantity, price, starts_at, ends_at,"
-                " per_user_limit, hold_seconds, status)"
-                f" VALUES ($1, $2, $3, $4, $5, $6, $7, 'loading') RETURNING {SALE_COLUMNS}",
-                product_id, quantity, price, starts_at, ends_at, per_user_limit, hold_seconds)
-        await self.load_tokens(row["sale_id"])
-        return await self.get(row["sale_id"])
+                " per_user_limit, hold_seconds, status, idempotency_key, request_fingerprint)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, 'loading', $8, $9)"
+                f" RETURNING {SALE_COLUMNS}",
+                product_id, quantity, price, starts_at, ends_at, per_user_limit, hold_seconds,
+                idempotency_key, fingerprint)
+
+    async def _made_before(self, key: str, fingerprint: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            "SELECT sale_id, product_id, quantity, status, request_fingerprint FROM flash_sales"
+            " WHERE idempotency_key = $1", key)
+        if row is None:
+            return None
+        if row["request_fingerprint"] != fingerprint:
+            raise IdempotencyKeyReused(
+                f"Sale {row['sale_id']} was created under this idempotency key with other "
+                "figures; use a new key for a new sale.", details={"sale_id": row["sale_id"]})
+        if row["status"] == "loading":  # a crash or outage cut the first attempt short
+            await self._load_or_explain(row["sale_id"], row["product_id"], row["quantity"])
+        return {**await self.get(row["sale_id"]), "replayed": True}
+
+    async def _load_or_explain(self, sale_id: int, product_id: int, quantity: int) -> None:
+        """Load the tokens; when Redis fails, say exactly what is left and how to finish."""
+        try:
+            await self.load_tokens(sale_id)
+        except REDIS_DOWN as exc:
+            raise Unavailable(
+                f"Sale {sale_id} is in Postgres, status 'loading' ({quantity} units of product "
+                f"{product_id} taken out of stock), but its tokens did not reach Redis ({exc}). "
+                f"Finish it with `flashsale sale load-tokens {sale_id}` (it never loads twice), "
+                "or repeat the create with the same idempotency key.",
+                dependency="redis") from exc
 
     async def get(self, sale_id: int) -> dict[str, Any]:
         row = await self.pool.fetchrow(

@@ -39,6 +39,14 @@ class Settings:
     claim_idle_ms: int = 5000
     metrics_port: int = 9101
 
+    def __post_init__(self) -> None:
+        _check_url("database_url", self.database_url, ("postgresql", "postgres"))
+        _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
+        for name, low in (("port", 1), ("metrics_port", 0)):
+            if not low <= getattr(self, name) <= 65535:
+                raise ValueError(f"FLASHSALE_{name.upper()}={getattr(self, name)} is not a "
+                                 f"port number ({low}-65535)")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Build settings from ``FLASHSALE_<NAME>`` variables, then apply ``overrides``."""
@@ -55,6 +63,16 @@ class Settings:
     @property
     def uses_dev_secret(self) -> bool:
         return self.secret == DEV_SECRET
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in schemes:
+        shown = f"{scheme}://..." if sep else "a value without a scheme"
+        raise ValueError(f"FLASHSALE_{name.upper()} is {shown}; it must be a "
+                         f"{' or '.join(s + '://' for s in schemes)} URL")
+    if scheme != "unix" and not rest.split("/", 1)[0].rpartition("@")[2]:
+        raise ValueError(f"FLASHSALE_{name.upper()} names no host ({scheme}://HOST:PORT/...)")
 
 
 def _convert(name: str, type_name: str, raw: str) -> object:

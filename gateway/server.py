@@ -10,24 +10,32 @@ import sys
 import uvloop
 from aiohttp import web
 
+from engine.errors import Misconfigured
 from engine.settings import Settings
 from gateway.app import create_app
 
 log = logging.getLogger("flashsale.gateway")
 
 
-def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool,
+               listening: str) -> None:
     uvloop.install()
     if settings.uses_dev_secret:
         log.warning("FLASHSALE_SECRET is the development default; set it in production")
-    web.run_app(create_app(settings), host=host, port=port, reuse_port=reuse_port,
-                access_log=None, print=None, handle_signals=True, shutdown_timeout=5)
+    try:
+        # run_app calls `print` once its sockets are bound: "listening" is never a lie.
+        web.run_app(create_app(settings), host=host, port=port, reuse_port=reuse_port,
+                    access_log=None, print=lambda _banner: log.info("%s", listening),
+                    handle_signals=True, shutdown_timeout=5)
+    except OSError as exc:  # lost a race for the port after the start-up check
+        raise Misconfigured(f"cannot serve the gateway on {host}:{port}: "
+                            f"{exc.strerror or exc}") from exc
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
     if workers <= 1:
-        log.info("gateway listening on http://%s:%d", host, port)
-        _serve_one(settings, host, port, reuse_port=False)
+        _serve_one(settings, host, port, reuse_port=False,
+                   listening=f"gateway listening on http://{host}:{port}")
         return
     # Fork before any event loop exists; each child binds its own SO_REUSEPORT socket and
     # the kernel spreads connections across them.
@@ -35,12 +43,17 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> None
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
+            code = 0
             try:
-                _serve_one(settings, host, port, reuse_port=True)
+                _serve_one(settings, host, port, reuse_port=True,
+                           listening=f"gateway worker {os.getpid()} listening on "
+                                     f"http://{host}:{port}")
+            except Misconfigured as exc:
+                log.error("%s", exc.message)
+                code = 1
             finally:
-                os._exit(0)
+                os._exit(code)
         children.append(pid)
-    log.info("gateway listening on http://%s:%d with %d workers", host, port, workers)
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

@@ -186,7 +186,7 @@ async def test_audit_passes_on_a_healthy_sale_and_fails_on_a_corrupted_one(
     assert report["sales"][0]["postgres"] == {"held": 10, "confirmed": 1, "released": 1,
                                               "expired": 0}
     status = await asyncio.to_thread(_cli, settings, "sale", "status", str(sale), "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["lag"]["pending"] == 0
+    assert status.returncode == 0 and json.loads(status.stdout)["reconciler_lag"] == 0
     await redis.incrby(sale_keys(sale).tokens, 3)  # tamper: three units from nowhere
     bad = await asyncio.to_thread(_cli, settings, "audit", str(sale))
     assert bad.returncode == 1
