@@ -4,7 +4,7 @@
 #       -e FLASHSALE_DATABASE_URL=postgresql://... -e FLASHSALE_SECRET=... flashsale
 # The same image runs `flashsale migrate` and `flashsale reconcile --metrics-port 9101`
 # (see docker-compose.yml).
-FROM python:3.11-slim
+FROM python:3.11.9-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -14,7 +14,7 @@ import tempfile
 
 import click
 
-from cli import audit, catalog, demo, notify, product, reconcile, sale
+from cli import audit, catalog, demo, loadtest, notify, product, reconcile, sale
 from cli.common import CommandError, emit, json_option, run, settings
 
 
@@ -84,6 +84,7 @@ for command in (reconcile.reconcile, sale.sale, product.product, audit.audit, ca
                 demo.demo):
     cli.add_command(command)
 cli.add_command(notify.notify)
+cli.add_command(loadtest.loadtest)
 
 
 def main() -> None:

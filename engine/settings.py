@@ -38,6 +38,8 @@ class Settings:
     sweep_interval: float = 0.5
     claim_idle_ms: int = 5000
     metrics_port: int = 9101
+    # One log line per HTTP request (request id, route, status, latency; never a token).
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         _check_url("database_url", self.database_url, ("postgresql", "postgres"))
@@ -76,6 +78,12 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
 
 
 def _convert(name: str, type_name: str, raw: str) -> object:
+    if type_name == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"FLASHSALE_{name.upper()}={raw!r} is not 1 or 0 (true or false)")
     try:
         if type_name == "int":
             return int(raw)

@@ -19,7 +19,7 @@ from gateway.routes import ROUTE_TABLES
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[edge_middleware()],
+    app = web.Application(middlewares=[edge_middleware(access_log=settings.access_log)],
                           client_max_size=settings.max_body_bytes,
                           # Long query strings reach the handlers (which answer 422 in
                           # the error contract) instead of aiohttp's plain-text 400.

@@ -2,12 +2,15 @@
 
 Every 4xx/5xx leaves here as ``{"error": {"code", "message", "details"}}``. Driver
 outages become 503 with Retry-After; anything unexpected is logged with a request id and
-answered 500 without a stack trace.
+answered 500 without a stack trace. With ``FLASHSALE_ACCESS_LOG=1`` each request is one
+line on the ``flashsale.access`` logger: request id, method, route template, status and
+latency; never a path parameter, query string, header or body, so no token can leak.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +22,8 @@ from engine.errors import FlashsaleError, RateLimited, Unavailable, as_unavailab
 from gateway.api import json_response
 
 log = logging.getLogger("flashsale.gateway")
+access = logging.getLogger("flashsale.access")
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _HTTP_CODES = {
     400: ("bad_request", "The request is malformed."),
@@ -69,7 +74,14 @@ class _Children:
         hist.observe(seconds)
 
 
-def edge_middleware() -> Callable:
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-ID when it is a plain short token, else a fresh one (a
+    header is never echoed into logs unchecked)."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def edge_middleware(*, access_log: bool = False) -> Callable:
     children = _Children()
 
     @web.middleware
@@ -91,15 +103,22 @@ def edge_middleware() -> Callable:
             if outage is not None:
                 response = error_response(outage)
             else:
-                request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+                request_id = request_id_of(request)
                 log.exception("unhandled error request_id=%s %s %s",
                               request_id, request.method, _route_label(request))
                 response = json_response(
                     error_body("internal_error", "Something went wrong on our side.",
                                {"request_id": request_id}), 500,
                     {"X-Request-ID": request_id})
-        children.observe(_route_label(request), request.method, response.status,
-                         time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        route = _route_label(request)
+        children.observe(route, request.method, response.status, elapsed)
+        if access_log:
+            request_id = response.headers.get("X-Request-ID") or request_id_of(request)
+            if not response.prepared:
+                response.headers["X-Request-ID"] = request_id
+            access.info("request_id=%s method=%s route=%s status=%d ms=%.2f", request_id,
+                        request.method, route, response.status, elapsed * 1000)
         return response
 
     return edge

@@ -59,3 +59,7 @@ OUTBOX_BACKLOG = Gauge(
 OUTBOX_OLDEST_AGE = Gauge(
     "flashsale_outbox_oldest_age_seconds",
     "Age of the oldest undelivered order notification (0 when none)", registry=RECONCILER)
+DEAD_LETTERS_PARKED = Gauge(
+    "flashsale_dead_letters_parked",
+    "Sale events Postgres refused for good, parked in sale_dead_letters for an operator",
+    registry=RECONCILER)

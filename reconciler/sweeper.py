@@ -68,7 +68,7 @@ class Sweeper:
                 if await self.close_if_finished(sale_id):
                     books.pop(sale_id)
         await self._publish_books(books)
-        await self._publish_outbox()
+        await self._publish_backlogs()
         metrics.OLDEST_PENDING_AGE.set(oldest)
         metrics.LAST_SWEEP.set_to_current_time()
         if expired_total:
@@ -100,12 +100,18 @@ class Sweeper:
                 continue
             metrics.BOOKS_MISMATCH.labels(str(sale_id)).set(mismatch_units(row, redis_side))
 
-    async def _publish_outbox(self) -> None:
-        backlog, oldest = await self.pool.fetchrow(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+    async def _publish_backlogs(self) -> None:
+        """What waits for someone: undelivered notifications, parked (dead-lettered) sale
+        events (counted once the integrity migration has created their table)."""
+        backlog, oldest, parked = await self.pool.fetchrow(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0),"
+            " to_regclass('sale_dead_letters') IS NOT NULL"
             " FROM outbox WHERE delivered_at IS NULL")
         metrics.OUTBOX_BACKLOG.set(backlog)
         metrics.OUTBOX_OLDEST_AGE.set(float(oldest))
+        if parked:
+            metrics.DEAD_LETTERS_PARKED.set(
+                await self.pool.fetchval("SELECT count(*) FROM sale_dead_letters"))
 
     async def close_if_finished(self, sale_id: int) -> bool:
         """Close a sale past its end (the caller has seen no live hold and no lag)."""

@@ -137,3 +137,23 @@ def test_configuration_mistakes_are_one_line(settings, case: str) -> None:
     assert done.returncode != 0, lines
     assert 1 <= len(lines) <= 3 and "Traceback" not in done.stderr, lines
     assert "listening" not in done.stdout + done.stderr
+
+
+async def test_a_missing_database_at_run_time_is_a_503(settings, caplog) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.app import create_app
+    from tests.conftest import make_settings
+
+    gone = settings.database_url.rsplit("/", 1)[0] + "/dropped_under_us_h15"
+    client = TestClient(TestServer(create_app(make_settings(database_url=gone))))
+    await client.start_server()
+    try:
+        for path in ("/api/v1/products/1", "/api/v1/products", "/readyz"):
+            resp = await client.get(path)
+            body = await resp.json()
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1", path
+            assert body["error"]["code"] == "unavailable", body
+    finally:
+        await client.close()
+    assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text

@@ -4,6 +4,7 @@ books-mismatch gauge follows a tampered sale, and a closed sale's series go away
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from decimal import Decimal
@@ -96,3 +97,30 @@ async def test_the_reconciler_gauges_books_backlogs_and_forgets_closed_sales(
                          "the closed sale's series gone")
     finally:
         proc.stop()
+
+
+async def test_the_access_log_has_one_line_per_request_and_no_token(database, caplog) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.app import create_app
+    from tests.conftest import ADMIN_TOKEN, make_settings
+
+    client = TestClient(TestServer(create_app(make_settings(access_log=True))))
+    await client.start_server()
+    try:
+        with caplog.at_level(logging.INFO, logger="flashsale.access"):
+            resp = await client.get("/api/v1/admin/sales/424242?token=leak-me-query",
+                                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                             "X-Request-ID": "abc-123"})
+            assert resp.status == 404 and resp.headers["X-Request-ID"] == "abc-123"
+            resp = await client.get("/healthz", headers={"X-Request-ID": "bad id; forged=1"})
+            assert resp.status == 200
+    finally:
+        await client.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "flashsale.access"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("request_id=abc-123 method=GET "
+                               "route=/api/v1/admin/sales/{sale_id} status=404 ms=")
+    assert "forged" not in lines[1] and "route=/healthz status=200" in lines[1]
+    assert not [line for line in lines if ADMIN_TOKEN in line or "leak-me" in line
+                or "424242" in line]
