@@ -14,7 +14,13 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from engine.admission import Admission
-from engine.errors import InvalidTransition, NotFound, SaleNotActive, SoldOut
+from engine.errors import (
+    IdempotencyKeyReused,
+    InvalidTransition,
+    NotFound,
+    SaleNotActive,
+    SoldOut,
+)
 from engine.keys import sale_keys
 from reconciler.board import SALE_BOARD_FIELDS, sale_board
 from tests.conftest import assert_error, create_sale
@@ -237,3 +243,46 @@ async def test_an_ended_sale_returns_its_unsold_units_once_drained(
                                product) == 10
     board = await sale_board(sales, sid)
     assert board.status == "ended" and board.expired == 2 and board.books_balanced
+
+
+async def test_concurrent_creates_under_one_key_make_one_sale(sales, product_factory,
+                                                              pool) -> None:
+    product = await product_factory(stock=100)
+    made = await asyncio.gather(*(sales.create(
+        product_id=product, quantity=30, price=Decimal("4.00"), idempotency_key="drop-7")
+        for _ in range(12)))
+    assert len({m["sale_id"] for m in made}) == 1
+    assert sum(not m["replayed"] for m in made) == 1
+    assert await pool.fetchval("SELECT available_qty FROM inventory WHERE product_id = $1",
+                               product) == 70
+    with pytest.raises(IdempotencyKeyReused):
+        await sales.create(product_id=product, quantity=31, price=Decimal("4.00"),
+                           idempotency_key="drop-7")
+
+
+async def test_a_create_cut_short_by_redis_says_what_is_left_and_a_retry_finishes(
+        sales, product_factory, pool) -> None:
+    import redis.asyncio as aioredis
+
+    from engine.errors import Unavailable
+    from engine.sales import Sales
+
+    product = await product_factory(stock=10)
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(Unavailable) as cut:
+            await Sales(pool=pool, redis=dead).create(
+                product_id=product, quantity=4, price=Decimal("2.00"), idempotency_key="k9")
+    finally:
+        await dead.aclose()
+    sid = await pool.fetchval("SELECT sale_id FROM flash_sales WHERE idempotency_key = 'k9'")
+    assert f"flashsale sale load-tokens {sid}" in cut.value.message
+    assert "4 units of product" in cut.value.message
+    assert (await sales.get(sid))["status"] == "loading"
+    again = await sales.create(product_id=product, quantity=4, price=Decimal("2.00"),
+                               idempotency_key="k9")
+    assert again["sale_id"] == sid and again["replayed"] and again["status"] == "ready"
+    assert (await sales.view(sid)).remaining == 4
+    assert await pool.fetchval("SELECT count(*) FROM flash_sales") == 1
+    assert await pool.fetchval("SELECT available_qty FROM inventory WHERE product_id = $1",
+                               product) == 6
