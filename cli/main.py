@@ -57,7 +57,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     config = settings()
     host, port = host or config.host, port or config.port
     try:
-        check_port(host, port, "the gateway")
+        check_port(host, port, "the gateway", reuse_port=workers > 1)
         run(preflight(config))
         serve_gateway(config, host=host, port=port, workers=workers)
     except Misconfigured as exc:

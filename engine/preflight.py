@@ -79,8 +79,10 @@ async def check_redis(settings: Settings) -> bool:
         await client.aclose()
 
 
-def check_port(host: str, port: int, what: str) -> None:
-    """Misconfigured when ``host:port`` cannot be bound (in use, not ours, no such address)."""
+def check_port(host: str, port: int, what: str, *, reuse_port: bool = False) -> None:
+    """Misconfigured when ``host:port`` cannot be bound (in use, not ours, no such address).
+    With ``reuse_port`` (multi-worker gateways), sockets that share the port on purpose
+    (SO_REUSEPORT, the same user) do not count as taking it."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -89,6 +91,8 @@ def check_port(host: str, port: int, what: str) -> None:
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             probe.bind(address)
         except OSError as exc:
