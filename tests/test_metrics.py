@@ -124,3 +124,32 @@ async def test_the_access_log_has_one_line_per_request_and_no_token(database, ca
     assert "forged" not in lines[1] and "route=/healthz status=200" in lines[1]
     assert not [line for line in lines if ADMIN_TOKEN in line or "leak-me" in line
                 or "424242" in line]
+
+
+@pytest.mark.slow
+async def test_the_reconciler_sees_a_dead_postgres_without_anyone_asking(
+        settings, sales, product_factory) -> None:
+    """flashsale_dependency_up is probed on a timer: it drops while nobody calls /readyz
+    and the consumer has nothing to write, and comes back by itself."""
+    from urllib.parse import urlsplit
+
+    from tests.conftest import TEST_DATABASE_URL
+    from tests.proxy import TcpProxy
+
+    target = urlsplit(TEST_DATABASE_URL)
+    proxy = await TcpProxy(target.hostname, target.port or 5432).start()
+    url = TEST_DATABASE_URL.replace(f"{target.hostname}:{target.port}",
+                                    f"127.0.0.1:{proxy.port}")
+    port = free_port()
+    proc = ReconcilerProcess(settings, "probe", database_url=url, metrics_port=port).start()
+    up = 'flashsale_dependency_up{dependency="postgres"}'
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _until(http, port, lambda s: s.get(up) == 1, "Postgres up")
+            await proxy.cut()
+            await _until(http, port, lambda s: s.get(up) == 0, "Postgres down")
+            await proxy.restore()
+            await _until(http, port, lambda s: s.get(up) == 1, "Postgres up again")
+    finally:
+        proc.stop()
+        await proxy.close()
