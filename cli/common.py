@@ -61,8 +61,11 @@ def explain(exc: BaseException) -> CommandError | None:
     if outage is not None:
         url = {"redis": config.redis_url, "postgres": config.database_url}.get(
             outage.dependency or "")
-        at = f" at {where(url)}" if url else ""
-        return CommandError(f"{outage.message.rstrip('.')}{at}: {exc}", code=outage.code,
+        if url is None:
+            return CommandError(f"{outage.message} ({exc})", code=outage.code)
+        name = {"redis": "Redis", "postgres": "Postgres"}[outage.dependency or ""]
+        return CommandError(f"cannot reach {name} at {where(url)} ({exc}); is it running? "
+                            "Retry once it answers.", code=outage.code,
                             details=outage.details)
     return None
 

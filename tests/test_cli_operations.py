@@ -112,7 +112,8 @@ def _taken_port() -> socket.socket:
 
 
 @pytest.mark.parametrize("case", ["gateway port taken", "metrics port taken", "unknown role",
-                                  "unknown database", "mysql url", "bad redis db"])
+                                  "unknown database", "mysql url", "bad redis db",
+                                  "unreachable postgres"])
 def test_configuration_mistakes_are_one_line(settings, case: str) -> None:
     holder = _taken_port()
     port = str(holder.getsockname()[1])
@@ -127,6 +128,8 @@ def test_configuration_mistakes_are_one_line(settings, case: str) -> None:
         "mysql url": (("sale", "list"), {"FLASHSALE_DATABASE_URL": "mysql://root@db/shop"}),
         "bad redis db": (("reconcile", "--metrics-port", "0"), {
             "FLASHSALE_REDIS_URL": settings.redis_url.rsplit("/", 1)[0] + "/999"}),
+        "unreachable postgres": (("sale", "list"), {
+            "FLASHSALE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/x"}),
     }
     args, env = runs[case]
     try:
