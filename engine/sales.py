@@ -159,8 +159,13 @@ class Sales:
             raise IdempotencyKeyReused(
                 f"Sale {row['sale_id']} was created under this idempotency key with other "
                 "figures; use a new key for a new sale.", details={"sale_id": row["sale_id"]})
-        if row["status"] == "loading":  # a crash or outage cut the first attempt short
-            await self._load_or_explain(row["sale_id"], row["product_id"], row["quantity"])
+        if row["status"] == "loading":  # cut short, or still loading in another call
+            try:
+                await self._load_or_explain(row["sale_id"], row["product_id"],
+                                            row["quantity"])
+            except Conflict:
+                if (await self.get(row["sale_id"]))["status"] == "loading":
+                    raise  # not the other call finishing first: a real refusal
         return {**await self.get(row["sale_id"]), "replayed": True}
 
     async def _load_or_explain(self, sale_id: int, product_id: int, quantity: int) -> None:

@@ -21,7 +21,7 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from engine.keys import sale_keys
-from engine.sales import Sales, from_ms
+from engine.sales import Sales, from_ms, identity
 from reconciler.lag import stream_lag, text
 
 BoardStatus = Literal["scheduled", "active", "paused", "sold_out", "ended"]
@@ -61,28 +61,37 @@ class RedisBooks:
     starts_ms: int
     ends_ms: int
     last_id: str  # the stream's last written id ('0-0' when it has none)
+    identity: str  # which sale of which database loaded this state (engine.sales.identity)
 
 
 async def redis_books(sales: Sales, sale_id: int) -> RedisBooks | None:
     """The sale's counters and its stream's last id, read atomically; None without state."""
     keys = sale_keys(sale_id)
     async with sales.redis.pipeline(transaction=True) as pipe:
-        pipe.hmget(keys.meta, "initial", "held", "confirmed", "state", "starts_ms", "ends_ms")
+        pipe.hmget(keys.meta, "initial", "held", "confirmed", "state", "starts_ms", "ends_ms",
+                   "identity")
         pipe.get(keys.tokens)
         pipe.xinfo_stream(keys.events)
         meta, tokens, stream = await pipe.execute(raise_on_error=False)
     if meta[0] is None:
         return None
     last = "0-0" if isinstance(stream, ResponseError) else text(stream["last-generated-id"])
-    initial, held, confirmed, state, starts, ends = meta
+    initial, held, confirmed, state, starts, ends, loaded_by = meta
     return RedisBooks(initial=int(initial), tokens=int(tokens or 0), held=int(held),
                       confirmed=int(confirmed), state=text(state), starts_ms=int(starts),
-                      ends_ms=int(ends), last_id=last)
+                      ends_ms=int(ends), last_id=last, identity=text(loaded_by or b""))
+
+
+def of_this_sale(books: RedisBooks | None, row: Any) -> RedisBooks | None:
+    """``books`` when Redis holds this very sale; None when it holds another sale under
+    the same id (Redis left from another database): that is no state for this one."""
+    return books if books is not None and books.identity == identity(row) else None
 
 
 def mismatch_units(row: Any, books: RedisBooks | None) -> int:
     """Units by which the books fail to balance (0 when they do). ``row`` is the sale's
-    flash_sales row, read after ``books``."""
+    flash_sales row (with ``created_at``), read after ``books``."""
+    books = of_this_sale(books, row)
     if books is None:  # no Redis state: fine once closed or while loading, else all is lost
         return 0 if row["status"] in ("closed", "loading") else row["quantity"]
     gap = abs(books.initial - (books.tokens + books.held + books.confirmed))
@@ -111,7 +120,7 @@ def board_status(books: RedisBooks | None, row: Any, now_ms: float) -> str:
 BOARD_QUERY = (
     "SELECT f.sale_id, f.product_id, p.name AS product_name, f.quantity, f.price,"
     " f.starts_at, f.ends_at, f.per_user_limit, f.hold_seconds, f.status, f.held_qty,"
-    " f.confirmed_qty, f.released_qty, f.expired_qty, f.last_stream_id"
+    " f.confirmed_qty, f.released_qty, f.expired_qty, f.last_stream_id, f.created_at"
     " FROM flash_sales f JOIN products p USING (product_id)")
 
 
@@ -124,6 +133,7 @@ async def _board(sales: Sales, sale_id: int) -> SaleBoard | None:
         return None
     now_ms = time.time() * 1000
     mismatch = mismatch_units(row, books)
+    books = of_this_sale(books, row)
     if books is not None:
         remaining, held, confirmed = books.tokens, books.held, books.confirmed
         starts, ends = from_ms(books.starts_ms), from_ms(books.ends_ms)

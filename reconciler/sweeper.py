@@ -92,8 +92,8 @@ class Sweeper:
         if not books:
             return
         rows = {r["sale_id"]: r for r in await self.pool.fetch(
-            "SELECT sale_id, quantity, status, held_qty, confirmed_qty, last_stream_id"
-            " FROM flash_sales WHERE sale_id = ANY($1)", list(books))}
+            "SELECT sale_id, quantity, status, held_qty, confirmed_qty, last_stream_id,"
+            " created_at FROM flash_sales WHERE sale_id = ANY($1)", list(books))}
         for sale_id, redis_side in books.items():
             row = rows.get(sale_id)
             if row is None:  # in Redis, unknown to Postgres: the consumer reports it

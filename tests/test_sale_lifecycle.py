@@ -286,3 +286,14 @@ async def test_a_create_cut_short_by_redis_says_what_is_left_and_a_retry_finishe
     assert await pool.fetchval("SELECT count(*) FROM flash_sales") == 1
     assert await pool.fetchval("SELECT available_qty FROM inventory WHERE product_id = $1",
                                product) == 6
+
+
+async def test_a_foreign_sale_in_redis_is_no_state_for_this_one(sales, product_factory,
+                                                                redis) -> None:
+    """Redis left from another database holds 'sale N' too: its books are not ours."""
+    product = await product_factory(stock=10)
+    sid = (await sales.create(product_id=product, quantity=10, price=Decimal("1.00")))["sale_id"]
+    await redis.hset(sale_keys(sid).meta, "identity", "another-database")
+    board = await sale_board(sales, sid)
+    assert board.books_mismatch_units == 10 and not board.books_balanced
+    assert board.remaining == 10 and board.initial == 10  # Postgres's figures
