@@ -65,14 +65,20 @@ class Sweeper:
             books[sale_id] = await redis_books(self._sales, sale_id)
             holds = await self._publish_gauges(sale_id, lag)
             if not holds and not lag.pending:  # live holds may still be paid; events in flight
-                if await self.close_if_finished(sale_id):
-                    books.pop(sale_id)
-        await self._publish_books(books)
-        await self._publish_backlogs()
+                try:
+                    if await self.close_if_finished(sale_id):
+                        books.pop(sale_id)
+                except POSTGRES_DOWN as exc:  # closed on a later sweep; go on with the rest
+                    log.warning("sale %d not closed yet: %s", sale_id, exc)
         metrics.OLDEST_PENDING_AGE.set(oldest)
-        metrics.LAST_SWEEP.set_to_current_time()
         if expired_total:
             metrics.HOLDS_EXPIRED.inc(expired_total)
+        try:  # Postgres's side of the gauges; a Postgres outage must not stop the sweep's
+            await self._publish_books(books)
+            await self._publish_backlogs()
+        except POSTGRES_DOWN as exc:
+            log.debug("books and backlog gauges not refreshed: %s", exc)
+        metrics.LAST_SWEEP.set_to_current_time()
         return expired_total
 
     async def _publish_gauges(self, sale_id: int, lag: Lag) -> int:

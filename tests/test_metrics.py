@@ -12,6 +12,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
+from engine.admission import Admission
 from engine.keys import sale_keys
 from tests.conftest import create_sale
 from tests.reconciler_proc import ReconcilerProcess, free_port
@@ -128,7 +129,7 @@ async def test_the_access_log_has_one_line_per_request_and_no_token(database, ca
 
 @pytest.mark.slow
 async def test_the_reconciler_sees_a_dead_postgres_without_anyone_asking(
-        settings, sales, product_factory) -> None:
+        settings, sales, product_factory, redis) -> None:
     """flashsale_dependency_up is probed on a timer: it drops while nobody calls /readyz
     and the consumer has nothing to write, and comes back by itself."""
     from urllib.parse import urlsplit
@@ -136,6 +137,9 @@ async def test_the_reconciler_sees_a_dead_postgres_without_anyone_asking(
     from tests.conftest import TEST_DATABASE_URL
     from tests.proxy import TcpProxy
 
+    product = await product_factory(stock=5)
+    sid = (await sales.create(product_id=product, quantity=5,
+                              price=Decimal("1.00")))["sale_id"]
     target = urlsplit(TEST_DATABASE_URL)
     proxy = await TcpProxy(target.hostname, target.port or 5432).start()
     url = TEST_DATABASE_URL.replace(f"{target.hostname}:{target.port}",
@@ -145,11 +149,18 @@ async def test_the_reconciler_sees_a_dead_postgres_without_anyone_asking(
     up = 'flashsale_dependency_up{dependency="postgres"}'
     try:
         async with aiohttp.ClientSession() as http:
-            await _until(http, port, lambda s: s.get(up) == 1, "Postgres up")
+            age = "flashsale_reconciler_oldest_pending_age_seconds"
+            await _until(http, port, lambda s: s.get(up) == 1 and s.get(age) == 0,
+                         "Postgres up and the sale's stream applied")
             await proxy.cut()
             await _until(http, port, lambda s: s.get(up) == 0, "Postgres down")
+            # Lag keeps being measured while Postgres is away (the lag alert depends on it).
+            admission = Admission(redis, batching=False)
+            await admission.reserve(sid, 1, 1, "during-outage")
+            await _until(http, port, lambda s: s.get(age, 0) > 0, "the lag growing")
             await proxy.restore()
             await _until(http, port, lambda s: s.get(up) == 1, "Postgres up again")
+            await _until(http, port, lambda s: s.get(age) == 0, "the lag drained")
     finally:
         proc.stop()
         await proxy.close()
