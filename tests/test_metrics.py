@@ -164,3 +164,27 @@ async def test_the_reconciler_sees_a_dead_postgres_without_anyone_asking(
     finally:
         proc.stop()
         await proxy.close()
+
+
+async def test_the_gateway_refreshes_dependency_up_without_readyz(database) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.app import create_app
+    from tests.conftest import make_settings
+
+    dead_redis = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                               dependency_timeout=0.3)
+    client = TestClient(TestServer(create_app(dead_redis)))
+    await client.start_server()
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # only /metrics is called: the probe runs on its own timer
+            samples = _series(await (await client.get("/metrics")).text())
+            if (samples.get('flashsale_dependency_up{dependency="redis"}') == 0
+                    and 'flashsale_dependency_up{dependency="postgres"}' in samples):
+                break
+            assert time.monotonic() < deadline, samples
+            await asyncio.sleep(0.1)
+        assert samples['flashsale_dependency_up{dependency="postgres"}'] == 1
+    finally:
+        await client.close()
