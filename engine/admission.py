@@ -27,7 +27,8 @@ from engine.errors import (
     SoldOut,
     ValidationFailed,
 )
-from engine.keys import sale_keys, sale_of_reservation
+from engine.keys import sale_keys, sale_of_reservation, tokens_returned_channel
+from engine.refusals import SaleRefusals
 from engine.scripts import SCRIPTS, Scripts
 
 STATES = {b"h": "held", b"c": "confirmed", b"r": "released", b"e": "expired"}
@@ -68,20 +69,30 @@ class _Outcomes:
 
 class Admission:
     def __init__(self, redis: aioredis.Redis, *, rate_limit: int = 0, batching: bool = True,
-                 scripts: Scripts = SCRIPTS) -> None:
+                 scripts: Scripts = SCRIPTS, refusal_ttl: float = 1.0) -> None:
         self.redis = redis
         self.scripts = scripts
         self.rate_limit = rate_limit
         self._batcher = ScriptBatcher.beside(redis) if batching else None
         self._outcomes = _Outcomes()
         self._latency = metrics.RESERVATION_LATENCY
+        db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
+        self.channel = tokens_returned_channel(db)
+        # Answers without Redis for sold-out and inactive sales once start() has run.
+        self.refusals = SaleRefusals(redis, channel=self.channel, ttl=refusal_ttl)
 
     async def _run(self, script, keys, args):
         if self._batcher is not None:
             return await self._batcher.call(script, keys, args)
         return await script(self.redis, keys, args)
 
+    async def start(self) -> None:
+        """Listen for returned tokens, so sold-out and inactive sales are refused without
+        a script run (engine/refusals.py). Without it every attempt runs the script."""
+        await self.refusals.start()
+
     async def close(self) -> None:
+        await self.refusals.stop()
         if self._batcher is not None:
             await self._batcher.drain()
 
@@ -91,10 +102,12 @@ class Admission:
         started = time.perf_counter()
         outcome = "error"
         try:
+            self.refusals.check(sale_id, user_id)
+            sent_at = time.monotonic()
             answer = await self._run(
                 self.scripts.reserve, sale_keys(sale_id).for_reserve,
                 (sale_id, user_id, quantity, idempotency_key, self.rate_limit, client))
-            outcome, hold = self._reserve_answer(sale_id, user_id, answer)
+            outcome, hold = self._reserve_answer(sale_id, user_id, answer, sent_at)
             return hold
         except (SoldOut, SaleNotActive, PurchaseLimitExceeded, RateLimited, NotFound,
                 IdempotencyKeyReused, ValidationFailed) as exc:
@@ -104,17 +117,25 @@ class Admission:
             self._outcomes.inc(outcome)
             self._latency.observe(time.perf_counter() - started)
 
-    def _reserve_answer(self, sale_id: int, user_id: int, answer: list) -> tuple[str, Hold]:
+    def _reserve_answer(self, sale_id: int, user_id: int, answer: list,
+                        sent_at: float) -> tuple[str, Hold]:
         tag = answer[0]
         if tag == b"ok" or tag == b"replay":
             hold = Hold(reservation_id=_text(answer[1]), sale_id=sale_id, quantity=answer[2],
                         status=_text(answer[4]), expires_ms=answer[3], user_id=user_id,
                         replayed=tag == b"replay")
-            return ("admitted" if tag == b"ok" else "replayed"), hold
+            if tag == b"ok":
+                self.refusals.admitted(sale_id, user_id, sent_at=sent_at,
+                                       tokens_left=answer[5] if len(answer) > 5 else None)
+                return "admitted", hold
+            return "replayed", hold
         if tag == b"sold_out":
+            self.refusals.sold_out(sale_id, sent_at=sent_at)
             raise SoldOut(details={"sale_id": sale_id})
         if tag == b"not_active":
             why = _text(answer[1])
+            self.refusals.not_active(sale_id, why, sent_at=sent_at,
+                                     starts_in=answer[2] / 1000 if len(answer) > 2 else None)
             raise SaleNotActive(f"The sale is not active ({why}).",
                                 details={"sale_id": sale_id, "reason": why})
         if tag == b"limit":
@@ -138,7 +159,7 @@ class Admission:
         answer = await self._run(
             self.scripts.release, sale_keys(sale_id).for_release,
             (reservation_id, "" if user_id is None else user_id,
-             "1" if include_confirmed else "0", reason))
+             "1" if include_confirmed else "0", reason, self.channel, sale_id))
         tag = answer[0]
         if tag == b"ok":
             return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=answer[2],
@@ -168,7 +189,7 @@ class Admission:
         """Return up to ``limit`` due holds of a sale to stock:
         (holds expired, units returned, holds still due)."""
         expired, units, left = await self.scripts.expire_holds(
-            self.redis, sale_keys(sale_id).for_expire, (limit,))
+            self.redis, sale_keys(sale_id).for_expire, (limit, self.channel, sale_id))
         return expired, units, left
 
     # -- reads ---------------------------------------------------------------------------

@@ -14,6 +14,12 @@ ACTIVE_SALES = f"{PREFIX}:sales:active"  # set of sale ids the reconciler and sw
 CONSUMER_GROUP = "reconciler"
 
 
+def tokens_returned_channel(db: int) -> str:
+    """Pub/sub channel on which the scripts that return tokens publish the sale id.
+    Channel names are global across a server's dbs, so the db is part of the name."""
+    return f"{PREFIX}:tokens-returned:{db}"
+
+
 def cart_key(user_id: int) -> str:
     return f"{PREFIX}:cart:{{u:{user_id}}}"
 

@@ -60,6 +60,7 @@ class Services:
     async def start(self) -> None:
         """Start background work owned by the services (none may block on a dependency)."""
         await self.catalog_cache.start()
+        await self.admission.start()  # sold-out and inactive sales refused without Redis
         self.orders_upkeep.start()  # resumes interrupted checkouts now, then periodically
 
     async def stop(self) -> None:

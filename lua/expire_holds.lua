@@ -3,6 +3,7 @@
 -- KEYS[1] meta  KEYS[2] tokens  KEYS[3] buyers  KEYS[4] holds  KEYS[5] res  KEYS[6] events
 --   (layouts as in reserve.lua)
 -- ARGV[1] N, the most holds to expire in this call (keeps the script short)
+-- ARGV[2] channel to PUBLISH the sale id on when units go back ("" = none)   ARGV[3] sale id
 --
 -- Returns {holds_expired, units_returned, holds_still_due}. Idempotent: a hold is expired
 -- once; a second call finds nothing due.
@@ -29,6 +30,9 @@ for _, rid in ipairs(due) do
       units = units + qty
     end
   end
+end
+if units > 0 and ARGV[2] and ARGV[2] ~= "" then
+  redis.call("PUBLISH", ARGV[2], ARGV[3])
 end
 local left = redis.call("ZCOUNT", KEYS[4], "-inf", now)
 return {holds, units, left}

@@ -7,6 +7,8 @@
 -- ARGV[2] user id that must own it ("" = any: system compensation)
 -- ARGV[3] "1" to also release a confirmed reservation (order cancelled), else "0"
 -- ARGV[4] reason (cancelled | payment_failed | order_cancelled | ...)
+-- ARGV[5] channel to PUBLISH the sale id on when units go back ("" = none): gateway
+--         workers drop their sold-out flag (engine/refusals.py)   ARGV[6] sale id
 --
 -- Returns {"ok", state_name, quantity, expires_ms} where state_name is "released" when
 -- this call or an earlier one released it, or "expired" if the sweeper got there first
@@ -36,6 +38,9 @@ local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call("INCRBY", KEYS[2], qty)
 redis.call("HINCRBY", KEYS[3], u, -qty)
+if ARGV[5] and ARGV[5] ~= "" then
+  redis.call("PUBLISH", ARGV[5], ARGV[6])
+end
 if s == "h" then
   redis.call("HINCRBY", KEYS[1], "held", -qty)
   redis.call("ZREM", KEYS[4], rid)

@@ -15,9 +15,10 @@
 -- ARGV[5] rate limit per second (0 = off)   ARGV[6] client address
 --
 -- Returns one of (times in milliseconds since the epoch, Redis clock):
---   {"ok", reservation_id, quantity, expires_ms, "held"}
+--   {"ok", reservation_id, quantity, expires_ms, "held", tokens_left}
 --   {"replay", reservation_id, quantity, expires_ms, state_name}
---   {"no_sale"}  {"not_active", why}  {"rate_limited", retry_after_ms}
+--   {"no_sale"}  {"not_active", why, ms_until_start (scheduled only)}
+--   {"rate_limited", retry_after_ms}
 --   {"bad_quantity", per_user_limit}  {"limit", units_already, per_user_limit}
 --   {"sold_out"}  {"idem_reused"}
 -- Every check comes before the first admission write: Redis has no rollback.
@@ -86,7 +87,7 @@ if meta[1] ~= "ready" then
   return {"not_active", meta[1]}
 end
 if now < tonumber(meta[2]) then
-  return {"not_active", "scheduled"}
+  return {"not_active", "scheduled", tonumber(meta[2]) - now}
 end
 local ends = tonumber(meta[3])
 if ends > 0 and now >= ends then
@@ -106,7 +107,7 @@ if tonumber(redis.call("GET", KEYS[2]) or "0") < qty then
 end
 
 -- Admission: every check passed.
-redis.call("DECRBY", KEYS[2], qty)
+local left = redis.call("DECRBY", KEYS[2], qty)
 redis.call("HINCRBY", KEYS[3], user, qty)
 redis.call("HINCRBY", KEYS[1], "held", qty)
 local rid = sale_id .. "-" .. redis.call("INCR", KEYS[7])
@@ -116,4 +117,4 @@ redis.call("HSET", KEYS[6], rid, user .. ":" .. qty .. ":h:" .. expires .. ":")
 redis.call("HSET", KEYS[4], idem_field, rid)
 redis.call("XADD", KEYS[8], "*", "t", "reserved", "r", rid, "u", user, "q", qty,
   "x", expires, "ts", now, "k", ARGV[4])
-return {"ok", rid, qty, expires, "held"}
+return {"ok", rid, qty, expires, "held", left}

@@ -1,0 +1,171 @@
+"""Refusals a gateway worker can give without Redis: a sold-out sale, a sale outside its
+window.
+
+Once a sale answers ``sold_out`` (or an admission takes its last token), this worker
+answers the sale's next attempts at once, without running ``reserve.lua``, until tokens
+come back. Every script that returns tokens (``release.lua``, ``expire_holds.lua``)
+publishes the sale id on the channel named by ``engine.keys.tokens_returned_channel``;
+each worker listens and drops the sale's flag when the message arrives. A flag also lapses
+after ``ttl`` seconds, the safety net for a message lost on the way. A sale answered
+``not_active`` is refused the same way until its start (a scheduled sale) or for ``ttl``
+(ended, paused, closed), whichever comes first.
+
+A flag can only refuse, never admit, so it cannot oversell. Two rules keep it from
+refusing longer than it should:
+
+- It is trusted only while the listener is subscribed: messages missed while it was not
+  are unknown, so every flag is dropped when it (re)subscribes and none is set meanwhile.
+- A ``sold_out`` answer sets the flag only if the attempt was sent while subscribed and
+  no token-return message for that sale arrived after it was sent; the pub/sub connection and the script connection
+  are separate sockets, so the message can overtake the answer it follows.
+
+Replays: an attempt refused by a flag is not looked up by its idempotency key. A user
+this worker admitted to the sale is never refused by a flag (the script answers, so a
+retried request gets its hold back); a retry that lands on another worker while the sale
+is sold out is answered ``sold_out``, and the hold stays the buyer's (GET by id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+
+import redis.asyncio as aioredis
+
+from engine.errors import REDIS_DOWN, SaleNotActive, SoldOut
+
+log = logging.getLogger(__name__)
+
+
+class SaleRefusals:
+    def __init__(self, redis: aioredis.Redis, *, channel: str, ttl: float = 1.0,
+                 remember_buyers: int = 100_000) -> None:
+        self._redis = redis
+        self.channel = channel
+        self.ttl = ttl
+        self._sold_out: dict[int, float] = {}  # sale id -> monotonic deadline
+        self._inactive: dict[int, tuple[float, str]] = {}  # sale id -> (deadline, why)
+        self._returned_at: dict[int, float] = {}  # sale id -> monotonic time of last message
+        self._buyers: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._remember_buyers = remember_buyers
+        self._listener: asyncio.Task | None = None
+        self._stopping = False
+        self.listening = False
+        self._since = float("inf")  # when the listener last subscribed (monotonic)
+        self.on_return = None  # optional callback(sale_id), for measurements
+
+    # -- the hot path --------------------------------------------------------------------
+    def check(self, sale_id: int, user_id: int) -> None:
+        """Raise the refusal a flag stands for; return when the script must answer."""
+        if not self.listening:
+            return
+        deadline = self._sold_out.get(sale_id)
+        if deadline is not None:
+            if time.monotonic() < deadline:
+                if (sale_id, user_id) not in self._buyers:
+                    raise SoldOut(details={"sale_id": sale_id})
+            else:
+                del self._sold_out[sale_id]
+        inactive = self._inactive.get(sale_id)
+        if inactive is not None:
+            if time.monotonic() < inactive[0]:
+                raise SaleNotActive(f"The sale is not active ({inactive[1]}).",
+                                    details={"sale_id": sale_id, "reason": inactive[1]})
+            del self._inactive[sale_id]
+
+    # -- what the script answered --------------------------------------------------------
+    def admitted(self, sale_id: int, user_id: int, *, tokens_left: int | None,
+                 sent_at: float) -> None:
+        buyers = self._buyers
+        buyers[(sale_id, user_id)] = None
+        if len(buyers) > self._remember_buyers:
+            buyers.popitem(last=False)
+        if tokens_left == 0:
+            self.sold_out(sale_id, sent_at=sent_at)
+
+    def sold_out(self, sale_id: int, *, sent_at: float) -> None:
+        if (not self.listening or sent_at < self._since
+                or self._returned_at.get(sale_id, 0.0) > sent_at):
+            return
+        self._sold_out[sale_id] = time.monotonic() + self.ttl
+
+    def not_active(self, sale_id: int, why: str, *, sent_at: float,
+                   starts_in: float | None = None) -> None:
+        """``starts_in``: seconds from the script run until a scheduled sale opens (Redis
+        clock). Counted from when the attempt was sent, which is before the script ran, so
+        the flag lapses no later than the sale opens."""
+        if not self.listening or sent_at < self._since:
+            return
+        hold_for = self.ttl if starts_in is None else max(0.0, min(self.ttl, starts_in))
+        self._inactive[sale_id] = (sent_at + hold_for, why)
+
+    def tokens_returned(self, sale_id: int) -> None:
+        now = time.monotonic()
+        self._returned_at[sale_id] = now
+        self._sold_out.pop(sale_id, None)
+        if len(self._returned_at) > 10_000:  # old sales: nothing in flight is that old
+            cutoff = now - 60.0
+            self._returned_at = {s: t for s, t in self._returned_at.items() if t > cutoff}
+        if self.on_return is not None:
+            self.on_return(sale_id)
+
+    def forget(self) -> None:
+        self._sold_out.clear()
+        self._inactive.clear()
+
+    # -- the listener --------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._listener is None:
+            self._stopping = False
+            self._listener = asyncio.create_task(self._listen(), name="tokens-returned")
+
+    async def stop(self) -> None:
+        self.listening = False
+        self.forget()
+        if self._listener is not None:
+            self._stopping = True
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def wait_listening(self, timeout: float = 5.0) -> bool:
+        """For tests and benchmarks: True once the listener is subscribed."""
+        deadline = time.monotonic() + timeout
+        while not self.listening and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        return self.listening
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.forget()  # messages may have been missed while not subscribed
+                self._since = time.monotonic()
+                self.listening = True
+                backoff = 0.1
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        with contextlib.suppress(ValueError):
+                            self.tokens_returned(int(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the listener die: flags just stop
+                self.listening = False
+                self.forget()
+                if self._stopping:
+                    break
+                if not isinstance(exc, (*REDIS_DOWN, ConnectionError, OSError)):
+                    log.exception("token-return listener failed; restarting")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self.listening = False
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pubsub.aclose())
