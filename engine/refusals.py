@@ -16,8 +16,8 @@ refusing longer than it should:
 - It is trusted only while the listener is subscribed: messages missed while it was not
   are unknown, so every flag is dropped when it (re)subscribes and none is set meanwhile.
 - A ``sold_out`` answer sets the flag only if the attempt was sent while subscribed and
-  no token-return message for that sale arrived after it was sent; the pub/sub connection and the script connection
-  are separate sockets, so the message can overtake the answer it follows.
+  no token-return message for that sale arrived after it was sent: the pub/sub and the
+  script connections are separate sockets, so the message can overtake the answer.
 
 Replays: an attempt refused by a flag is not looked up by its idempotency key. A user
 this worker admitted to the sale is never refused by a flag (the script answers, so a
