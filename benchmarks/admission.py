@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from benchmarks import gate_cost
 from benchmarks.common import BENCH_REDIS_URL, latency_summary, table, write_results
 from engine.admission import Admission
 from engine.connections import create_redis
@@ -91,6 +92,7 @@ async def main_async(mode: str) -> dict:
     settings = Settings(redis_url=BENCH_REDIS_URL)
     redis = create_redis(settings, max_connections=256)
     results: dict = {"engine": [], "redis_benchmark": {}}
+    results["gate_cost"] = await gate_cost.measure(calls=20_000 if mode == "quick" else 100_000)
     try:
         await load_sale(redis)
         ceilings = (("50 clients", 50, 1), ("50 clients, pipeline 16", 50, 16))
@@ -123,8 +125,10 @@ def report(results: dict) -> str:
                 f"{r['concurrency']} callers")
         rows.append([name, r["per_second"], r["p50_ms"], r["p99_ms"],
                      f"{r['per_second'] / ceiling:.2f}x" if ceiling else "-"])
-    return table("Admission: reserve.lua on real Redis (ratio vs redis-benchmark, 50 clients)",
-                 ["what", "calls/s", "p50 ms", "p99 ms", "ratio"], rows)
+    return "\n\n".join([
+        table("Admission: reserve.lua on real Redis (ratio vs redis-benchmark, 50 clients)",
+              ["what", "calls/s", "p50 ms", "p99 ms", "ratio"], rows),
+        gate_cost.report(results.get("gate_cost"))])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,17 @@ writes. Benchmarks use their own Redis db and database, never the demo's or the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +100,36 @@ def write_results(name: str, mode: str, data: dict[str, Any]) -> Path:
                "machine": machine(), **data}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def private_redis(*extra: str) -> Iterator[str | None]:
+    """A throwaway redis-server on a free port (no persistence unless ``extra`` asks),
+    for measurements that read server-wide figures (INFO commandstats, INFO cpu): on the
+    shared server other clients' commands would be counted too. Yields its URL, or None
+    when no redis-server is found."""
+    exe = shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.path.exists(p)),
+        None)
+    if exe is None:
+        yield None
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="flashsale-bench-redis-") as tmp:
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
+             "--appendonly", "no", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError), socket.create_connection(
+                        ("127.0.0.1", port), timeout=0.2):
+                    break
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

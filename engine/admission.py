@@ -106,7 +106,8 @@ class Admission:
             sent_at = time.monotonic()
             answer = await self._run(
                 self.scripts.reserve, sale_keys(sale_id).for_reserve,
-                (sale_id, user_id, quantity, idempotency_key, self.rate_limit, client))
+                (sale_id, user_id, quantity, idempotency_key, self.rate_limit, client,
+                 self.channel))
             outcome, hold = self._reserve_answer(sale_id, user_id, answer, sent_at)
             return hold
         except (SoldOut, SaleNotActive, PurchaseLimitExceeded, RateLimited, NotFound,

@@ -1,11 +1,14 @@
 """Refusals a gateway worker can give without Redis: a sold-out sale, a sale outside its
 window.
 
-Once a sale answers ``sold_out`` (or an admission takes its last token), this worker
-answers the sale's next attempts at once, without running ``reserve.lua``, until tokens
-come back. Every script that returns tokens (``release.lua``, ``expire_holds.lua``)
-publishes the sale id on the channel named by ``engine.keys.tokens_returned_channel``;
-each worker listens and drops the sale's flag when the message arrives. A flag also lapses
+Once a sale is sold out, every listening worker answers the sale's next attempts at once,
+without running ``reserve.lua``, until tokens come back. On the channel named by
+``engine.keys.tokens_returned_channel``, the admission that takes the last token publishes
+``-<sale_id>`` (every worker raises the sale's flag) and every script that returns tokens
+(``release.lua``, ``expire_holds.lua``) publishes ``<sale_id>`` (every worker drops it).
+Messages on one channel arrive in the order the scripts ran, so a return always follows
+the sell-out it undoes. A worker also raises the flag on a ``sold_out`` answer (it may
+have joined after the sell-out). A flag also lapses
 after ``ttl`` seconds, the safety net for a message lost on the way. A sale answered
 ``not_active`` is refused the same way until its start (a scheduled sale) or for ``ttl``
 (ended, paused, closed), whichever comes first.
@@ -92,6 +95,10 @@ class SaleRefusals:
             return
         self._sold_out[sale_id] = time.monotonic() + self.ttl
 
+    def sold_out_heard(self, sale_id: int) -> None:
+        """The last token was taken: nothing returned before this message can be pending."""
+        self._sold_out[sale_id] = time.monotonic() + self.ttl
+
     def not_active(self, sale_id: int, why: str, *, sent_at: float,
                    starts_in: float | None = None) -> None:
         """``starts_in``: seconds from the script run until a scheduled sale opens (Redis
@@ -153,7 +160,11 @@ class SaleRefusals:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         with contextlib.suppress(ValueError):
-                            self.tokens_returned(int(message["data"]))
+                            sale_id = int(message["data"])
+                            if sale_id < 0:
+                                self.sold_out_heard(-sale_id)
+                            else:
+                                self.tokens_returned(sale_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let the listener die: flags just stop

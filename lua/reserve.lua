@@ -13,6 +13,9 @@
 -- KEYS[9] rl      hash: rate-limit buckets "u:<user>" / "a:<address>" -> "millitokens:ms"
 -- ARGV[1] sale_id   ARGV[2] user_id   ARGV[3] quantity   ARGV[4] idempotency key
 -- ARGV[5] rate limit per second (0 = off)   ARGV[6] client address
+-- ARGV[7] channel on which the admission that takes the last token PUBLISHes "-<sale_id>"
+--         ("" = none): every gateway worker then refuses the sale without Redis until a
+--         script that returns tokens publishes "<sale_id>" (engine/refusals.py)
 --
 -- Returns one of (times in milliseconds since the epoch, Redis clock):
 --   {"ok", reservation_id, quantity, expires_ms, "held", tokens_left}
@@ -117,4 +120,7 @@ redis.call("HSET", KEYS[6], rid, user .. ":" .. qty .. ":h:" .. expires .. ":")
 redis.call("HSET", KEYS[4], idem_field, rid)
 redis.call("XADD", KEYS[8], "*", "t", "reserved", "r", rid, "u", user, "q", qty,
   "x", expires, "ts", now, "k", ARGV[4])
+if left == 0 and ARGV[7] and ARGV[7] ~= "" then
+  redis.call("PUBLISH", ARGV[7], "-" .. sale_id)
+end
 return {"ok", rid, qty, expires, "held", left}

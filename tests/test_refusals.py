@@ -62,31 +62,35 @@ async def test_a_sold_out_sale_costs_few_redis_commands(redis, sales, product_fa
     product = await product_factory(stock=40)
     sale = (await sales.create(product_id=product, quantity=40,
                                price=Decimal("3.00")))["sale_id"]
-    first, second = await started(redis), await started(redis)
+    seller, listener = await started(redis), await started(redis)
+    late = None
     try:
-        # Worker one sells every unit; its last admission raises its flag.
-        await asyncio.gather(*(first.reserve(sale, u, 1, "k") for u in range(1, 41)))
-        assert first.runs == 40
+        # One worker sells every unit; the last admission tells every listening worker.
+        await asyncio.gather(*(seller.reserve(sale, u, 1, "k") for u in range(1, 41)))
+        assert seller.runs == 40
+        late = await started(redis)  # joins after the sell-out: learns from an answer
+        await barrier(redis, seller, listener, late)
         # 3,000 attempts from new buyers, 32 at a time per worker (a busy worker's
-        # connections), half on a worker that has not seen the sale yet.
+        # connections), spread over the three workers.
         users = iter(range(1000, 4000))
         refused = 0
-        for _ in range(3000 // 64):
-            for worker in (first, second):
+        for _ in range(3000 // 96):
+            for worker in (seller, listener, late):
                 answers = await asyncio.gather(
                     *(worker.reserve(sale, next(users), 1, "k") for _ in range(32)),
                     return_exceptions=True)
                 refused += sum(isinstance(a, SoldOut) for a in answers)
-        assert refused == 3000 // 64 * 64
-        assert first.runs == 40  # refused without Redis from the last admission on
-        assert second.runs == 32  # its first wave asked Redis; then its flag answered
-        assert (first.runs - 40 + second.runs) * SOLD_OUT_RUN_COMMANDS < 300
+        assert refused == 3000 // 96 * 96
+        assert seller.runs == 40 and listener.runs == 0  # refused without Redis
+        assert late.runs == 32  # its first wave asked Redis; then its flag answered
+        assert (seller.runs - 40 + listener.runs + late.runs) * SOLD_OUT_RUN_COMMANDS < 300
         # A buyer this worker admitted still gets an exact answer (their replay).
-        again = await first.reserve(sale, 1, 1, "k")
+        again = await seller.reserve(sale, 1, 1, "k")
         assert again.replayed
     finally:
-        await first.close()
-        await second.close()
+        for w in (seller, listener, late):
+            if w is not None:
+                await w.close()
 
 
 @pytest.mark.parametrize("how", ["release", "expire"])

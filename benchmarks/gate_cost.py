@@ -1,0 +1,205 @@
+"""What the gate costs Redis, read from a private redis-server's INFO commandstats and INFO
+cpu (part of ``python -m benchmarks.admission``).
+
+- Redis µs per admission and per refusal, for today's ``lua/reserve.lua`` and for the
+  script as it was before the lean-gate change (``benchmarks/baseline/reserve_before.lua``),
+  in the same run: the script's own time (``cmdstat_evalsha`` usec per call) and the whole
+  server process's CPU (user + sys, network included) per call.
+- A sold-out sale: Redis commands for 3,000 attempts through gateway workers that listen
+  for returned tokens (engine/refusals.py), against the same attempts without the flag.
+- The delay from a returned token (release.lua) to the next admission on another worker.
+
+The private server keeps other helpers' traffic out of server-wide figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from benchmarks.common import latency_summary, private_redis, table
+from engine.admission import Admission
+from engine.errors import SoldOut
+from engine.keys import sale_keys
+from engine.scripts import Script, Scripts
+
+BASELINE = Path(__file__).resolve().parent / "baseline" / "reserve_before.lua"
+_users = itertools.count(1)
+
+
+class _Before(Scripts):
+    """Today's scripts with the reserve.lua of before the lean-gate change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reserve = Script("reserve_before", BASELINE.read_text(encoding="utf-8"))
+
+
+async def _stats(redis: aioredis.Redis) -> tuple[dict, float]:
+    info = await redis.info("commandstats")
+    cpu = await redis.info("cpu")
+    return info, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def _delta(before: tuple[dict, float], after: tuple[dict, float]) -> dict:
+    (c0, cpu0), (c1, cpu1) = before, after
+    calls = {k: c1[k]["calls"] - c0.get(k, {}).get("calls", 0) for k in c1}
+    usec = {k: c1[k]["usec"] - c0.get(k, {}).get("usec", 0) for k in c1}
+    # INFO itself is counted: two per sample.
+    calls["cmdstat_info"] = calls.get("cmdstat_info", 0) - 2
+    return {"calls": {k: v for k, v in calls.items() if v}, "usec": usec,
+            "cpu_s": cpu1 - cpu0}
+
+
+async def _load(redis: aioredis.Redis, scripts: Scripts, sale: int, tokens: int) -> None:
+    keys = sale_keys(sale)
+    await redis.delete(*keys.all)
+    await scripts.load_tokens(redis, keys.for_load, (
+        1, "9.99", 0, 0, 1_000_000, 600_000, tokens, tokens, 0, 0, "bench"))
+    await scripts.load_all(redis)
+
+
+async def _attempts(admission: Admission, sale: int, n: int, concurrency: int) -> int:
+    """n attempts by new buyers, ``concurrency`` at a time; returns the admissions."""
+    admitted = 0
+    for start in range(0, n, concurrency):
+        users = [next(_users) for _ in range(min(concurrency, n - start))]
+        answers = await asyncio.gather(
+            *(admission.reserve(sale, u, 1, "k", client=f"10.{u}") for u in users),
+            return_exceptions=True)
+        for a in answers:
+            if isinstance(a, BaseException) and not isinstance(a, SoldOut):
+                raise a
+            admitted += not isinstance(a, BaseException)
+    return admitted
+
+
+async def per_call_cost(redis: aioredis.Redis, *, calls: int) -> list[dict]:
+    rows = []
+    cases = (("admission", calls, 0), ("admission, rate limit on", calls, 50),
+             ("refusal: sold out (script)", 0, 0),
+             ("refusal: sold out (script), rate limit on", 0, 50))
+    for version, scripts in (("before", _Before()), ("after", Scripts())):
+        for label, tokens, rate in cases:
+            sale = 900 + len(rows)
+            await _load(redis, scripts, sale, tokens)
+            adm = Admission(redis, scripts=scripts, rate_limit=rate)  # not started: no flags
+            before = await _stats(redis)
+            await _attempts(adm, sale, calls, 64)
+            d = _delta(before, await _stats(redis))
+            await adm.close()
+            ev = d["calls"].get("cmdstat_evalsha", 0)
+            rows.append({"script": version, "case": label, "attempts": calls,
+                         "commands_per_attempt": round(sum(d["calls"].values()) / calls, 2),
+                         "script_us": round(d["usec"].get("cmdstat_evalsha", 0) / max(ev, 1), 2),
+                         "process_cpu_us": round(d["cpu_s"] * 1e6 / calls, 2)})
+            await redis.delete(*sale_keys(sale).all)
+    return rows
+
+
+async def sold_out_commands(redis: aioredis.Redis, *, attempts: int = 3000) -> list[dict]:
+    """Commands for ``attempts`` on a sold-out sale over two workers: without flags, with
+    both listening when the sale sold out, and with one that joined after it (it learns
+    from its first attempts' answers)."""
+    rows = []
+    for concurrency in (16, 64):
+        for flags in ("off", "listening", "one joined late"):
+            sale = 950 + len(rows)
+            await _load(redis, Scripts(), sale, 10)
+            workers = [Admission(redis), Admission(redis)]
+            if flags != "off":
+                await _listen(workers[0])
+            if flags == "listening":
+                await _listen(workers[1])
+            await _attempts(workers[0], sale, 10, 10)  # sells out
+            if flags == "one joined late":
+                await _listen(workers[1])
+            await asyncio.sleep(0.05)  # let the sell-out message arrive
+            before = await _stats(redis)
+            for half in workers:
+                await _attempts(half, sale, attempts // 2, concurrency)
+            d = _delta(before, await _stats(redis))
+            for w in workers:
+                await w.close()
+            d["calls"].pop("cmdstat_subscribe", None)
+            rows.append({"flags": flags, "concurrency": concurrency, "attempts": attempts,
+                         "commands": sum(d["calls"].values()),
+                         "script_runs": d["calls"].get("cmdstat_evalsha", 0)})
+            await redis.delete(*sale_keys(sale).all)
+    return rows
+
+
+async def _listen(worker: Admission) -> None:
+    await worker.start()
+    if not await worker.refusals.wait_listening():
+        raise RuntimeError("the token-return listener did not subscribe")
+
+
+async def token_return_delay(redis: aioredis.Redis, *, rounds: int = 30) -> dict:
+    """A hold is released through one client; another worker, whose sold-out flag is up,
+    retries until it admits. The delay runs from sending the release to the admission."""
+    sale = 990
+    await _load(redis, Scripts(), sale, 1)
+    worker, releaser = Admission(redis), Admission(redis, batching=False)
+    await _listen(worker)
+    hold = await worker.reserve(sale, next(_users), 1, "k")
+    delays = []
+    for _ in range(rounds):
+        try:
+            await worker.reserve(sale, next(_users), 1, "k")
+            raise RuntimeError("the sale should be sold out")
+        except SoldOut:
+            pass
+        if sale not in worker.refusals._sold_out:
+            raise RuntimeError("the sold-out flag should be up")
+        released = asyncio.ensure_future(releaser.release(hold.reservation_id, user_id=None))
+        started = time.perf_counter()
+        while True:
+            try:
+                hold = await worker.reserve(sale, next(_users), 1, "k")
+                break
+            except SoldOut:
+                await asyncio.sleep(0)
+        delays.append(time.perf_counter() - started)
+        await released
+    await worker.close()
+    await releaser.close()
+    await redis.delete(*sale_keys(sale).all)
+    return {"rounds": rounds, **latency_summary(delays), "max_ms": round(max(delays) * 1000, 3)}
+
+
+async def measure(*, calls: int) -> dict | None:
+    with private_redis() as url:
+        if url is None:
+            return None
+        redis = aioredis.Redis.from_url(url)
+        try:
+            return {"per_call": await per_call_cost(redis, calls=calls),
+                    "sold_out": await sold_out_commands(redis),
+                    "token_return": await token_return_delay(redis)}
+        finally:
+            await redis.aclose()
+
+
+def report(cost: dict | None) -> str:
+    if cost is None:
+        return "gate cost: skipped (no redis-server found for a private instance)"
+    per_call = table(
+        "Redis cost per attempt (private redis-server; script = EVALSHA usec per call, "
+        "process = server CPU per attempt)",
+        ["reserve.lua", "case", "commands", "script µs", "process µs"],
+        [[r["script"], r["case"], r["commands_per_attempt"], r["script_us"],
+          r["process_cpu_us"]] for r in cost["per_call"]])
+    sold = table(
+        "A sold-out sale: Redis commands for 3,000 attempts over two workers",
+        ["flags", "attempts in flight", "commands", "script runs"],
+        [[r["flags"], r["concurrency"], r["commands"], r["script_runs"]]
+         for r in cost["sold_out"]])
+    t = cost["token_return"]
+    delay = (f"Returned token -> next admission on another worker: p50 {t['p50_ms']} ms, "
+             f"p99 {t['p99_ms']} ms, max {t['max_ms']} ms over {t['rounds']} releases")
+    return "\n\n".join([per_call, sold, delay])
