@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from pathlib import Path
 
@@ -78,27 +79,32 @@ async def _attempts(admission: Admission, sale: int, n: int, concurrency: int) -
     return admitted
 
 
-async def per_call_cost(redis: aioredis.Redis, *, calls: int) -> list[dict]:
-    rows = []
+async def per_call_cost(redis: aioredis.Redis, *, calls: int, rounds: int = 3) -> list[dict]:
+    """Each case for both scripts, alternated ``rounds`` times (a busy machine slows one
+    run, not one version); the median of the rounds."""
     cases = (("admission", calls, 0), ("admission, rate limit on", calls, 50),
              ("refusal: sold out (script)", 0, 0),
              ("refusal: sold out (script), rate limit on", 0, 50))
-    for version, scripts in (("before", _Before()), ("after", Scripts())):
-        for label, tokens, rate in cases:
-            sale = 900 + len(rows)
-            await _load(redis, scripts, sale, tokens)
-            adm = Admission(redis, scripts=scripts, rate_limit=rate)  # not started: no flags
-            before = await _stats(redis)
-            await _attempts(adm, sale, calls, 64)
-            d = _delta(before, await _stats(redis))
-            await adm.close()
-            ev = d["calls"].get("cmdstat_evalsha", 0)
-            rows.append({"script": version, "case": label, "attempts": calls,
-                         "commands_per_attempt": round(sum(d["calls"].values()) / calls, 2),
-                         "script_us": round(d["usec"].get("cmdstat_evalsha", 0) / max(ev, 1), 2),
-                         "process_cpu_us": round(d["cpu_s"] * 1e6 / calls, 2)})
-            await redis.delete(*sale_keys(sale).all)
-    return rows
+    samples: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(rounds):
+        for version, scripts in (("before", _Before()), ("after", Scripts())):
+            for label, tokens, rate in cases:
+                sale = 900
+                await _load(redis, scripts, sale, tokens)
+                adm = Admission(redis, scripts=scripts, rate_limit=rate)  # no flags
+                before = await _stats(redis)
+                await _attempts(adm, sale, calls, 64)
+                d = _delta(before, await _stats(redis))
+                await adm.close()
+                ev = d["calls"].get("cmdstat_evalsha", 0)
+                samples.setdefault((version, label), []).append({
+                    "commands": sum(d["calls"].values()) / calls,
+                    "script_us": d["usec"].get("cmdstat_evalsha", 0) / max(ev, 1),
+                    "process_cpu_us": d["cpu_s"] * 1e6 / calls})
+                await redis.delete(*sale_keys(sale).all)
+    return [{"script": version, "case": label, "attempts": calls,
+             **{k: round(statistics.median(x[k] for x in runs), 2) for k in runs[0]}}
+            for (version, label), runs in samples.items()]
 
 
 async def sold_out_commands(redis: aioredis.Redis, *, attempts: int = 3000) -> list[dict]:
@@ -189,10 +195,10 @@ def report(cost: dict | None) -> str:
     if cost is None:
         return "gate cost: skipped (no redis-server found for a private instance)"
     per_call = table(
-        "Redis cost per attempt (private redis-server; script = EVALSHA usec per call, "
-        "process = server CPU per attempt)",
+        "Redis cost per attempt (private redis-server, median of 3 alternated rounds; "
+        "script = EVALSHA usec per call, process = server CPU user+sys per attempt)",
         ["reserve.lua", "case", "commands", "script µs", "process µs"],
-        [[r["script"], r["case"], r["commands_per_attempt"], r["script_us"],
+        [[r["script"], r["case"], r["commands"], r["script_us"],
           r["process_cpu_us"]] for r in cost["per_call"]])
     sold = table(
         "A sold-out sale: Redis commands for 3,000 attempts over two workers",
