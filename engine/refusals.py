@@ -25,7 +25,7 @@ refusing longer than it should:
 Replays: an attempt refused by a flag is not looked up by its idempotency key. A user
 this worker admitted to the sale is never refused by a flag (the script answers, so a
 retried request gets its hold back); a retry that lands on another worker while the sale
-is sold out is answered ``sold_out``, and the hold stays the buyer's (GET by id).
+is sold out is answered ``sold_out``, and the unheld unit returns when the hold expires.
 """
 
 from __future__ import annotations
