@@ -27,8 +27,8 @@ from engine.errors import (
     SoldOut,
     ValidationFailed,
 )
-from engine.keys import sale_keys, sale_of_reservation, tokens_returned_channel
-from engine.refusals import SaleRefusals
+from engine.keys import sale_keys, sale_of_reservation
+from engine.refusals import SaleRefusals, channel_of
 from engine.scripts import SCRIPTS, Scripts
 
 STATES = {b"h": "held", b"c": "confirmed", b"r": "released", b"e": "expired"}
@@ -76,8 +76,7 @@ class Admission:
         self._batcher = ScriptBatcher.beside(redis) if batching else None
         self._outcomes = _Outcomes()
         self._latency = metrics.RESERVATION_LATENCY
-        db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
-        self.channel = tokens_returned_channel(db)
+        self.channel = channel_of(redis)
         # Answers without Redis for sold-out and inactive sales once start() has run.
         self.refusals = SaleRefusals(redis, channel=self.channel, ttl=refusal_ttl)
 

@@ -11,7 +11,8 @@ the sell-out it undoes. A worker also raises the flag on a ``sold_out`` answer (
 have joined after the sell-out). A flag also lapses
 after ``ttl`` seconds, the safety net for a message lost on the way. A sale answered
 ``not_active`` is refused the same way until its start (a scheduled sale) or for ``ttl``
-(ended, paused, closed), whichever comes first.
+(ended, paused, closed), whichever comes first; ``change_sale_state.lua`` publishes
+``<sale_id>`` when a paused sale resumes, which drops that flag too.
 
 A flag can only refuse, never admit, so it cannot oversell. Two rules keep it from
 refusing longer than it should:
@@ -39,8 +40,14 @@ from collections import OrderedDict
 import redis.asyncio as aioredis
 
 from engine.errors import REDIS_DOWN, SaleNotActive, SoldOut
+from engine.keys import tokens_returned_channel
 
 log = logging.getLogger(__name__)
+
+
+def channel_of(redis: aioredis.Redis) -> str:
+    """The token-return channel of the server and db ``redis`` talks to."""
+    return tokens_returned_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
 
 
 class SaleRefusals:
@@ -104,15 +111,18 @@ class SaleRefusals:
         """``starts_in``: seconds from the script run until a scheduled sale opens (Redis
         clock). Counted from when the attempt was sent, which is before the script ran, so
         the flag lapses no later than the sale opens."""
-        if not self.listening or sent_at < self._since:
+        if (not self.listening or sent_at < self._since
+                or self._returned_at.get(sale_id, 0.0) > sent_at):
             return
         hold_for = self.ttl if starts_in is None else max(0.0, min(self.ttl, starts_in))
         self._inactive[sale_id] = (sent_at + hold_for, why)
 
     def tokens_returned(self, sale_id: int) -> None:
+        """Tokens came back, or a paused sale resumed: the sale may admit again."""
         now = time.monotonic()
         self._returned_at[sale_id] = now
         self._sold_out.pop(sale_id, None)
+        self._inactive.pop(sale_id, None)
         if len(self._returned_at) > 10_000:  # old sales: nothing in flight is that old
             cutoff = now - 60.0
             self._returned_at = {s: t for s, t in self._returned_at.items() if t > cutoff}

@@ -34,6 +34,7 @@ from engine.errors import (
     ValidationFailed,
 )
 from engine.keys import ACTIVE_SALES, sale_keys
+from engine.refusals import channel_of
 from engine.scripts import SCRIPTS
 
 
@@ -228,7 +229,8 @@ class Sales:
                     f"`flashsale sale load-tokens {sale_id}` first.",
                     details={"sale_id": sale_id, "status": "loading", "action": action})
             # Redis moves first, inside the row lock: a second operator waits for us.
-            answer = await SCRIPTS.change_sale_state(self.redis, keys.for_state, (action,))
+            answer = await SCRIPTS.change_sale_state(
+                self.redis, keys.for_state, (action, channel_of(self.redis), sale_id))
             if answer[0] == b"no_sale":
                 raise Conflict(
                     f"Sale {sale_id} has no state in Redis (lost?): rebuild it with "

@@ -3,6 +3,9 @@
 -- KEYS[1] meta  KEYS[2] tokens  (layouts as in reserve.lua; the meta's state is
 --         ready | paused | closed, and reserve.lua admits only while it is "ready")
 -- ARGV[1] action: "pause" | "resume" | "end"
+-- ARGV[2] channel to PUBLISH the sale id on when a sale resumes ("" = none): gateway
+--         workers drop the flag that refuses it while paused (engine/refusals.py)
+-- ARGV[3] sale id
 --
 -- The status before the move is derived as the gateway derives it: ended (closed, or past
 -- ends_ms), paused, scheduled (before starts_ms), sold_out (no tokens), active.
@@ -46,6 +49,9 @@ elseif action == "resume" then
     return {"invalid", status}
   end
   redis.call("HSET", KEYS[1], "state", "ready")
+  if ARGV[2] and ARGV[2] ~= "" then
+    redis.call("PUBLISH", ARGV[2], ARGV[3])
+  end
 elseif action == "end" then
   if status == "ended" then
     return {"invalid", status}

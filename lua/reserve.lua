@@ -100,13 +100,12 @@ local limit = tonumber(meta[4])
 if qty < 1 or qty > limit then
   return {"bad_quantity", limit}
 end
--- Sold out before the buyer's limit: the answer of nearly every refusal, one read less.
-if tonumber(redis.call("GET", KEYS[2]) or "0") < qty then
-  return {"sold_out"}
-end
 local already = tonumber(redis.call("HGET", KEYS[3], user) or "0")
 if already + qty > limit then
   return {"limit", already, limit}
+end
+if tonumber(redis.call("GET", KEYS[2]) or "0") < qty then
+  return {"sold_out"}
 end
 
 -- Admission: every check passed.

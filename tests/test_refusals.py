@@ -24,8 +24,8 @@ from engine.scripts import SCRIPTS
 from tests.conftest import TEST_REDIS_URL
 
 # Redis commands one reserve.lua run costs on a sold-out sale: EVALSHA, then TIME, HMGET,
-# HGET idem, GET tokens (rate limit off).
-SOLD_OUT_RUN_COMMANDS = 5
+# HGET idem, HGET buyers, GET tokens (rate limit off).
+SOLD_OUT_RUN_COMMANDS = 6
 
 
 class CountingAdmission(Admission):
@@ -183,6 +183,28 @@ async def test_inactive_sales_are_refused_without_redis_until_they_open(redis, s
         assert worker.runs == runs + 1
     finally:
         await worker.close()
+
+
+async def test_a_resumed_sale_admits_at_once_on_every_worker(redis, sales, product_factory):
+    product = await product_factory(stock=5)
+    sale = (await sales.create(product_id=product, quantity=5,
+                               price=Decimal("1.00")))["sale_id"]
+    workers = [await started(redis, refusal_ttl=600) for _ in range(2)]
+    try:
+        await sales.change_state(sale, "pause")
+        for w in workers:
+            with pytest.raises(SaleNotActive, match="paused"):
+                await w.reserve(sale, 1, 1, "k")
+            with pytest.raises(SaleNotActive, match="paused"):
+                await w.reserve(sale, 1, 1, "k")
+            assert w.runs == 1  # the second refusal came from the flag
+        await sales.change_state(sale, "resume")
+        await barrier(redis, *workers)
+        for i, w in enumerate(workers):
+            assert (await w.reserve(sale, 10 + i, 1, "k")).status == "held"
+    finally:
+        for w in workers:
+            await w.close()
 
 
 async def test_without_the_listener_every_attempt_asks_redis(redis, sales, product_factory):
