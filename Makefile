@@ -15,8 +15,8 @@ RECONCILE_ARGS ?=
 PACKAGING := $(wildcard setup.cfg pyproject.toml setup.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench services services-stop browser migrate serve reconcile demo \
-	test bench bench-full swarm lint clean
+.PHONY: help install install-bench services services-stop browser cluster cluster-stop \
+	migrate serve reconcile demo test bench bench-full swarm lint clean
 
 help: ## list the targets
 	@echo "flashsale make targets:"
@@ -50,6 +50,12 @@ browser: ## make a Chromium available for the browser tests (Debian's, installed
 services-stop: ## stop the private Redis/Postgres under .var (never the system ones)
 	@bash scripts/services.sh stop
 
+cluster: ## start a local Redis Cluster (3 masters + 3 replicas, .var/cluster); prints its URL
+	@bash scripts/cluster.sh
+
+cluster-stop: ## stop the local Redis Cluster
+	@bash scripts/cluster.sh stop
+
 # --- running -----------------------------------------------------------------------
 migrate: install services ## create the database if missing and apply migrations/
 	$(BIN)/flashsale migrate
@@ -80,6 +86,7 @@ swarm: install-bench services ## Locust swarm against a local gateway
 	$(BIN)/python -m benchmarks.swarm
 
 clean: ## stop private services, remove .venv, .var and caches
+	-@bash scripts/cluster.sh stop
 	-@bash scripts/services.sh stop
 	rm -rf $(VENV) .var build dist .pytest_cache .ruff_cache .hypothesis .coverage htmlcov
 	find . -name '*.egg-info' -prune -exec rm -rf {} +
