@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from engine import metrics
-from engine.batching import ScriptBatcher
+from engine.cluster import batcher_beside
 from engine.errors import (
     Conflict,
     IdempotencyKeyReused,
@@ -73,7 +73,7 @@ class Admission:
         self.redis = redis
         self.scripts = scripts
         self.rate_limit = rate_limit
-        self._batcher = ScriptBatcher.beside(redis) if batching else None
+        self._batcher = batcher_beside(redis) if batching else None
         self._outcomes = _Outcomes()
         self._latency = metrics.RESERVATION_LATENCY
         self.channel = channel_of(redis)

@@ -56,12 +56,16 @@ def encode_command(*parts: Any) -> bytes:
     return b"*%d\r\n" % len(encoded) + b"".join(_bulk(p) for p in encoded)
 
 
+_ASKING = encode_command("ASKING")
+
+
 class _Pending:
-    __slots__ = ("args", "future", "keys", "script", "sent_at")
+    __slots__ = ("args", "future", "keys", "raw", "script", "sent_at")
 
     def __init__(self, script: Script | None, keys: Sequence[str], args: Sequence[Any],
-                 future: asyncio.Future) -> None:
+                 future: asyncio.Future, raw: bytes | None = None) -> None:
         self.script, self.keys, self.args, self.future = script, keys, args, future
+        self.raw = raw  # a command already encoded (ASKING), sent as it is
         self.sent_at = 0.0
 
 
@@ -105,9 +109,16 @@ class ScriptBatcher:
                    connect_timeout=kw.get("socket_connect_timeout") or timeout)
 
     # -- calls ---------------------------------------------------------------------------
-    def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future:
+    def call(self, script: Script, keys: Sequence[str], args: Sequence[Any], *,
+             asking: bool = False) -> asyncio.Future:
+        """``asking``: precede the call with ASKING on the same connection (a Redis Cluster
+        slot being migrated, engine/cluster.py); both go out in the same write."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if asking:
+            ask = _Pending(None, (), (), loop.create_future(), raw=_ASKING)
+            ask.future.add_done_callback(lambda f: f.exception())  # read, never raised
+            self._queue.append(ask)
         self._queue.append(_Pending(script, keys, args, future))
         if not self._scheduled:
             self._scheduled = True
@@ -115,6 +126,8 @@ class ScriptBatcher:
         return future
 
     def _encode(self, item: _Pending) -> bytes:
+        if item.raw is not None:
+            return item.raw
         script, keys, args = item.script, item.keys, item.args
         key = (script.sha, keys, len(args))  # keys: a tuple from engine.keys, hashed fast
         prefix = self._prefixes.get(key)

@@ -45,9 +45,12 @@ from engine.keys import tokens_returned_channel
 log = logging.getLogger(__name__)
 
 
-def channel_of(redis: aioredis.Redis) -> str:
-    """The token-return channel of the server and db ``redis`` talks to."""
-    return tokens_returned_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
+def channel_of(redis: aioredis.Redis | aioredis.RedisCluster) -> str:
+    """The token-return channel of the server and db ``redis`` talks to (a cluster has
+    only db 0; PUBLISH reaches the subscribers of every node)."""
+    pool = getattr(redis, "connection_pool", None)
+    db = int(pool.connection_kwargs.get("db") or 0) if pool is not None else 0
+    return tokens_returned_channel(db)
 
 
 class SaleRefusals:

@@ -5,6 +5,8 @@
 #   bash scripts/cluster.sh          start it (or reuse a running one); prints its URL
 #   bash scripts/cluster.sh stop     stop it and remove its files
 #   bash scripts/cluster.sh url      print the URL of a running one (exit 1 if none)
+#   bash scripts/cluster.sh node P   start node P again after it died (it rejoins from its
+#                                    nodes.conf; failover tests use it)
 #
 # The URL names one node; clients discover the others (CLUSTER SLOTS).
 set -euo pipefail
@@ -53,14 +55,26 @@ stop() {
 
 url() { echo "redis://127.0.0.1:$(cut -d' ' -f1 "$PORTS_FILE")/0"; }
 
+start_node() {  # port
+    mkdir -p "$DIR/$1"
+    "$SERVER" --port "$1" --bind 127.0.0.1 --dir "$DIR/$1" --daemonize yes \
+        --pidfile "$DIR/$1/redis.pid" --logfile "$DIR/$1/redis.log" \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+        --appendonly yes --appendfsync everysec --save "" \
+        || die "redis-server did not start on port $1; see $DIR/$1/redis.log."
+}
+
 SERVER="$(find_bin redis-server)" || die "redis-server is not installed (Debian: apt-get install redis-server)."
 CLI="$(find_bin redis-cli)" || die "redis-cli is not installed (Debian: apt-get install redis-tools)."
 
 case "${1:-start}" in
     stop) stop; exit 0 ;;
     url) alive || exit 1; url; exit 0 ;;
+    node)
+        [[ -n "${2:-}" && -d "$DIR/${2:-}" ]] || die "no node '${2:-}' under $DIR."
+        start_node "$2"; exit 0 ;;
     start) ;;
-    *) die "unknown command '$1' (start, stop, url)." ;;
+    *) die "unknown command '$1' (start, stop, url, node PORT)." ;;
 esac
 
 if alive; then url; exit 0; fi
@@ -91,12 +105,7 @@ EOF
 )"
 echo "$PORTS" >"$PORTS_FILE"
 for port in $PORTS; do
-    mkdir -p "$DIR/$port"
-    "$SERVER" --port "$port" --bind 127.0.0.1 --dir "$DIR/$port" --daemonize yes \
-        --pidfile "$DIR/$port/redis.pid" --logfile "$DIR/$port/redis.log" \
-        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
-        --appendonly yes --appendfsync everysec --save "" \
-        || die "redis-server did not start on port $port; see $DIR/$port/redis.log."
+    start_node "$port"
 done
 for port in $PORTS; do
     for _ in $(seq 50); do
@@ -114,9 +123,17 @@ for _ in $(seq 100); do
 done
 alive || die "the cluster did not reach cluster_state:ok; see $DIR/*/redis.log."
 # Every replica attached and in sync, so a failover has a replica to promote.
-first="$(cut -d' ' -f1 "$PORTS_FILE")"
-for _ in $(seq 100); do
-    [[ "$("$CLI" -p "$first" cluster nodes | grep -c 'slave')" == 3 ]] && break
+synced() {
+    local port n=0
+    for port in $PORTS; do
+        "$CLI" -p "$port" info replication 2>/dev/null | grep -q '^master_link_status:up' \
+            && n=$((n + 1))
+    done
+    [[ "$n" == 3 ]]
+}
+for _ in $(seq 200); do
+    synced && break
     sleep 0.1
 done
+synced || die "the replicas did not sync with their masters; see $DIR/*/redis.log."
 url

@@ -1,0 +1,302 @@
+"""The gate on a Redis Cluster (3 masters + 3 replicas started by scripts/cluster.sh under
+.var/cluster): every script through the per-master batchers and through direct EVALSHA,
+exact counts under concurrency with sales on several masters, MOVED followed, the
+sold-out flags over cluster pub/sub, and a master SIGKILLed mid-sale.
+
+Skipped, with the reason, when the cluster cannot start here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine.admission import Admission
+from engine.cluster import ClusterScriptBatcher
+from engine.errors import (
+    IdempotencyKeyReused,
+    PurchaseLimitExceeded,
+    SoldOut,
+    Unavailable,
+)
+from engine.keys import sale_keys
+from engine.scripts import SCRIPTS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "cluster.sh"
+DOWN = (RedisConnectionError, RedisTimeoutError, Unavailable, OSError)
+
+
+@pytest.fixture(scope="session")
+def cluster_url():
+    running = subprocess.run(["bash", str(SCRIPT), "url"], capture_output=True, text=True)
+    started = running.returncode != 0
+    if started:
+        done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            pytest.skip(f"the local Redis Cluster could not start: {done.stderr.strip()}")
+        url = done.stdout.strip().splitlines()[-1]
+    else:
+        url = running.stdout.strip()
+    yield url
+    if started:
+        subprocess.run(["bash", str(SCRIPT), "stop"], timeout=60)
+
+
+@pytest.fixture(scope="session")
+async def cluster_client(cluster_url):
+    client = aioredis.RedisCluster.from_url(cluster_url, socket_timeout=2.0,
+                                            socket_connect_timeout=2.0)
+    await client.initialize()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def cluster(cluster_client):
+    await cluster_client.flushdb()  # every master
+    return cluster_client
+
+
+async def load(cluster, sale: int, quantity: int, *, limit: int = 1,
+               hold_ms: int = 600_000) -> None:
+    await SCRIPTS.load_tokens(cluster, sale_keys(sale).for_load, (
+        1, "1.00", 0, 0, limit, hold_ms, quantity, quantity, 0, 0, "test"))
+
+
+async def books(cluster, sale: int) -> dict:
+    keys = sale_keys(sale)
+    initial, held, confirmed = (int(v) for v in await cluster.hmget(
+        keys.meta, "initial", "held", "confirmed"))
+    tokens = int(await cluster.get(keys.tokens))
+    assert initial == tokens + held + confirmed, (initial, tokens, held, confirmed)
+    per_user: Counter = Counter()
+    units: Counter = Counter()
+    for raw in (await cluster.hgetall(keys.res)).values():
+        u, q, s, _x, _o = raw.split(b":", 4)
+        units[s] += int(q)
+        if s in (b"h", b"c"):
+            per_user[int(u)] += int(q)
+    assert units[b"h"] == held and units[b"c"] == confirmed
+    buyers = {int(u): int(q) for u, q in (await cluster.hgetall(keys.buyers)).items()
+              if int(q)}
+    assert buyers == dict(per_user)
+    return {"initial": initial, "tokens": tokens, "held": held, "confirmed": confirmed,
+            "per_user": per_user}
+
+
+def sales_on_distinct_masters(cluster, count: int) -> list[int]:
+    """Sale ids whose keys live on ``count`` different masters."""
+    chosen, masters = [], set()
+    for sale in range(1, 10_000):
+        node = cluster.get_node_from_key(sale_keys(sale).meta)
+        if node.name not in masters:
+            masters.add(node.name)
+            chosen.append(sale)
+            if len(chosen) == count:
+                return chosen
+    raise AssertionError("the cluster has fewer masters than expected")
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "direct"])
+async def test_every_script_on_the_cluster(batching, cluster):
+    sale = 41
+    await load(cluster, sale, 3, limit=2, hold_ms=600_000)
+    adm = Admission(cluster, batching=batching)
+    try:
+        hold = await adm.reserve(sale, 1, 2, "k1")
+        assert hold.status == "held" and not hold.replayed
+        assert (await adm.reserve(sale, 1, 2, "k1")).replayed
+        with pytest.raises(IdempotencyKeyReused):
+            await adm.reserve(sale, 1, 1, "k1")
+        with pytest.raises(PurchaseLimitExceeded):
+            await adm.reserve(sale, 1, 1, "k2")
+        other = await adm.reserve(sale, 2, 1, "k1")
+        with pytest.raises(SoldOut):
+            await adm.reserve(sale, 3, 1, "k1")
+        assert (await adm.release(hold.reservation_id, user_id=1)).status == "released"
+        done = await adm.confirm(other.reservation_id, user_id=2, order_id=7)
+        assert done.status == "confirmed"
+        assert (await adm.get(other.reservation_id)).order_id == 7
+        # A hold past its time is returned by the sweeper's script.
+        late = await adm.reserve(sale, 3, 1, "k1")
+        keys = sale_keys(sale)
+        await cluster.zadd(keys.holds, {late.reservation_id: 1})
+        await cluster.hset(keys.res, late.reservation_id, "3:1:h:1:")
+        assert await adm.expire_due(sale) == (1, 1, 0)
+        assert await books(cluster, sale) == {
+            "initial": 3, "tokens": 2, "held": 0, "confirmed": 1, "per_user": {2: 1}}
+    finally:
+        await adm.close()
+
+
+async def test_exact_counts_under_concurrency_with_sales_on_every_master(cluster):
+    hot, *others = sales_on_distinct_masters(cluster, 3)
+    await load(cluster, hot, 150, limit=2)
+    for sale in others:
+        await load(cluster, sale, 40, limit=1)
+    workers = [Admission(cluster) for _ in range(3)]
+
+    async def buyer(user: int) -> list[str]:
+        got = []
+        for attempt in range(3):  # 300 buyers x 3 attempts on the hot sale's 150 units
+            try:
+                hold = await workers[(user + attempt) % 3].reserve(hot, user, 1, f"a{attempt}")
+                got.append(hold.reservation_id)
+            except (SoldOut, PurchaseLimitExceeded):
+                pass
+        for sale in others:
+            try:
+                await workers[user % 3].reserve(sale, user, 1, "k")
+            except SoldOut:
+                pass
+        return got
+
+    try:
+        results = await asyncio.gather(*(buyer(u) for u in range(1, 301)))
+    finally:
+        for w in workers:
+            await w.close()
+    ids = [rid for got in results for rid in got]
+    assert len(ids) == len(set(ids)) == 150
+    assert max(len(got) for got in results) <= 2
+    hot_books = await books(cluster, hot)
+    assert hot_books["tokens"] == 0 and hot_books["held"] == 150
+    assert max(hot_books["per_user"].values()) <= 2
+    for sale in others:
+        assert (await books(cluster, sale))["held"] == 40
+    masters = {cluster.get_node_from_key(sale_keys(s).meta).name for s in (hot, *others)}
+    assert len(masters) == 3
+
+
+async def test_moved_answers_are_followed_and_the_map_refreshed(cluster):
+    sales = sales_on_distinct_masters(cluster, 3)
+    for sale in sales:
+        await load(cluster, sale, 10)
+    batcher = ClusterScriptBatcher.beside(cluster)
+    await batcher.refresh()
+    wrong = batcher.master_of(sale_keys(sales[0]).meta)
+    batcher._slots = [wrong] * len(batcher._slots)  # a stale map: everything on one node
+    try:
+        for i, sale in enumerate(sales):
+            answer = await batcher.call(SCRIPTS.reserve, sale_keys(sale).for_reserve,
+                                        (sale, 100 + i, 1, "k", 0, "", ""))
+            assert answer[0] == b"ok"
+        assert batcher.redirections >= 2  # the two sales not on that node
+        await batcher.refresh()
+        seen = batcher.redirections
+        for sale in sales:
+            await batcher.call(SCRIPTS.reserve, sale_keys(sale).for_reserve,
+                               (sale, 200, 1, "k", 0, "", ""))
+        assert batcher.redirections == seen  # straight to each master now
+    finally:
+        await batcher.drain()
+
+
+async def test_sold_out_flags_over_cluster_pub_sub(cluster):
+    sale = sales_on_distinct_masters(cluster, 2)[1]
+    await load(cluster, sale, 1)
+    worker, other = Admission(cluster, refusal_ttl=600), Admission(cluster)
+    await worker.start()
+    assert await worker.refusals.wait_listening()
+    try:
+        hold = await other.reserve(sale, 1, 1, "k")
+        deadline = time.monotonic() + 10
+        while sale not in worker.refusals._sold_out:  # the sell-out message
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        with pytest.raises(SoldOut):
+            await worker.reserve(sale, 2, 1, "k")
+        await other.release(hold.reservation_id, user_id=1)
+        while sale in worker.refusals._sold_out:  # the token-return message
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert (await worker.reserve(sale, 2, 1, "k")).status == "held"
+    finally:
+        await worker.close()
+        await other.close()
+
+
+async def test_a_master_killed_mid_sale_fails_over_and_admissions_resume(cluster):
+    sale = 43
+    await load(cluster, sale, 400, limit=1)
+    port = cluster.get_node_from_key(sale_keys(sale).meta).port
+    pid = int((ROOT / ".var" / "cluster" / str(port) / "redis.pid").read_text())
+    workers = [Admission(cluster) for _ in range(2)]
+    admitted: dict[int, str] = {}
+    outages = 0
+    stop = asyncio.Event()
+    killed_at: float | None = None
+    resumed_at: float | None = None
+
+    async def buyer(user: int) -> None:
+        nonlocal outages, resumed_at
+        while not stop.is_set() and user not in admitted:
+            try:
+                hold = await workers[user % 2].reserve(sale, user, 1, "k")
+                admitted[user] = hold.reservation_id
+                if killed_at is not None and resumed_at is None:
+                    resumed_at = time.monotonic()
+            except SoldOut:
+                return
+            except DOWN:
+                outages += 1
+                await asyncio.sleep(0.05)
+
+    try:
+        first = [asyncio.ensure_future(buyer(u)) for u in range(1, 101)]
+        await asyncio.gather(*first)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        rest = [asyncio.ensure_future(buyer(u)) for u in range(101, 301)]
+        done, _ = await asyncio.wait(rest, timeout=60)
+        stop.set()
+        await asyncio.gather(*rest, return_exceptions=True)
+        assert resumed_at is not None, "admissions did not resume after the failover"
+        assert len(done) == len(rest)
+        assert await master_port(cluster, sale) != port
+        # The promoted replica's books balance (each script replicates whole), and every
+        # hold acknowledged after the failover is there.
+        b = await books(cluster, sale)
+        assert b["initial"] == 400 and b["held"] >= 200
+        print(f"failover: admissions resumed {resumed_at - killed_at:.2f} s after SIGKILL, "
+              f"{outages} attempts met the outage")
+    finally:
+        for w in workers:
+            await w.close()
+        # The killed node comes back as a replica of the promoted one.
+        subprocess.run(["bash", str(SCRIPT), "node", str(port)], timeout=60, check=True)
+        await wait_cluster_ok(port)
+
+
+async def master_port(cluster, sale: int) -> int:
+    """The port of the master serving the sale now, read afresh from CLUSTER SLOTS."""
+    batcher = ClusterScriptBatcher.beside(cluster)
+    await batcher.refresh()
+    return batcher.master_of(sale_keys(sale).meta)[1]
+
+
+async def wait_cluster_ok(port: int, timeout: float = 30.0) -> None:
+    client = aioredis.Redis(port=port, socket_timeout=2.0)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                info = await client.execute_command("CLUSTER INFO")  # parsed to a dict
+                if info.get("cluster_state") == "ok":
+                    return
+            except DOWN:
+                pass
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
