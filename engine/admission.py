@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import metrics
 from engine.cluster import batcher_beside
@@ -69,8 +70,14 @@ class _Outcomes:
 
 class Admission:
     def __init__(self, redis: aioredis.Redis, *, rate_limit: int = 0, batching: bool = True,
-                 scripts: Scripts = SCRIPTS, refusal_ttl: float = 1.0) -> None:
+                 scripts: Scripts = SCRIPTS, refusal_ttl: float = 1.0,
+                 wait_replicas: int = 0, wait_timeout: float = 1.0) -> None:
+        if wait_replicas and not batching:
+            raise ValueError("wait_replicas needs the batched path: WAIT must follow the "
+                             "script on its own connection")
         self.redis = redis
+        self.wait_replicas = wait_replicas
+        self._wait_timeout_ms = max(1, int(wait_timeout * 1000))
         self.scripts = scripts
         self.rate_limit = rate_limit
         self._batcher = batcher_beside(redis) if batching else None
@@ -84,6 +91,16 @@ class Admission:
         if self._batcher is not None:
             return await self._batcher.call(script, keys, args)
         return await script(self.redis, keys, args)
+
+    async def _replicated(self, key: str) -> None:
+        """Answer a hold only once ``wait_replicas`` replicas have it (WAIT after the
+        script, on its connection). Fewer in time: 503, and the client's retry with the
+        same key replays the hold and waits again."""
+        acked = await self._batcher.wait_replicas(key, self.wait_replicas,
+                                                  self._wait_timeout_ms)
+        if acked < self.wait_replicas:
+            raise RedisTimeoutError(
+                f"the hold reached {acked} of {self.wait_replicas} Redis replicas in time")
 
     async def start(self) -> None:
         """Listen for returned tokens, so sold-out and inactive sales are refused without
@@ -103,10 +120,13 @@ class Admission:
         try:
             self.refusals.check(sale_id, user_id)
             sent_at = time.monotonic()
+            keys = sale_keys(sale_id).for_reserve
             answer = await self._run(
-                self.scripts.reserve, sale_keys(sale_id).for_reserve,
+                self.scripts.reserve, keys,
                 (sale_id, user_id, quantity, idempotency_key, self.rate_limit, client,
                  self.channel))
+            if self.wait_replicas and answer[0] in (b"ok", b"replay"):
+                await self._replicated(keys[0])
             outcome, hold = self._reserve_answer(sale_id, user_id, answer, sent_at)
             return hold
         except (SoldOut, SaleNotActive, PurchaseLimitExceeded, RateLimited, NotFound,

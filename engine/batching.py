@@ -97,6 +97,7 @@ class ScriptBatcher:
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._prefixes: dict[tuple, bytes] = {}
         self._closed = False
+        self._wait_queued: _Pending | None = None
 
     @classmethod
     def beside(cls, client: aioredis.Redis) -> ScriptBatcher:
@@ -125,6 +126,24 @@ class ScriptBatcher:
             loop.call_soon(self._flush)
         return future
 
+    def wait_replicas(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
+        """WAIT on this connection after every call sent so far: resolves with how many
+        replicas acknowledged their writes. Callers of one loop turn share one WAIT.
+        (``key`` routes the WAIT on a cluster, engine/cluster.py; one server needs none.)
+        WAIT blocks the connection until it answers, so the calls behind it wait too."""
+        queued = self._wait_queued
+        if queued is not None:
+            return queued.future
+        loop = asyncio.get_running_loop()
+        queued = self._wait_queued = _Pending(
+            None, (), (), loop.create_future(),
+            raw=encode_command("WAIT", replicas, timeout_ms))
+        self._queue.append(queued)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return queued.future
+
     def _encode(self, item: _Pending) -> bytes:
         if item.raw is not None:
             return item.raw
@@ -150,6 +169,7 @@ class ScriptBatcher:
                 self._connecting = asyncio.ensure_future(self._connect())
             return  # flushed again once connected
         batch, self._queue = self._queue, []
+        self._wait_queued = None
         now = time.monotonic()
         for item in batch:
             item.sent_at = now

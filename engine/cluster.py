@@ -122,6 +122,13 @@ class ClusterScriptBatcher:
                 raise
         raise RedisConnectionError("too many Redis Cluster redirections")
 
+    async def wait_replicas(self, key: str, replicas: int, timeout_ms: int) -> int:
+        """WAIT on the connection to the master of ``key``'s slot (engine/batching.py)."""
+        node = self._slots[key_slot(key.encode())]
+        if node is None:
+            raise RedisConnectionError("no Redis Cluster node known for the slot")
+        return await self._batcher(node).wait_replicas(key, replicas, timeout_ms)
+
     def _batcher(self, node: Node) -> ScriptBatcher:
         batcher = self._batchers.get(node)
         if batcher is None:

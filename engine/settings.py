@@ -27,6 +27,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     # Seconds a request waits for Redis or Postgres before answering 503.
     dependency_timeout: float = 1.5
+    # Replicas that must acknowledge a hold (Redis WAIT) before it is answered; 0 = off.
+    redis_wait_replicas: int = 0
     db_pool_max: int = 10
     # Checkout pricing rules (see README "Pricing").
     tax_rate: Decimal = Decimal("0.08")

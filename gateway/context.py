@@ -83,7 +83,9 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
     categories = Categories(pool=pool, cache=catalog_cache)
     suggestions = Suggestions(pool=pool)
     # One admission (one pipelined script connection) for the whole process.
-    admission = Admission(redis, rate_limit=settings.rate_limit)
+    admission = Admission(redis, rate_limit=settings.rate_limit,
+                          wait_replicas=settings.redis_wait_replicas,
+                          wait_timeout=settings.dependency_timeout)
     sales = Sales(pool=pool, redis=redis)
     carts = Carts(pool=pool, redis=redis)
     payments = Payments(pool=pool, card=SimulatedCardProvider(pool=pool,

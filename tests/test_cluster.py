@@ -227,6 +227,30 @@ async def test_sold_out_flags_over_cluster_pub_sub(cluster):
         await other.close()
 
 
+async def test_wait_replicas_acknowledges_holds_only_once_replicated(cluster):
+    sale = 44
+    await load(cluster, sale, 100, limit=1)
+    master = cluster.get_node_from_key(sale_keys(sale).meta)
+    node = aioredis.Redis(host=master.host, port=master.port)
+    before = (await node.info("commandstats")).get("cmdstat_wait", {}).get("calls", 0)
+    durable = Admission(cluster, wait_replicas=1)
+    too_many = Admission(cluster, wait_replicas=2, wait_timeout=0.1)  # one replica each
+    try:
+        holds = await asyncio.gather(*(durable.reserve(sale, u, 1, "k") for u in range(1, 51)))
+        assert len({h.reservation_id for h in holds}) == 50
+        waits = (await node.info("commandstats"))["cmdstat_wait"]["calls"] - before
+        assert 1 <= waits <= 50  # holds answered in the same loop turn share one WAIT
+        with pytest.raises(RedisTimeoutError):  # not enough replicas: 503, hold kept
+            await too_many.reserve(sale, 99, 1, "k")
+        again = await durable.reserve(sale, 99, 1, "k")  # the client's retry
+        assert again.replayed
+        assert (await books(cluster, sale))["held"] == 51
+    finally:
+        await durable.close()
+        await too_many.close()
+        await node.aclose()
+
+
 async def test_a_master_killed_mid_sale_fails_over_and_admissions_resume(cluster):
     sale = 43
     await load(cluster, sale, 400, limit=1)
