@@ -8,7 +8,8 @@ import importlib
 import sys
 import time
 
-SUITE = ("admission", "admission_strategies", "gateway", "reconciler", "catalog", "checkout")
+SUITE = ("admission", "admission_strategies", "gateway", "cluster", "reconciler", "catalog",
+         "checkout")
 
 
 def main(argv: list[str] | None = None) -> int:
