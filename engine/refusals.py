@@ -8,8 +8,8 @@ without running ``reserve.lua``, until tokens come back. On the channel named by
 (``release.lua``, ``expire_holds.lua``) publishes ``<sale_id>`` (every worker drops it).
 Messages on one channel arrive in the order the scripts ran, so a return always follows
 the sell-out it undoes. A worker also raises the flag on a ``sold_out`` answer (it may
-have joined after the sell-out). A flag also lapses
-after ``ttl`` seconds, the safety net for a message lost on the way. A sale answered
+have joined after the sell-out). A flag lapses after ``ttl`` seconds, the safety net for
+a message lost on the way. A sale answered
 ``not_active`` is refused the same way until its start (a scheduled sale) or for ``ttl``
 (ended, paused, closed), whichever comes first; ``change_sale_state.lua`` publishes
 ``<sale_id>`` when a paused sale resumes, which drops that flag too.
@@ -26,7 +26,7 @@ refusing longer than it should:
 Replays: an attempt refused by a flag is not looked up by its idempotency key. A user
 this worker admitted to the sale is never refused by a flag (the script answers, so a
 retried request gets its hold back); a retry that lands on another worker while the sale
-is sold out is answered ``sold_out``, and the unheld unit returns when the hold expires.
+is sold out is answered ``sold_out``; the hold's unit goes back on sale when it expires.
 """
 
 from __future__ import annotations
