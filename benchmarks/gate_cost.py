@@ -109,8 +109,8 @@ async def per_call_cost(redis: aioredis.Redis, *, calls: int, rounds: int = 3) -
 
 async def sold_out_commands(redis: aioredis.Redis, *, attempts: int = 3000) -> list[dict]:
     """Commands for ``attempts`` on a sold-out sale over two workers: without flags, with
-    both listening when the sale sold out, and with one that joined after it (it learns
-    from its first attempts' answers)."""
+    both listening when the sale sold out, and with one that joined after it (it reads the
+    sold-out sales when it subscribes)."""
     rows = []
     for concurrency in (16, 64):
         for flags in ("off", "listening", "one joined late"):

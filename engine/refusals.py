@@ -7,9 +7,9 @@ without running ``reserve.lua``, until tokens come back. On the channel named by
 ``-<sale_id>`` (every worker raises the sale's flag) and every script that returns tokens
 (``release.lua``, ``expire_holds.lua``) publishes ``<sale_id>`` (every worker drops it).
 Messages on one channel arrive in the order the scripts ran, so a return always follows
-the sell-out it undoes. A worker also raises the flag on a ``sold_out`` answer (it may
-have joined after the sell-out). A flag lapses after ``ttl`` seconds, the safety net for
-a message lost on the way. A sale answered
+the sell-out it undoes. A worker that subscribes reads which live sales are sold out
+already, and a worker also raises the flag on a ``sold_out`` answer. A flag lapses after
+``ttl`` seconds, the safety net for a message lost on the way. A sale answered
 ``not_active`` is refused the same way until its start (a scheduled sale) or for ``ttl``
 (ended, paused, closed), whichever comes first; ``change_sale_state.lua`` publishes
 ``<sale_id>`` when a paused sale resumes, which drops that flag too.
@@ -40,7 +40,7 @@ from collections import OrderedDict
 import redis.asyncio as aioredis
 
 from engine.errors import REDIS_DOWN, SaleNotActive, SoldOut
-from engine.keys import tokens_returned_channel
+from engine.keys import ACTIVE_SALES, sale_keys, tokens_returned_channel
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,23 @@ class SaleRefusals:
             await asyncio.sleep(0.005)
         return self.listening
 
+    async def _seed(self) -> None:
+        """Raise the flags of the live sales already sold out when this worker subscribed
+        (it missed their sell-out messages): one read of the active set and of each
+        sale's tokens, treated like an answer sent now, so a token returned meanwhile
+        wins."""
+        asked_at = time.monotonic()
+        sales = [int(s) for s in await self._redis.smembers(ACTIVE_SALES)]
+        if not sales:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for sale_id in sales:
+                pipe.get(sale_keys(sale_id).tokens)
+            tokens = await pipe.execute()
+        for sale_id, left in zip(sales, tokens, strict=True):
+            if left is not None and int(left) <= 0:
+                self.sold_out(sale_id, sent_at=asked_at)
+
     async def _listen(self) -> None:
         backoff = 0.1
         while not self._stopping:
@@ -169,6 +186,7 @@ class SaleRefusals:
                 self._since = time.monotonic()
                 self.listening = True
                 backoff = 0.1
+                await self._seed()
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":

@@ -68,22 +68,25 @@ async def test_a_sold_out_sale_costs_few_redis_commands(redis, sales, product_fa
         # One worker sells every unit; the last admission tells every listening worker.
         await asyncio.gather(*(seller.reserve(sale, u, 1, "k") for u in range(1, 41)))
         assert seller.runs == 40
-        late = await started(redis)  # joins after the sell-out: learns from an answer
+        late = await started(redis)  # joins after the sell-out: reads it when subscribing
+        deadline = time.monotonic() + 10
+        while sale not in late.refusals._sold_out:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
         await barrier(redis, seller, listener, late)
-        # 3,000 attempts from new buyers, 32 at a time per worker (a busy worker's
+        # 3,000 attempts from new buyers, 64 at a time per worker (a busy worker's
         # connections), spread over the three workers.
         users = iter(range(1000, 4000))
         refused = 0
-        for _ in range(3000 // 96):
+        for _ in range(3000 // 192):
             for worker in (seller, listener, late):
                 answers = await asyncio.gather(
-                    *(worker.reserve(sale, next(users), 1, "k") for _ in range(32)),
+                    *(worker.reserve(sale, next(users), 1, "k") for _ in range(64)),
                     return_exceptions=True)
                 refused += sum(isinstance(a, SoldOut) for a in answers)
-        assert refused == 3000 // 96 * 96
-        assert seller.runs == 40 and listener.runs == 0  # refused without Redis
-        assert late.runs == 32  # its first wave asked Redis; then its flag answered
-        assert (seller.runs - 40 + listener.runs + late.runs) * SOLD_OUT_RUN_COMMANDS < 300
+        assert refused == 3000 // 192 * 192
+        # No script run at all: refused without Redis from the last admission on.
+        assert (seller.runs, listener.runs, late.runs) == (40, 0, 0)
         # A buyer this worker admitted still gets an exact answer (their replay).
         again = await seller.reserve(sale, 1, 1, "k")
         assert again.replayed
@@ -91,6 +94,29 @@ async def test_a_sold_out_sale_costs_few_redis_commands(redis, sales, product_fa
         for w in (seller, listener, late):
             if w is not None:
                 await w.close()
+
+
+async def test_a_sold_out_answer_raises_the_flag(redis, sales, product_factory):
+    """A sell-out this worker did not hear of (its message lost): the first attempts in
+    flight ask Redis, then the flag answers."""
+    product = await product_factory(stock=1)
+    sale = (await sales.create(product_id=product, quantity=1,
+                               price=Decimal("3.00")))["sale_id"]
+    worker = await started(redis)
+    try:
+        # Sold through the script without a channel: no message is published.
+        await SCRIPTS.reserve(redis, sale_keys(sale).for_reserve, (sale, 1, 1, "k", 0, "", ""))
+        answers = await asyncio.gather(*(worker.reserve(sale, u, 1, "k") for u in range(2, 34)),
+                                       return_exceptions=True)
+        assert all(isinstance(a, SoldOut) for a in answers)
+        assert worker.runs == 32  # the wave in flight
+        for u in range(100, 400):
+            with pytest.raises(SoldOut):
+                await worker.reserve(sale, u, 1, "k")
+        assert worker.runs == 32
+        assert (worker.runs * SOLD_OUT_RUN_COMMANDS) < 300
+    finally:
+        await worker.close()
 
 
 @pytest.mark.parametrize("how", ["release", "expire"])
