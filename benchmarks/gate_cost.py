@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from benchmarks.common import latency_summary, private_redis, table
 from engine.admission import Admission
 from engine.errors import SoldOut
-from engine.keys import sale_keys
+from engine.keys import ACTIVE_SALES, sale_keys
 from engine.scripts import Script, Scripts
 
 BASELINE = Path(__file__).resolve().parent / "baseline" / "reserve_before.lua"
@@ -61,6 +61,7 @@ async def _load(redis: aioredis.Redis, scripts: Scripts, sale: int, tokens: int)
     await redis.delete(*keys.all)
     await scripts.load_tokens(redis, keys.for_load, (
         1, "9.99", 0, 0, 1_000_000, 600_000, tokens, tokens, 0, 0, "bench"))
+    await redis.sadd(ACTIVE_SALES, sale)  # as engine.sales does: a live sale
     await scripts.load_all(redis)
 
 

@@ -162,8 +162,9 @@ class SaleRefusals:
     async def _seed(self) -> None:
         """Raise the flags of the live sales already sold out when this worker subscribed
         (it missed their sell-out messages): one read of the active set and of each
-        sale's tokens, treated like an answer sent now, so a token returned meanwhile
-        wins."""
+        sale's tokens. Runs before ``listening`` is set, while the messages published
+        since the subscription wait in order: a token returned meanwhile is read next and
+        drops the flag."""
         asked_at = time.monotonic()
         sales = [int(s) for s in await self._redis.smembers(ACTIVE_SALES)]
         if not sales:
@@ -174,7 +175,7 @@ class SaleRefusals:
             tokens = await pipe.execute()
         for sale_id, left in zip(sales, tokens, strict=True):
             if left is not None and int(left) <= 0:
-                self.sold_out(sale_id, sent_at=asked_at)
+                self._sold_out[sale_id] = asked_at + self.ttl
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -184,9 +185,9 @@ class SaleRefusals:
                 await pubsub.subscribe(self.channel)
                 self.forget()  # messages may have been missed while not subscribed
                 self._since = time.monotonic()
-                self.listening = True
-                backoff = 0.1
                 await self._seed()
+                self.listening = True  # messages that came meanwhile are read next, in order
+                backoff = 0.1
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
