@@ -25,6 +25,7 @@ import asyncpg
 import msgspec
 
 from catalog.cache import CatalogCache
+from catalog.hot_terms import hot_lexeme
 from catalog.listing import MAX_WINDOW, Filters, Params
 from catalog.records import Facets, FacetValue, PriceBucket, RatingBucket, SearchPage
 from catalog.terms import Suggestions
@@ -35,9 +36,11 @@ RATING_FLOORS = (4, 3, 2, 1)
 FACET_SIZE = 20
 TEXT_CONFIG = "english"
 
-_SCORE = ("ts_rank(p.search_vector, query)"
-          " * (1 + 0.04 * p.rating_avg::float8 * p.rating_count / (p.rating_count + 10.0))"
-          " * (1 + 0.2 / (1 + extract(epoch FROM now() - p.created_at) / 2592000))")
+# In float8 throughout: numeric arithmetic on every hit of a common word costs more than
+# the rest of the statement.
+_SCORE = ("{rank}"
+          " * (1 + 0.04 * p.rating_avg::float8 * p.rating_count / (p.rating_count + 10)::float8)"
+          " * (1 + 0.2 / (1 + date_part('epoch', now() - p.created_at) / 2592000))")
 ORDER_BY = {
     "relevance": "score DESC, product_id DESC",
     "price_asc": "price ASC, product_id ASC",
@@ -88,11 +91,13 @@ class Search:
                        page_size: int) -> SearchResult:
         if filters.categories == ():  # an unknown category matches nothing
             return SearchResult(total=0, ids=[], facets=Facets([], [], [], []))
-        sql, args = _statement(text, filters, sort, (page - 1) * page_size, page_size)
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
             # A big match set is aggregated in memory; JIT compiles for longer than these
             # queries run.
             await conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
+            hot = await hot_lexeme(conn, text, TEXT_CONFIG)
+            sql, args = _statement(text, filters, sort, (page - 1) * page_size, page_size,
+                                   hot_lexeme=hot)
             rows = await conn.fetch(sql, *args)
         facet_rows = [r for r in rows if r["part"] == 0]
         ids = [r["product_id"] for r in rows if r["part"] == 1]
@@ -136,17 +141,27 @@ def _flag(conditions: list[str]) -> str:
     return "(" + " AND ".join(conditions) + ")" if conditions else "true"
 
 
-def _statement(text: str, f: Filters, sort: str, offset: int, limit: int
-               ) -> tuple[str, list]:
+def _statement(text: str, f: Filters, sort: str, offset: int, limit: int, *,
+               hot_lexeme: str | None = None) -> tuple[str, list]:
+    """The search statement; with ``hot_lexeme`` (the query is that one very common
+    lexeme) the hits come from its contiguous rows in ``search_hot_hits`` (same columns,
+    text rank stored) instead of from the products heap."""
     arg = Params()
-    query = f"websearch_to_tsquery('{TEXT_CONFIG}', {arg(text)})"
     by_brand = [f"p.brand = ANY({arg(list(f.brands), '::text[]')})"] if f.brands else []
     by_category = ([f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})"]
                    if f.categories is not None else [])
     by_price = ([f"p.price >= {arg(f.price_min)}"] if f.price_min is not None else []) + (
         [f"p.price <= {arg(f.price_max)}"] if f.price_max is not None else [])
     by_rating = [f"p.rating_avg >= {arg(f.rating_min)}"] if f.rating_min is not None else []
-    score = _SCORE if sort == "relevance" else "0::float8"
+    if hot_lexeme is None:
+        query = f"websearch_to_tsquery('{TEXT_CONFIG}', {arg(text)})"
+        source = (f"products p, {query} AS query"
+                  " WHERE p.search_vector @@ query AND p.status = 'active'")
+        rank = "ts_rank(p.search_vector, query)"
+    else:
+        source = f"search_hot_hits p WHERE p.lexeme = {arg(hot_lexeme)}"
+        rank = "p.text_rank"
+    score = _SCORE.format(rank=rank) if sort == "relevance" else "0::float8"
     edges = arg(list(PRICE_EDGES), "::numeric[]")
     sql = f"""
 WITH hits AS MATERIALIZED (
@@ -154,8 +169,7 @@ WITH hits AS MATERIALIZED (
            p.created_at, {score} AS score,
            {_flag(by_brand)} AS fb, {_flag(by_category)} AS fc,
            {_flag(by_price)} AS fp, {_flag(by_rating)} AS fr
-    FROM products p, {query} AS query
-    WHERE p.search_vector @@ query AND p.status = 'active'
+    FROM {source}
 )
 SELECT 0 AS part, brand, category_id, bucket, stars,
        GROUPING(brand, category_id, bucket, stars) AS grp,

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from catalog import hot_terms
 from catalog import vocabulary as vocab
 from catalog.terms import apply_term_counts, words
 
@@ -229,6 +230,8 @@ async def seed_catalog(database_url: str, *, products: int, seed: int, password_
             indexes = await _secondary_indexes(conn) if bulk else []
             for name, _ in indexes:
                 await conn.execute(f'DROP INDEX "{name}"')
+            if bulk:  # the hot-word rows are rebuilt whole below, after the indexes
+                await conn.execute("ALTER TABLE products DISABLE TRIGGER products_search_hot_hits")
             gen = CatalogGenerator(seed=seed, leaves=leaves, sellers=sellers,
                                    first_id=first_id, total=products,
                                    now=datetime.now(UTC).replace(microsecond=0))
@@ -247,9 +250,16 @@ async def seed_catalog(database_url: str, *, products: int, seed: int, password_
                 for _, ddl in indexes:
                     await conn.execute(ddl)
                 phase("indexes")
+            if bulk:
+                if on_phase:
+                    on_phase("very common words")
+                await conn.execute("ALTER TABLE products ENABLE TRIGGER products_search_hot_hits")
+                await hot_terms.rebuild(conn)
+                phase("hot_terms")
         if on_phase:
             on_phase("analyzing")
-        await conn.execute("VACUUM (ANALYZE) products, inventory, search_terms")
+        await conn.execute("VACUUM (ANALYZE) products, inventory, search_terms,"
+                           " search_hot_hits")
         phase("vacuum_analyze")
         categories = await conn.fetchval("SELECT count(*) FROM categories")
         terms = await conn.fetchval("SELECT count(*) FROM search_terms")

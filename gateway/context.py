@@ -11,6 +11,7 @@ from aiohttp import web
 from accounts.cards import simulated_outcome
 from accounts.service import Accounts
 from accounts.tokens import TokenSigner
+from catalog.also_bought import AlsoBoughtService
 from catalog.cache import CatalogCache
 from catalog.listing import Browse
 from catalog.products import Categories, Products
@@ -18,6 +19,7 @@ from catalog.reviews import Reviews
 from catalog.search import Search
 from catalog.sellers import Sellers
 from catalog.terms import Suggestions
+from catalog.wishlist import Wishlists
 from engine.admission import Admission
 from engine.sales import Sales
 from engine.settings import Settings
@@ -56,6 +58,8 @@ class Services:
     coupons: Coupons
     returns: Returns
     orders_upkeep: Upkeep
+    wishlists: Wishlists
+    also_bought: AlsoBoughtService
 
     async def start(self) -> None:
         """Start background work owned by the services (none may block on a dependency)."""
@@ -115,6 +119,8 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
         coupons=Coupons(pool=pool),
         returns=Returns(pool=pool, tasks=order_tasks),
         orders_upkeep=Upkeep(checkout=checkout, tasks=order_tasks),
+        wishlists=Wishlists(pool=pool),
+        also_bought=AlsoBoughtService(pool=pool),
     )
 
 

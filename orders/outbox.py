@@ -29,7 +29,9 @@ import msgspec
 log = logging.getLogger("flashsale.notify")
 
 TOPICS = ("order.confirmed", "order.shipped", "order.delivered", "order.cancelled",
-          "order.refunded", "order.returned")
+          "order.refunded", "order.returned",
+          # written by triggers (migrations/0017_discovery.sql), for a user, not an order
+          "wishlist.price_drop", "wishlist.back_in_stock")
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 

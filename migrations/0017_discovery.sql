@@ -1,0 +1,198 @@
+-- Discovery: wishlists (with price-drop and back-in-stock notifications through the
+-- outbox) and "customers also bought" counts kept incrementally as orders are paid and undone.
+--
+-- Both are kept by triggers rather than by the Python paths that change prices, stock and
+-- order statuses: those paths are many (seller edits, checkout, cancellation, sale closing,
+-- returns) and spread over packages, and a trigger writes in the same transaction as the
+-- change, so a notification or a count exists exactly when its change committed.
+
+CREATE TABLE wishlist_items (
+    user_id        BIGINT NOT NULL REFERENCES users ON DELETE CASCADE,
+    product_id     BIGINT NOT NULL REFERENCES products ON DELETE CASCADE,
+    price_at_added NUMERIC(12,2) NOT NULL,
+    added_at       TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (user_id, product_id)
+);
+CREATE INDEX wishlist_items_newest_idx ON wishlist_items (user_id, added_at DESC, product_id DESC);
+CREATE INDEX wishlist_items_product_idx ON wishlist_items (product_id);
+
+-- A wishlisted product became cheaper: one notification per user who wishes for it.
+CREATE FUNCTION wishlist_price_dropped() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO outbox (topic, user_id, payload)
+    SELECT 'wishlist.price_drop', w.user_id, jsonb_build_object(
+               'product_id', NEW.product_id, 'name', NEW.name,
+               'old_price', OLD.price::text, 'price', NEW.price::text,
+               'currency', NEW.currency)
+    FROM wishlist_items w WHERE w.product_id = NEW.product_id ORDER BY w.user_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER products_wishlist_price_drop AFTER UPDATE OF price ON products
+    FOR EACH ROW WHEN (NEW.price < OLD.price AND NEW.status = 'active')
+    EXECUTE FUNCTION wishlist_price_dropped();
+
+-- A wishlisted product is sellable again (available stock went from 0 to more).
+CREATE FUNCTION wishlist_back_in_stock() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO outbox (topic, user_id, payload)
+    SELECT 'wishlist.back_in_stock', w.user_id, jsonb_build_object(
+               'product_id', p.product_id, 'name', p.name, 'price', p.price::text,
+               'currency', p.currency, 'available_qty', NEW.available_qty)
+    FROM wishlist_items w JOIN products p USING (product_id)
+    WHERE w.product_id = NEW.product_id AND p.status = 'active' ORDER BY w.user_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER inventory_wishlist_back_in_stock AFTER UPDATE OF available_qty ON inventory
+    FOR EACH ROW WHEN (OLD.available_qty = 0 AND NEW.available_qty > 0)
+    EXECUTE FUNCTION wishlist_back_in_stock();
+
+-- Customers also bought: for each ordered pair of distinct products, the number of
+-- counted orders holding both (both directions stored, so one product's list is one index
+-- range). An order is counted while it is paid, shipped or delivered; copurchase_orders
+-- records which orders are counted, so counting is idempotent whatever the sequence of
+-- status changes, and cancelling or returning an order takes its pairs back out.
+CREATE TABLE copurchases (
+    product_id BIGINT NOT NULL,
+    other_id   BIGINT NOT NULL,
+    -- Never negative (a pair is taken out only by an order that put it in); no CHECK
+    -- says so, because a CHECK applies to the proposed row of the upsert below (-1).
+    orders     INTEGER NOT NULL,
+    PRIMARY KEY (product_id, other_id)
+);
+CREATE INDEX copurchases_rank_idx ON copurchases (product_id, orders DESC, other_id)
+    WHERE orders > 0;
+
+CREATE TABLE copurchase_orders (
+    order_id BIGINT PRIMARY KEY
+);
+
+CREATE FUNCTION copurchase_count(p_order_id BIGINT) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    counts  boolean;
+    delta   integer;
+BEGIN
+    SELECT status IN ('paid', 'shipped', 'delivered') INTO counts
+    FROM orders WHERE order_id = p_order_id;
+    IF coalesce(counts, false) THEN
+        INSERT INTO copurchase_orders VALUES (p_order_id) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN RETURN; END IF;  -- already counted
+        delta := 1;
+    ELSE
+        DELETE FROM copurchase_orders WHERE order_id = p_order_id;
+        IF NOT FOUND THEN RETURN; END IF;  -- was not counted
+        delta := -1;
+    END IF;
+    -- Pairs in one fixed order, so concurrent orders lock shared rows in the same order.
+    INSERT INTO copurchases AS c (product_id, other_id, orders)
+    SELECT a.product_id, b.product_id, delta
+    FROM (SELECT DISTINCT product_id FROM order_items WHERE order_id = p_order_id) a
+    JOIN (SELECT DISTINCT product_id FROM order_items WHERE order_id = p_order_id) b
+      ON a.product_id <> b.product_id
+    ORDER BY 1, 2
+    ON CONFLICT (product_id, other_id) DO UPDATE SET orders = c.orders + EXCLUDED.orders;
+END $$;
+
+CREATE FUNCTION copurchase_order_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM copurchase_count(NEW.order_id);
+    RETURN NULL;
+END $$;
+
+-- Deferred to the commit: the order's items are written after its row, in the same
+-- transaction, and a status set and reset within one transaction counts once, as it ends.
+CREATE CONSTRAINT TRIGGER orders_copurchase AFTER INSERT OR UPDATE OF status ON orders
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION copurchase_order_changed();
+
+-- Recount everything from the orders (after a bulk load with triggers off).
+CREATE FUNCTION copurchase_rebuild() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE copurchases, copurchase_orders;
+    INSERT INTO copurchase_orders
+    SELECT order_id FROM orders WHERE status IN ('paid', 'shipped', 'delivered');
+    INSERT INTO copurchases (product_id, other_id, orders)
+    SELECT a.product_id, b.product_id, count(DISTINCT a.order_id)
+    FROM copurchase_orders o
+    JOIN order_items a ON a.order_id = o.order_id
+    JOIN order_items b ON b.order_id = o.order_id AND b.product_id <> a.product_id
+    GROUP BY 1, 2;
+END $$;
+
+-- Search on very common words. A cold search for a word that ~70k of 1M products hold
+-- spends its time fetching those rows at random from the wide products heap. For the most
+-- frequent lexemes, search_hot_hits keeps, clustered by lexeme, exactly what a search
+-- reads of each active product holding it: the lexeme's text rank (ts_rank of the
+-- product's search_vector against the one-lexeme query, a pure function of the document)
+-- and the facet and sort columns. A one-lexeme search reads one contiguous range of it
+-- instead (catalog/hot_terms.py); results and facet counts are the same, since the rows
+-- are kept by a trigger in the transaction of every product write.
+CREATE TABLE search_hot_terms (
+    lexeme   TEXT PRIMARY KEY,
+    query    tsquery NOT NULL,   -- the one-lexeme query, as websearch_to_tsquery makes it
+    products INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE search_hot_hits (
+    lexeme       TEXT NOT NULL REFERENCES search_hot_terms ON DELETE CASCADE,
+    product_id   BIGINT NOT NULL REFERENCES products ON DELETE CASCADE,
+    text_rank    REAL NOT NULL,
+    brand        TEXT NOT NULL,
+    category_id  BIGINT,
+    price        NUMERIC(12,2) NOT NULL,
+    rating_avg   NUMERIC(3,2) NOT NULL,
+    rating_count INTEGER NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (lexeme, product_id)
+);
+CREATE INDEX search_hot_hits_product_idx ON search_hot_hits (product_id);
+
+CREATE FUNCTION search_hot_hits_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        DELETE FROM search_hot_hits WHERE product_id = OLD.product_id;
+    END IF;
+    IF NEW.status = 'active' THEN
+        INSERT INTO search_hot_hits
+        SELECT t.lexeme, NEW.product_id, ts_rank(NEW.search_vector, t.query), NEW.brand,
+               NEW.category_id, NEW.price, NEW.rating_avg, NEW.rating_count, NEW.created_at
+        FROM search_hot_terms t WHERE NEW.search_vector @@ t.query;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER products_search_hot_hits AFTER INSERT ON products
+    FOR EACH ROW EXECUTE FUNCTION search_hot_hits_sync();
+CREATE TRIGGER products_search_hot_hits_update AFTER UPDATE ON products
+    FOR EACH ROW WHEN (
+        (OLD.search_vector, OLD.status, OLD.brand, OLD.category_id, OLD.price, OLD.rating_avg,
+         OLD.rating_count, OLD.created_at)
+        IS DISTINCT FROM
+        (NEW.search_vector, NEW.status, NEW.brand, NEW.category_id, NEW.price, NEW.rating_avg,
+         NEW.rating_count, NEW.created_at))
+    EXECUTE FUNCTION search_hot_hits_sync();
+
+-- Choose the lexemes of the words (search_terms) used by at least min_products active
+-- products and fill their rows, one lexeme at a time so the table is clustered by lexeme.
+-- Run after a bulk load (the seed) or to follow a catalog whose common words moved.
+CREATE FUNCTION search_hot_terms_rebuild(min_products INTEGER) RETURNS INTEGER
+LANGUAGE plpgsql SET client_min_messages = warning AS $$
+DECLARE
+    hot record;
+BEGIN
+    TRUNCATE search_hot_hits, search_hot_terms;
+    INSERT INTO search_hot_terms (lexeme, query)
+    SELECT DISTINCT ON (querytree(q)) trim(both '''' FROM querytree(q)), q
+    FROM (SELECT websearch_to_tsquery('english', term) AS q FROM search_terms
+          WHERE product_count >= min_products) s
+    WHERE numnode(q) = 1
+    ORDER BY querytree(q);
+    FOR hot IN SELECT lexeme, query FROM search_hot_terms ORDER BY lexeme LOOP
+        INSERT INTO search_hot_hits
+        SELECT hot.lexeme, p.product_id, ts_rank(p.search_vector, hot.query), p.brand,
+               p.category_id, p.price, p.rating_avg, p.rating_count, p.created_at
+        FROM products p WHERE p.search_vector @@ hot.query AND p.status = 'active'
+        ORDER BY p.product_id;
+    END LOOP;
+    UPDATE search_hot_terms h SET products = c.n
+    FROM (SELECT s.lexeme AS term, count(*) AS n FROM search_hot_hits s GROUP BY 1) c
+    WHERE c.term = h.lexeme;
+    RETURN (SELECT count(*) FROM search_hot_terms);
+END $$;
