@@ -8,6 +8,13 @@ and Redis db 13; it seeds them afresh unless ``--reuse`` finds the same catalog 
 The gateway runs as a subprocess (``flashsale serve``, one worker); requests come from
 ``--concurrency`` client tasks in this process, latency measured per request.
 
+An order history is generated on top (``--orders``, default 300,000 at 1M products): 1 to 5
+items per order, the first drawn with a strong popularity skew, 70% of the others from the
+first item's category (skewed too), the rest from anywhere; its co-purchase counts are
+built in bulk (``copurchase_rebuild``). "also_bought_popular" asks for products drawn with
+the same skew (long pair lists), "also_bought_any" for any product (mostly the category
+fallback).
+
 "Cold" search requests each carry a distinct ``price_max`` above every price: the same
 work and answer, but never a cached result, so they show what Postgres does. "Warm"
 requests repeat popular queries, as real search traffic does, and hit the result cache.
@@ -35,8 +42,8 @@ from benchmarks.common import fresh_database, latency_summary, table, write_resu
 DATABASE = "flashsale_bench_catalog"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 SERVER_URL = os.environ.get("FLASHSALE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/")
-MODES = {"quick": {"products": 50_000, "requests": 300},
-         "full": {"products": 1_000_000, "requests": 1000}}
+MODES = {"quick": {"products": 50_000, "requests": 300, "orders": 15_000},
+         "full": {"products": 1_000_000, "requests": 1000, "orders": 300_000}}
 COMMON = ("laptop", "headphones", "tent", "sneakers", "blender", "monitor", "novel",
           "shampoo", "dog", "camera")
 VERY_COMMON = ("black", "silver", "blue", "wireless", "organic")
@@ -80,6 +87,65 @@ async def prepare(database_url: str, products: int, reuse: bool) -> dict[str, An
             "phases": report.phases}
 
 
+async def order_history(database_url: str, orders: int) -> dict[str, Any]:
+    """Paid orders with a popularity skew and same-category companions (see the module
+    docstring), loaded with triggers off, then the co-purchase counts rebuilt in bulk."""
+    conn = await asyncpg.connect(database_url, command_timeout=None)
+    started = time.perf_counter()
+    try:
+        if await conn.fetchval("SELECT count(*) FROM orders") == orders:
+            return {"orders": orders, "reused": True}
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")  # no triggers
+            await conn.execute("TRUNCATE order_items, orders CASCADE")
+            buyer = await conn.fetchval(
+                "INSERT INTO users (email, name, password_hash) VALUES"
+                " ('bench-buyer@example.com', 'Bench Buyer', 'x')"
+                " ON CONFLICT (lower(email)) DO UPDATE SET name = EXCLUDED.name"
+                " RETURNING user_id")
+            lo, hi = await conn.fetchrow("SELECT min(product_id), max(product_id) FROM products")
+            await conn.execute("SELECT setseed(0.17)")
+            await conn.execute(
+                "CREATE TEMP TABLE ranked ON COMMIT DROP AS SELECT product_id, category_id,"
+                " row_number() OVER (PARTITION BY category_id ORDER BY product_id) AS rn,"
+                " count(*) OVER (PARTITION BY category_id) AS n FROM products"
+                " WHERE status = 'active'")
+            await conn.execute("CREATE INDEX ON ranked (category_id, rn)")
+            await conn.execute(
+                "INSERT INTO orders (user_id, idempotency_key, status, subtotal, total)"
+                " SELECT $1, 'history-' || g, 'paid', 0, 0 FROM generate_series(1, $2) g",
+                buyer, orders)
+            await conn.execute(
+                "CREATE TEMP TABLE anchors ON COMMIT DROP AS SELECT o.order_id,"
+                " $1::bigint + floor(($2::bigint - $1 + 1) * power(random(), 3))::bigint AS product_id,"
+                " (ARRAY[1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5])[1 + floor(random() * 11)::int] AS k"
+                " FROM orders o", lo, hi)
+            await conn.execute(
+                "INSERT INTO order_items (order_id, product_id, quantity, unit_price, subtotal)"
+                " SELECT a.order_id, a.product_id, 1, p.price, p.price"
+                " FROM anchors a JOIN products p USING (product_id)")
+            await conn.execute(
+                "WITH comp AS (SELECT a.order_id, p.category_id, random() < 0.7 AS same,"
+                "  random() AS u, random() AS v FROM anchors a"
+                "  JOIN products p USING (product_id) CROSS JOIN generate_series(2, a.k) j)"
+                " INSERT INTO order_items (order_id, product_id, quantity, unit_price, subtotal)"
+                " SELECT c.order_id, CASE WHEN c.same AND r.product_id IS NOT NULL"
+                "  THEN r.product_id ELSE $1::bigint + floor(($2::bigint - $1 + 1) * power(c.v, 3))::bigint END,"
+                "  1, 0, 0"
+                " FROM comp c LEFT JOIN (SELECT DISTINCT category_id, n FROM ranked) k"
+                "  ON k.category_id = c.category_id"
+                " LEFT JOIN ranked r ON r.category_id = c.category_id"
+                "  AND r.rn = 1 + floor(k.n * power(c.u, 2))::bigint", lo, hi)
+            await conn.execute("SELECT copurchase_rebuild()")
+        await conn.execute("VACUUM (ANALYZE) orders, order_items, copurchases")
+        items, pairs = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM order_items), (SELECT count(*) FROM copurchases)")
+    finally:
+        await conn.close()
+    return {"orders": orders, "items": items, "pairs": pairs,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 async def samples(database_url: str) -> dict[str, Any]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -90,9 +156,10 @@ async def samples(database_url: str) -> dict[str, Any]:
             "SELECT category_id FROM categories WHERE parent_id IS NULL")]
         brands = [r["brand"] for r in await conn.fetch(
             "SELECT brand FROM products GROUP BY brand ORDER BY count(*) DESC LIMIT 30")]
+        low = await conn.fetchval("SELECT min(product_id) FROM products")
     finally:
         await conn.close()
-    return {"top": top, "leaves": leaves, "parents": parents, "brands": brands}
+    return {"top": top, "low": low, "leaves": leaves, "parents": parents, "brands": brands}
 
 
 async def drive(http: aiohttp.ClientSession, base: str, paths: list[str],
@@ -169,6 +236,12 @@ def cases(s: dict[str, Any], n: int, rng: random.Random) -> dict[str, list[str] 
                         for _ in range(n)],
         "suggest": [f"/api/v1/search/suggest?q={rng.choice(COMMON + VERY_COMMON)[:3]}"
                     for _ in range(n)],
+        # the order history's popularity skew: the products with the longest pair lists
+        "also_bought_popular": [
+            f"/api/v1/products/{s['low'] + int((s['top'] - s['low'] + 1) * rng.random() ** 3)}"
+            "/also-bought" for _ in range(n)],
+        "also_bought_any": [f"/api/v1/products/{rng.randint(s['low'], s['top'])}/also-bought"
+                            for _ in range(n)],
     }
 
 
@@ -179,6 +252,8 @@ async def run(mode: str, *, reuse: bool, concurrency: int) -> dict[str, Any]:
     database_url = SERVER_URL.rstrip("/") + "/" + DATABASE
     print(f"preparing {cfg['products']:,} products in {DATABASE}...", file=sys.stderr)
     seeded = await prepare(database_url, cfg["products"], reuse)
+    print(f"order history: {cfg['orders']:,} orders...", file=sys.stderr)
+    history = await order_history(database_url, cfg["orders"])
     redis = aioredis.Redis.from_url(REDIS_URL)
     await redis.flushdb()
     await redis.aclose()
@@ -218,7 +293,7 @@ async def run(mode: str, *, reuse: bool, concurrency: int) -> dict[str, Any]:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
-    return {"seed": seeded, "concurrency": concurrency, "cases": results}
+    return {"seed": seeded, "history": history, "concurrency": concurrency, "cases": results}
 
 
 def report(data: dict[str, Any]) -> str:

@@ -3,9 +3,10 @@
 The counts live in ``copurchases`` (product, other product, orders), both directions
 stored, kept by a trigger as each order's transaction commits: an order counts while it
 is paid, shipped or delivered, and cancelling or returning it takes its pairs back out
-(migrations/0017_discovery.sql). So a new order shows as soon as it is paid, and a read
-is one index range of the product's pairs joined to the live product rows: never the
-product itself, never an inactive or out-of-stock product, ties by rating then id.
+(migrations/0017_discovery.sql). So a new order shows as soon as it is paid. Each row also
+carries the other product's rating (kept by a trigger), so a read walks one index in the
+final order (orders, rating, id) joined to the live product rows and stops after ``limit``
+available ones: never the product itself, never an inactive or out-of-stock product.
 
 Cold start: a product nobody has bought with anything yet gets the top-rated available
 products of its own category instead, and the answer says so (``fallback: true``).
@@ -30,12 +31,13 @@ class AlsoBought(msgspec.Struct, frozen=True):
     fallback: bool  # True: no co-purchases yet, top-rated products of the category
 
 
+# Walks copurchases_rank_idx in this exact order and stops after `limit` available rows.
 _BOUGHT_WITH = (
     f"SELECT c.orders, {PRODUCT_COLUMNS} FROM copurchases c"
     " JOIN products p ON p.product_id = c.other_id AND p.status = 'active'"
     " JOIN inventory i ON i.product_id = c.other_id AND i.available_qty > 0"
     " WHERE c.product_id = $1 AND c.orders > 0"
-    " ORDER BY c.orders DESC, p.rating_avg DESC, p.product_id ASC LIMIT $2")
+    " ORDER BY c.orders DESC, c.other_rating DESC, c.other_id ASC LIMIT $2")
 
 # Walks the category's rating index from the top; stops after `limit` available ones.
 _TOP_RATED = (

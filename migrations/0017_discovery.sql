@@ -48,7 +48,9 @@ CREATE TRIGGER inventory_wishlist_back_in_stock AFTER UPDATE OF available_qty ON
 
 -- Customers also bought: for each ordered pair of distinct products, the number of
 -- counted orders holding both (both directions stored, so one product's list is one index
--- range). An order is counted while it is paid, shipped or delivered; copurchase_orders
+-- range). other_rating copies the other product's rating_avg (kept by a trigger), so the
+-- ranking's tie-break is in the index too and a read walks it in its final order, stopping
+-- after `limit` available products, however long the product's list of pairs. An order is counted while it is paid, shipped or delivered; copurchase_orders
 -- records which orders are counted, so counting is idempotent whatever the sequence of
 -- status changes, and cancelling or returning an order takes its pairs back out.
 CREATE TABLE copurchases (
@@ -56,11 +58,13 @@ CREATE TABLE copurchases (
     other_id   BIGINT NOT NULL,
     -- Never negative (a pair is taken out only by an order that put it in); no CHECK
     -- says so, because a CHECK applies to the proposed row of the upsert below (-1).
-    orders     INTEGER NOT NULL,
+    orders       INTEGER NOT NULL,
+    other_rating NUMERIC(3,2) NOT NULL DEFAULT 0,
     PRIMARY KEY (product_id, other_id)
 );
-CREATE INDEX copurchases_rank_idx ON copurchases (product_id, orders DESC, other_id)
-    WHERE orders > 0;
+CREATE INDEX copurchases_rank_idx
+    ON copurchases (product_id, orders DESC, other_rating DESC, other_id) WHERE orders > 0;
+CREATE INDEX copurchases_other_idx ON copurchases (other_id);
 
 CREATE TABLE copurchase_orders (
     order_id BIGINT PRIMARY KEY
@@ -83,11 +87,12 @@ BEGIN
         delta := -1;
     END IF;
     -- Pairs in one fixed order, so concurrent orders lock shared rows in the same order.
-    INSERT INTO copurchases AS c (product_id, other_id, orders)
-    SELECT a.product_id, b.product_id, delta
+    INSERT INTO copurchases AS c (product_id, other_id, orders, other_rating)
+    SELECT a.product_id, b.product_id, delta, p.rating_avg
     FROM (SELECT DISTINCT product_id FROM order_items WHERE order_id = p_order_id) a
     JOIN (SELECT DISTINCT product_id FROM order_items WHERE order_id = p_order_id) b
       ON a.product_id <> b.product_id
+    JOIN products p ON p.product_id = b.product_id
     ORDER BY 1, 2
     ON CONFLICT (product_id, other_id) DO UPDATE SET orders = c.orders + EXCLUDED.orders;
 END $$;
@@ -103,18 +108,33 @@ END $$;
 CREATE CONSTRAINT TRIGGER orders_copurchase AFTER INSERT OR UPDATE OF status ON orders
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION copurchase_order_changed();
 
+CREATE FUNCTION copurchase_rating_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Rows locked in (product_id, other_id) order, as copurchase_count locks them.
+    UPDATE copurchases c SET other_rating = NEW.rating_avg
+    FROM (SELECT product_id FROM copurchases WHERE other_id = NEW.product_id
+          ORDER BY product_id FOR UPDATE) s
+    WHERE c.product_id = s.product_id AND c.other_id = NEW.product_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER products_copurchase_rating AFTER UPDATE OF rating_avg ON products
+    FOR EACH ROW WHEN (OLD.rating_avg IS DISTINCT FROM NEW.rating_avg)
+    EXECUTE FUNCTION copurchase_rating_changed();
+
 -- Recount everything from the orders (after a bulk load with triggers off).
 CREATE FUNCTION copurchase_rebuild() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     TRUNCATE copurchases, copurchase_orders;
     INSERT INTO copurchase_orders
     SELECT order_id FROM orders WHERE status IN ('paid', 'shipped', 'delivered');
-    INSERT INTO copurchases (product_id, other_id, orders)
-    SELECT a.product_id, b.product_id, count(DISTINCT a.order_id)
-    FROM copurchase_orders o
-    JOIN order_items a ON a.order_id = o.order_id
-    JOIN order_items b ON b.order_id = o.order_id AND b.product_id <> a.product_id
-    GROUP BY 1, 2;
+    INSERT INTO copurchases (product_id, other_id, orders, other_rating)
+    SELECT pairs.*, p.rating_avg
+    FROM (SELECT a.product_id, b.product_id AS other_id, count(DISTINCT a.order_id)
+          FROM copurchase_orders o
+          JOIN order_items a ON a.order_id = o.order_id
+          JOIN order_items b ON b.order_id = o.order_id AND b.product_id <> a.product_id
+          GROUP BY 1, 2) pairs
+    JOIN products p ON p.product_id = pairs.other_id;
 END $$;
 
 -- Search on very common words. A cold search for a word that ~70k of 1M products hold

@@ -197,6 +197,10 @@ async def test_also_bought_ties_go_to_rating_then_id(api, pool) -> None:
                            pid, Decimal(rating))
     await _buy(api, buyer, [a, low, high, same])
     assert [i["product_id"] for i in (await _also(api, a))["items"]] == [high, low, same]
+    assert [i["product_id"] for i in (await _also(api, a, limit=1))["items"]] == [high]
+    # A rating that changes later re-ranks the ties at once.
+    await pool.execute("UPDATE products SET rating_avg = 5 WHERE product_id = $1", same)
+    assert [i["product_id"] for i in (await _also(api, a))["items"]] == [same, high, low]
 
 
 async def test_returned_orders_stop_counting(api, pool) -> None:
