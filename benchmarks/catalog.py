@@ -117,7 +117,8 @@ async def order_history(database_url: str, orders: int) -> dict[str, Any]:
                 buyer, orders)
             await conn.execute(
                 "CREATE TEMP TABLE anchors ON COMMIT DROP AS SELECT o.order_id,"
-                " $1::bigint + floor(($2::bigint - $1 + 1) * power(random(), 3))::bigint AS product_id,"
+                " $1::bigint + floor(($2::bigint - $1 + 1) * power(random(), 3))::bigint"
+                " AS product_id,"
                 " (ARRAY[1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5])[1 + floor(random() * 11)::int] AS k"
                 " FROM orders o", lo, hi)
             await conn.execute(
@@ -130,7 +131,8 @@ async def order_history(database_url: str, orders: int) -> dict[str, Any]:
                 "  JOIN products p USING (product_id) CROSS JOIN generate_series(2, a.k) j)"
                 " INSERT INTO order_items (order_id, product_id, quantity, unit_price, subtotal)"
                 " SELECT c.order_id, CASE WHEN c.same AND r.product_id IS NOT NULL"
-                "  THEN r.product_id ELSE $1::bigint + floor(($2::bigint - $1 + 1) * power(c.v, 3))::bigint END,"
+                "  THEN r.product_id"
+                "  ELSE $1::bigint + floor(($2::bigint - $1 + 1) * power(c.v, 3))::bigint END,"
                 "  1, 0, 0"
                 " FROM comp c LEFT JOIN (SELECT DISTINCT category_id, n FROM ranked) k"
                 "  ON k.category_id = c.category_id"
