@@ -23,8 +23,9 @@ from cli.common import emit, json_option, run, settings
 @json_option
 def notify(log_file: str | None, webhook_url: str | None, signing_secret: str | None,
            retries: int, once: bool, interval: float, batch: int, as_json: bool) -> None:
-    """Deliver order notifications (confirmed, shipped, delivered, cancelled, refunded,
-    returned) from the outbox to a log file or a webhook, and mark them delivered.
+    """Deliver notifications (orders: confirmed, shipped, delivered, cancelled, refunded,
+    returned; wishlists: price drop, back in stock) from the outbox to a log file or a
+    webhook, and mark them delivered.
 
     Delivery is at least once: receivers deduplicate by event_id. Several of these
     processes may run side by side; each event is claimed by one at a time."""
