@@ -160,6 +160,7 @@ CREATE TABLE search_hot_hits (
     price        NUMERIC(12,2) NOT NULL,
     rating_avg   NUMERIC(3,2) NOT NULL,
     rating_count INTEGER NOT NULL,
+    rating_sum   BIGINT NOT NULL,
     created_at   TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (lexeme, product_id)
 );
@@ -173,7 +174,8 @@ BEGIN
     IF NEW.status = 'active' THEN
         INSERT INTO search_hot_hits
         SELECT t.lexeme, NEW.product_id, ts_rank(NEW.search_vector, t.query), NEW.brand,
-               NEW.category_id, NEW.price, NEW.rating_avg, NEW.rating_count, NEW.created_at
+               NEW.category_id, NEW.price, NEW.rating_avg, NEW.rating_count, NEW.rating_sum,
+               NEW.created_at
         FROM search_hot_terms t WHERE NEW.search_vector @@ t.query;
     END IF;
     RETURN NULL;
@@ -183,10 +185,10 @@ CREATE TRIGGER products_search_hot_hits AFTER INSERT ON products
 CREATE TRIGGER products_search_hot_hits_update AFTER UPDATE ON products
     FOR EACH ROW WHEN (
         (OLD.search_vector, OLD.status, OLD.brand, OLD.category_id, OLD.price, OLD.rating_avg,
-         OLD.rating_count, OLD.created_at)
+         OLD.rating_count, OLD.rating_sum, OLD.created_at)
         IS DISTINCT FROM
         (NEW.search_vector, NEW.status, NEW.brand, NEW.category_id, NEW.price, NEW.rating_avg,
-         NEW.rating_count, NEW.created_at))
+         NEW.rating_count, NEW.rating_sum, NEW.created_at))
     EXECUTE FUNCTION search_hot_hits_sync();
 
 -- Choose the lexemes of the words (search_terms) used by at least min_products active
@@ -207,7 +209,7 @@ BEGIN
     FOR hot IN SELECT lexeme, query FROM search_hot_terms ORDER BY lexeme LOOP
         INSERT INTO search_hot_hits
         SELECT hot.lexeme, p.product_id, ts_rank(p.search_vector, hot.query), p.brand,
-               p.category_id, p.price, p.rating_avg, p.rating_count, p.created_at
+               p.category_id, p.price, p.rating_avg, p.rating_count, p.rating_sum, p.created_at
         FROM products p WHERE p.search_vector @@ hot.query AND p.status = 'active'
         ORDER BY p.product_id;
     END LOOP;

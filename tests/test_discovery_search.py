@@ -95,7 +95,8 @@ async def test_hot_rows_answer_like_the_heap_for_generated_queries_and_after_wri
     await api.call("PATCH", f"/api/v1/seller/products/{items[2].product_id}",
                    headers=api.admin, json={"description": "now black and silver"},
                    expect=200)
-    await pool.execute("UPDATE products SET rating_avg = 4.5, rating_count = rating_count + 3"
+    await pool.execute("UPDATE products SET rating_avg = 4.5, rating_count = rating_count + 3,"
+                       " rating_sum = rating_sum + 15"
                        " WHERE product_id = $1", items[3].product_id)
     for n in range(4):
         await api.call("POST", "/api/v1/seller/products", headers=api.admin, expect=201,
