@@ -1,26 +1,41 @@
-"""Very common search words, served from rows clustered by word.
+"""Very common search words: counted in cells, ranked by a bound, never read one by one.
 
-A cold search for a word held by ~70k of 1M products spent most of its time fetching
-those rows one by one from the wide products heap (about 47k random pages for "black").
-For the lexemes of the most frequent words, ``search_hot_hits`` keeps, contiguous per
-lexeme, what a search reads of each active product holding it: the stored text rank (the
-``ts_rank`` of the product's document against the one-lexeme query, which depends on the
-document only) and the facet, filter and sort columns. A query that parses to exactly one
-such lexeme reads that range instead; every filter, facet, sort and score is computed as
-before, so results and facet counts are the same (tests/test_discovery_search.py).
+A cold search for a word held by ~70k of 1M products spent its time fetching those rows
+at random from the wide products heap (about 47k pages for "black"), then scoring and
+counting each. For the lexemes of the most frequent words (migrations/0017_discovery.sql):
 
-Rows follow product writes through a trigger in the same transaction
-(migrations/0017_discovery.sql); which lexemes are hot is chosen by ``rebuild`` (the seed
-calls it after a bulk load). What it costs: about 90 bytes per (hot lexeme, product) pair
-(1M products, 72 lexemes over 20,000 products each: 2.7M rows) and a few extra row writes
-per product insert or listing change.
+* facets and the total come from ``search_hot_cells``: the word's products counted per
+  (brand, category, price bucket, star floor), with each cell's price and rating range.
+  Brand and category filters select whole cells; a price or rating filter does too
+  whenever no cell straddles its bound, which the ranges tell. The disjunctive counts
+  are then sums over a few thousand cells, the same numbers as counting the rows. When a
+  cell does straddle a bound, ``search`` returns None and the caller counts the word's
+  rows (``search_hot_hits``, still far cheaper than the heap).
+* the page of a relevance search is ranked exactly without scoring every row: a row's
+  score is ``static`` (text rank x rating factor, stored) x recency (at most 1.2). The
+  first ``offset + limit`` matching rows by ``static`` (an index walk) give a score S
+  that the page's last row reaches at least; no row with ``static`` under S / 1.2 can
+  reach it, so only rows above that bound are scored and sorted. Other sorts sort the
+  word's narrow rows.
+
+Rows and cells follow product writes through a trigger in the same transaction; which
+lexemes are hot is chosen by ``rebuild`` (the seed calls it after a bulk load). What it
+costs: at 1M products (72 lexemes over 20,000 products each) 2.7M rows, about 300 MB of
+table plus 200 MB of indexes, and a few row writes per product insert or listing change.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
+from catalog.listing import Filters, Params
+from catalog.relevance import MAX_RECENCY, RECENCY_FACTOR
+
 HOT_MIN_PRODUCTS = 20_000  # a word used by at least this many products gets its own rows
+# GROUPING(brand, category_id, bucket, stars) of the grand total, as in catalog/search.py
+_ALL = 0b1111
 
 
 async def hot_lexeme(conn: asyncpg.Connection, text: str, config: str) -> str | None:
@@ -32,7 +47,111 @@ async def hot_lexeme(conn: asyncpg.Connection, text: str, config: str) -> str | 
 
 
 async def rebuild(conn: asyncpg.Connection, *, min_products: int = HOT_MIN_PRODUCTS) -> int:
-    """Choose the hot lexemes afresh and fill their rows; returns how many are hot."""
+    """Choose the hot lexemes afresh and fill their rows and cells; returns how many."""
     hot = await conn.fetchval("SELECT search_hot_terms_rebuild($1)", min_products)
-    await conn.execute("ANALYZE search_hot_hits")
+    await conn.execute("ANALYZE search_hot_hits, search_hot_cells")
     return hot
+
+
+async def search(conn: asyncpg.Connection, lexeme: str, f: Filters, sort: str, offset: int,
+                 limit: int, order_by: dict[str, str]) -> list[Any] | None:
+    """The rows catalog/search.py reads of its statement (facet rows, part 0; the page's
+    ids, part 1), or None when a price or rating bound splits a cell."""
+    facet_sql, facet_args = _cells_statement(lexeme, f)
+    facet_rows = await conn.fetch(facet_sql, *facet_args)
+    if any(r["straddles"] for r in facet_rows if r["grp"] == _ALL):
+        return None
+    if not next((r["n_all"] for r in facet_rows if r["grp"] == _ALL), 0):
+        return list(facet_rows)
+    page_sql, page_args = _page_statement(lexeme, f, sort, offset, limit, order_by)
+    ids = await conn.fetch(page_sql, *page_args)
+    return [*facet_rows, *({"part": 1, "product_id": r["product_id"]} for r in ids)]
+
+
+def _row_filters(f: Filters, arg: Params) -> list[str]:
+    out = []
+    if f.brands:
+        out.append(f"p.brand = ANY({arg(list(f.brands), '::text[]')})")
+    if f.categories is not None:
+        out.append(f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})")
+    if f.price_min is not None:
+        out.append(f"p.price >= {arg(f.price_min)}")
+    if f.price_max is not None:
+        out.append(f"p.price <= {arg(f.price_max)}")
+    if f.rating_min is not None:
+        out.append(f"p.rating_avg >= {arg(f.rating_min)}")
+    return out
+
+
+def _all(conditions: list[str]) -> str:
+    return "(" + " AND ".join(conditions) + ")" if conditions else "true"
+
+
+def _cells_statement(lexeme: str, f: Filters) -> tuple[str, list]:
+    """Facet counts as sums over cells, in the shape of the search statement's facet
+    rows, plus whether any cell straddles a price or rating bound."""
+    arg = Params()
+    fb = _all([f"p.brand = ANY({arg(list(f.brands), '::text[]')})"] if f.brands else [])
+    fc = _all([f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})"]
+              if f.categories is not None else [])
+    inside, outside = [], []  # a cell wholly inside, or wholly outside, a bound
+    if f.price_min is not None:
+        bound = arg(f.price_min)
+        inside.append(f"p.min_price >= {bound}")
+        outside.append(f"p.max_price < {bound}")
+    if f.price_max is not None:
+        bound = arg(f.price_max)
+        inside.append(f"p.max_price <= {bound}")
+        outside.append(f"p.min_price > {bound}")
+    fp, price_out = _all(inside), " OR ".join(outside) or "false"
+    inside, outside = [], []
+    if f.rating_min is not None:
+        bound = arg(f.rating_min)
+        inside.append(f"p.min_rating >= {bound}")
+        outside.append(f"p.max_rating < {bound}")
+    fr, rating_out = _all(inside), " OR ".join(outside) or "false"
+    sql = f"""
+WITH cells AS MATERIALIZED (
+    SELECT p.brand, p.category_id, p.bucket, p.stars, p.products AS n,
+           {fb} AS fb, {fc} AS fc, {fp} AS fp, {fr} AS fr,
+           NOT ({fp} OR {price_out}) OR NOT ({fr} OR {rating_out}) AS straddles
+    FROM search_hot_cells p WHERE p.lexeme = {arg(lexeme)} AND p.products > 0
+)
+SELECT 0 AS part, brand, category_id, bucket, stars,
+       GROUPING(brand, category_id, bucket, stars) AS grp,
+       coalesce(sum(n) FILTER (WHERE fc AND fp AND fr), 0) AS n_brand,
+       coalesce(sum(n) FILTER (WHERE fb AND fp AND fr), 0) AS n_category,
+       coalesce(sum(n) FILTER (WHERE fb AND fc AND fr), 0) AS n_price,
+       coalesce(sum(n) FILTER (WHERE fb AND fc AND fp), 0) AS n_rating,
+       coalesce(sum(n) FILTER (WHERE fb AND fc AND fp AND fr), 0) AS n_all,
+       coalesce(bool_or(straddles), false) AS straddles
+FROM cells
+WHERE (NOT fb)::int + (NOT fc)::int + (NOT fp)::int + (NOT fr)::int <= 1 OR straddles
+GROUP BY GROUPING SETS ((brand), (category_id), (bucket), (stars), ())"""
+    return sql, arg.values
+
+
+def _page_statement(lexeme: str, f: Filters, sort: str, offset: int, limit: int,
+                    order_by: dict[str, str]) -> tuple[str, list]:
+    arg = Params()
+    where = " AND ".join([f"p.lexeme = {arg(lexeme)}", *_row_filters(f, arg)])
+    if sort != "relevance":
+        return (f"SELECT p.product_id FROM search_hot_hits p WHERE {where}"
+                f" ORDER BY {order_by[sort]} LIMIT {arg(limit)} OFFSET {arg(offset)}",
+                arg.values)
+    window = arg(offset + limit)
+    score = f"p.static * {RECENCY_FACTOR}"
+    # The bound is loosened by a hair so float rounding never drops a row that ties.
+    sql = f"""
+WITH first AS (
+    SELECT p.static, p.created_at FROM search_hot_hits p WHERE {where}
+    ORDER BY p.static DESC, p.product_id DESC LIMIT {window}
+), bound AS (
+    SELECT min(score) AS score, count(*) AS n
+    FROM (SELECT {score} AS score FROM first p) s
+)
+SELECT p.product_id FROM search_hot_hits p, bound
+WHERE {where} AND (bound.n < {window}
+                   OR p.static >= bound.score / {MAX_RECENCY} * (1 - 1e-9))
+ORDER BY {score} DESC, p.product_id DESC LIMIT {arg(limit)} OFFSET {arg(offset)}"""
+    return sql, arg.values

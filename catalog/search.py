@@ -10,8 +10,9 @@ cut from the same hits. Facets are *disjunctive*: each facet's counts apply ever
 except its own (choosing a brand keeps the other brands' counts visible, so a shopper can
 widen the choice), while ``total`` and the items apply all filters.
 
-Relevance = text rank x (1 + up to 0.2 for a high, well-reviewed rating)
-x (1 + up to 0.2 for recency, halving about every month); ties go to the newer product.
+Relevance = text rank x rating factor x recency factor (catalog/relevance.py); ties go to
+the newer product. A query that is exactly one very common word is answered from rows
+kept for that word (catalog/hot_terms.py), with the same results and counts.
 
 The result (total, facets, page ids) is shared through the result cache; the items are
 always read fresh, so a cached search never shows an old price or stock figure.
@@ -24,8 +25,8 @@ from decimal import Decimal
 import asyncpg
 import msgspec
 
+from catalog import hot_terms, relevance
 from catalog.cache import CatalogCache
-from catalog.hot_terms import hot_lexeme
 from catalog.listing import MAX_WINDOW, Filters, Params
 from catalog.records import Facets, FacetValue, PriceBucket, RatingBucket, SearchPage
 from catalog.terms import Suggestions
@@ -36,12 +37,6 @@ RATING_FLOORS = (4, 3, 2, 1)
 FACET_SIZE = 20
 TEXT_CONFIG = "english"
 
-# In float8 from integers throughout: converting the numeric rating_avg (or doing numeric
-# arithmetic) for every hit of a common word costs more than the rest of the statement.
-# rating_sum / (rating_count + 10) is the average rating damped while reviews are few.
-_SCORE = ("{rank}"
-          " * (1 + 0.04 * p.rating_sum::float8 / (p.rating_count + 10))"
-          " * (1 + 0.2 / (1 + date_part('epoch', now() - p.created_at) / 2592000))")
 ORDER_BY = {
     "relevance": "score DESC, product_id DESC",
     "price_asc": "price ASC, product_id ASC",
@@ -67,8 +62,9 @@ def normalize(q: str) -> str:
 
 class Search:
     def __init__(self, *, pool: asyncpg.Pool, cache: CatalogCache, products,
-                 suggestions: Suggestions, categories) -> None:
+                 suggestions: Suggestions, categories, hot_words: bool = True) -> None:
         self._pool = pool
+        self._hot_words = hot_words  # False: every query reads the products heap
         self._cache = cache
         self._products = products
         self._suggestions = suggestions
@@ -96,10 +92,16 @@ class Search:
             # A big match set is aggregated in memory; JIT compiles for longer than these
             # queries run.
             await conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
-            hot = await hot_lexeme(conn, text, TEXT_CONFIG)
-            sql, args = _statement(text, filters, sort, (page - 1) * page_size, page_size,
-                                   hot_lexeme=hot)
-            rows = await conn.fetch(sql, *args)
+            hot = (await hot_terms.hot_lexeme(conn, text, TEXT_CONFIG)
+                   if self._hot_words else None)
+            rows = None
+            if hot is not None:  # None again when a price or rating filter splits a cell
+                rows = await hot_terms.search(conn, hot, filters, sort,
+                                              (page - 1) * page_size, page_size, ORDER_BY)
+            if rows is None:
+                sql, args = _statement(text, filters, sort, (page - 1) * page_size, page_size,
+                                       hot_lexeme=hot)
+                rows = await conn.fetch(sql, *args)
         facet_rows = [r for r in rows if r["part"] == 0]
         ids = [r["product_id"] for r in rows if r["part"] == 1]
         total = next((r["n_all"] for r in facet_rows if r["grp"] == _ALL), 0)
@@ -145,8 +147,8 @@ def _flag(conditions: list[str]) -> str:
 def _statement(text: str, f: Filters, sort: str, offset: int, limit: int, *,
                hot_lexeme: str | None = None) -> tuple[str, list]:
     """The search statement; with ``hot_lexeme`` (the query is that one very common
-    lexeme) the hits come from its contiguous rows in ``search_hot_hits`` (same columns,
-    text rank stored) instead of from the products heap."""
+    lexeme) the hits come from its rows in ``search_hot_hits`` (same columns, static part
+    of the score stored) instead of from the products heap."""
     arg = Params()
     by_brand = [f"p.brand = ANY({arg(list(f.brands), '::text[]')})"] if f.brands else []
     by_category = ([f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})"]
@@ -158,11 +160,12 @@ def _statement(text: str, f: Filters, sort: str, offset: int, limit: int, *,
         query = f"websearch_to_tsquery('{TEXT_CONFIG}', {arg(text)})"
         source = (f"products p, {query} AS query"
                   " WHERE p.search_vector @@ query AND p.status = 'active'")
-        rank = "ts_rank(p.search_vector, query)"
+        score = relevance.score("ts_rank(p.search_vector, query)")
     else:
         source = f"search_hot_hits p WHERE p.lexeme = {arg(hot_lexeme)}"
-        rank = "p.text_rank"
-    score = _SCORE.format(rank=rank) if sort == "relevance" else "0::float8"
+        score = f"p.static * {relevance.RECENCY_FACTOR}"
+    if sort != "relevance":
+        score = "0::float8"
     edges = arg(list(PRICE_EDGES), "::numeric[]")
     sql = f"""
 WITH hits AS MATERIALIZED (

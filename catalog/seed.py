@@ -259,7 +259,7 @@ async def seed_catalog(database_url: str, *, products: int, seed: int, password_
         if on_phase:
             on_phase("analyzing")
         await conn.execute("VACUUM (ANALYZE) products, inventory, search_terms,"
-                           " search_hot_hits")
+                           " search_hot_hits, search_hot_cells")
         phase("vacuum_analyze")
         categories = await conn.fetchval("SELECT count(*) FROM categories")
         terms = await conn.fetchval("SELECT count(*) FROM search_terms")

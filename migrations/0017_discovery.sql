@@ -138,13 +138,27 @@ BEGIN
 END $$;
 
 -- Search on very common words. A cold search for a word that ~70k of 1M products hold
--- spends its time fetching those rows at random from the wide products heap. For the most
--- frequent lexemes, search_hot_hits keeps, clustered by lexeme, exactly what a search
--- reads of each active product holding it: the lexeme's text rank (ts_rank of the
--- product's search_vector against the one-lexeme query, a pure function of the document)
--- and the facet and sort columns. A one-lexeme search reads one contiguous range of it
--- instead (catalog/hot_terms.py); results and facet counts are the same, since the rows
--- are kept by a trigger in the transaction of every product write.
+-- spent its time fetching those rows at random from the wide products heap, then scoring
+-- and counting every one. For the most frequent lexemes (search_hot_terms):
+--
+-- * search_hot_hits keeps, per lexeme, what a search reads of each active product holding
+--   it: the filter, facet and sort columns, the lexeme's text rank (ts_rank against a
+--   one-lexeme query depends on the document only) and `static`, the part of the
+--   relevance score that does not move with time (text rank x rating factor);
+-- * search_hot_cells counts those rows per (lexeme, brand, category, price bucket, star
+--   floor), with the price and rating range of each cell, so facet counts and totals are
+--   sums over a few thousand cells whenever every cell lies wholly inside or outside the
+--   price and rating filters (the ranges only widen between rebuilds, which is safe: a
+--   cell that straddles a filter sends the search back to the rows).
+--
+-- Both follow product writes through a trigger in the same transaction (catalog/hot_terms.py
+-- reads them). The relevance score must stay the one catalog/search.py computes: static
+-- is ts_rank * (1 + 0.04 * rating_sum / (rating_count + 10)), in float8, in that order.
+CREATE FUNCTION search_price_bucket(price NUMERIC) RETURNS INTEGER
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT width_bucket(price, '{25,50,100,250,500,1000,2500}'::numeric[])  -- search.PRICE_EDGES
+$$;
+
 CREATE TABLE search_hot_terms (
     lexeme   TEXT PRIMARY KEY,
     query    tsquery NOT NULL,   -- the one-lexeme query, as websearch_to_tsquery makes it
@@ -155,6 +169,7 @@ CREATE TABLE search_hot_hits (
     lexeme       TEXT NOT NULL REFERENCES search_hot_terms ON DELETE CASCADE,
     product_id   BIGINT NOT NULL REFERENCES products ON DELETE CASCADE,
     text_rank    REAL NOT NULL,
+    static       FLOAT8 NOT NULL,
     brand        TEXT NOT NULL,
     category_id  BIGINT,
     price        NUMERIC(12,2) NOT NULL,
@@ -162,21 +177,60 @@ CREATE TABLE search_hot_hits (
     rating_count INTEGER NOT NULL,
     rating_sum   BIGINT NOT NULL,
     created_at   TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (lexeme, product_id)
+    bucket       SMALLINT NOT NULL,
+    stars        SMALLINT NOT NULL
 );
+-- One index serves both the whole range of a lexeme and its rows by falling relevance.
+CREATE INDEX search_hot_hits_rank_idx ON search_hot_hits (lexeme, static DESC, product_id DESC);
 CREATE INDEX search_hot_hits_product_idx ON search_hot_hits (product_id);
+
+CREATE TABLE search_hot_cells (
+    lexeme      TEXT NOT NULL REFERENCES search_hot_terms ON DELETE CASCADE,
+    brand       TEXT NOT NULL,
+    category_id BIGINT,
+    bucket      SMALLINT NOT NULL,
+    stars       SMALLINT NOT NULL,
+    products    INTEGER NOT NULL,
+    min_price   NUMERIC(12,2),
+    max_price   NUMERIC(12,2),
+    min_rating  NUMERIC(3,2),
+    max_rating  NUMERIC(3,2),
+    UNIQUE NULLS NOT DISTINCT (lexeme, brand, category_id, bucket, stars)
+);
 
 CREATE FUNCTION search_hot_hits_sync() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Cells are upserted in key order, so concurrent product writes lock them in one order.
     IF TG_OP = 'UPDATE' THEN
-        DELETE FROM search_hot_hits WHERE product_id = OLD.product_id;
+        WITH gone AS (DELETE FROM search_hot_hits WHERE product_id = OLD.product_id
+                      RETURNING lexeme, brand, category_id, bucket, stars)
+        INSERT INTO search_hot_cells AS c (lexeme, brand, category_id, bucket, stars, products)
+        SELECT lexeme, brand, category_id, bucket, stars, -count(*) FROM gone
+        GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (lexeme, brand, category_id, bucket, stars)
+        DO UPDATE SET products = c.products + EXCLUDED.products;
     END IF;
     IF NEW.status = 'active' THEN
-        INSERT INTO search_hot_hits
-        SELECT t.lexeme, NEW.product_id, ts_rank(NEW.search_vector, t.query), NEW.brand,
-               NEW.category_id, NEW.price, NEW.rating_avg, NEW.rating_count, NEW.rating_sum,
-               NEW.created_at
-        FROM search_hot_terms t WHERE NEW.search_vector @@ t.query;
+        WITH added AS (
+            INSERT INTO search_hot_hits
+            SELECT t.lexeme, NEW.product_id, ts_rank(NEW.search_vector, t.query),
+                   ts_rank(NEW.search_vector, t.query)
+                   * (1 + 0.04 * NEW.rating_sum::float8 / (NEW.rating_count + 10)),
+                   NEW.brand, NEW.category_id, NEW.price, NEW.rating_avg, NEW.rating_count,
+                   NEW.rating_sum, NEW.created_at, search_price_bucket(NEW.price),
+                   floor(NEW.rating_avg)
+            FROM search_hot_terms t WHERE NEW.search_vector @@ t.query
+            RETURNING lexeme, brand, category_id, bucket, stars, price, rating_avg)
+        INSERT INTO search_hot_cells AS c
+        SELECT lexeme, brand, category_id, bucket, stars, count(*), min(price), max(price),
+               min(rating_avg), max(rating_avg)
+        FROM added GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (lexeme, brand, category_id, bucket, stars) DO UPDATE SET
+            products = c.products + EXCLUDED.products,
+            min_price = least(c.min_price, EXCLUDED.min_price),
+            max_price = greatest(c.max_price, EXCLUDED.max_price),
+            min_rating = least(c.min_rating, EXCLUDED.min_rating),
+            max_rating = greatest(c.max_rating, EXCLUDED.max_rating);
     END IF;
     RETURN NULL;
 END $$;
@@ -192,14 +246,15 @@ CREATE TRIGGER products_search_hot_hits_update AFTER UPDATE ON products
     EXECUTE FUNCTION search_hot_hits_sync();
 
 -- Choose the lexemes of the words (search_terms) used by at least min_products active
--- products and fill their rows, one lexeme at a time so the table is clustered by lexeme.
--- Run after a bulk load (the seed) or to follow a catalog whose common words moved.
+-- products and fill their rows, one lexeme at a time so each lexeme's rows lie together,
+-- then count the cells exactly. Run after a bulk load (the seed does) or to follow a
+-- catalog whose common words moved.
 CREATE FUNCTION search_hot_terms_rebuild(min_products INTEGER) RETURNS INTEGER
 LANGUAGE plpgsql SET client_min_messages = warning AS $$
 DECLARE
     hot record;
 BEGIN
-    TRUNCATE search_hot_hits, search_hot_terms;
+    TRUNCATE search_hot_cells, search_hot_hits, search_hot_terms;
     INSERT INTO search_hot_terms (lexeme, query)
     SELECT DISTINCT ON (querytree(q)) trim(both '''' FROM querytree(q)), q
     FROM (SELECT websearch_to_tsquery('english', term) AS q FROM search_terms
@@ -208,11 +263,18 @@ BEGIN
     ORDER BY querytree(q);
     FOR hot IN SELECT lexeme, query FROM search_hot_terms ORDER BY lexeme LOOP
         INSERT INTO search_hot_hits
-        SELECT hot.lexeme, p.product_id, ts_rank(p.search_vector, hot.query), p.brand,
-               p.category_id, p.price, p.rating_avg, p.rating_count, p.rating_sum, p.created_at
-        FROM products p WHERE p.search_vector @@ hot.query AND p.status = 'active'
+        SELECT hot.lexeme, p.product_id, r.rank,
+               r.rank * (1 + 0.04 * p.rating_sum::float8 / (p.rating_count + 10)),
+               p.brand, p.category_id, p.price, p.rating_avg, p.rating_count, p.rating_sum,
+               p.created_at, search_price_bucket(p.price), floor(p.rating_avg)
+        FROM products p, LATERAL (SELECT ts_rank(p.search_vector, hot.query) AS rank) r
+        WHERE p.search_vector @@ hot.query AND p.status = 'active'
         ORDER BY p.product_id;
     END LOOP;
+    INSERT INTO search_hot_cells
+    SELECT lexeme, brand, category_id, bucket, stars, count(*), min(price), max(price),
+           min(rating_avg), max(rating_avg)
+    FROM search_hot_hits GROUP BY 1, 2, 3, 4, 5;
     UPDATE search_hot_terms h SET products = c.n
     FROM (SELECT s.lexeme AS term, count(*) AS n FROM search_hot_hits s GROUP BY 1) c
     WHERE c.term = h.lexeme;

@@ -11,9 +11,10 @@ import pytest
 
 from catalog import hot_terms
 from catalog.listing import Filters
-from catalog.search import TEXT_CONFIG, _statement
+from catalog.search import ORDER_BY, PRICE_EDGES, TEXT_CONFIG, Search, _statement
 from tests import test_catalog as reference
 from tests.test_catalog_data import BRANDS, load_catalog
+from tests.test_orders_support import services_of
 
 HOT_MIN = 20  # of the test catalog's 150 products: colours, brands and nouns get hot
 
@@ -34,17 +35,26 @@ test_hot_relevance_puts_name_matches_above_description_matches = \
     reference.test_relevance_puts_name_matches_above_description_matches
 
 
-async def _both_ways(conn: asyncpg.Connection, text: str, f: Filters, sort: str,
-                     page: int) -> tuple[list, list]:
+async def _heap_and_hot_rows(conn: asyncpg.Connection, text: str, f: Filters, sort: str,
+                             page: int) -> tuple[tuple, tuple]:
+    """The search statement over the heap and over the word's rows (the path taken when
+    a filter bound splits a cell)."""
     hot = await hot_terms.hot_lexeme(conn, text, TEXT_CONFIG)
     assert hot is not None, text
     answers = []
     for lexeme in (None, hot):
         sql, args = _statement(text, f, sort, (page - 1) * 10, 10, hot_lexeme=lexeme)
         rows = [tuple(r.values()) for r in await conn.fetch(sql, *args)]
-        facets = sorted((r for r in rows if r[0] == 0), key=repr)
-        answers.append((facets, [r for r in rows if r[0] == 1]))
+        answers.append((sorted((r for r in rows if r[0] == 0), key=repr),
+                        [r for r in rows if r[0] == 1]))
     return answers[0], answers[1]
+
+
+def _searches(api) -> tuple[Search, Search]:
+    svc = services_of(api)
+    return tuple(Search(pool=svc.pool, cache=svc.catalog_cache, products=svc.products,
+                        suggestions=svc.suggestions, categories=svc.categories,
+                        hot_words=hot) for hot in (False, True))
 
 
 def _filters(rng: random.Random, catalog) -> Filters:
@@ -70,6 +80,9 @@ async def test_hot_rows_answer_like_the_heap_for_generated_queries_and_after_wri
             "SELECT lexeme FROM search_hot_terms ORDER BY lexeme")]
     spellings = {"black": "Black", "laptop": "LAPTOPS", "silver": "  silver "}
 
+    heap_search, hot_search = _searches(api)
+    paths = {"cells": 0, "rows": 0}
+
     async def compare(rounds: int) -> None:
         async with pool.acquire() as conn:
             for _ in range(rounds):
@@ -77,8 +90,16 @@ async def test_hot_rows_answer_like_the_heap_for_generated_queries_and_after_wri
                 text = spellings.get(word, word) if rng.random() < 0.5 else word
                 f = _filters(rng, catalog)
                 sort = rng.choice(("relevance", "price_asc", "price_desc", "rating", "newest"))
-                heap, hot = await _both_ways(conn, text, f, sort, rng.randint(1, 3))
+                page = rng.randint(1, 3)
+                heap, hot = await _heap_and_hot_rows(conn, text, f, sort, page)
                 assert hot == heap, (text, f, sort)
+                want = await heap_search._compute(text, f, sort, page, 10)
+                got = await hot_search._compute(text, f, sort, page, 10)
+                assert got == want, (text, f, sort, page)
+                cells = await hot_terms.search(
+                    conn, await hot_terms.hot_lexeme(conn, text, TEXT_CONFIG), f, sort,
+                    (page - 1) * 10, 10, ORDER_BY)
+                paths["rows" if cells is None else "cells"] += 1
 
     await compare(60)
     # Writes through the service and behind its back: the trigger keeps the rows.
@@ -102,6 +123,7 @@ async def test_hot_rows_answer_like_the_heap_for_generated_queries_and_after_wri
         await api.call("POST", "/api/v1/seller/products", headers=api.admin, expect=201,
                        json={"name": f"Black Laptop {n}", "price": "99.00", "brand": "Dell"})
     await compare(40)
+    assert min(paths.values()) >= 10, paths  # both ways of answering were exercised
 
 
 async def test_only_a_single_hot_lexeme_takes_the_hot_path(pool, catalog) -> None:
@@ -111,3 +133,13 @@ async def test_only_a_single_hot_lexeme_takes_the_hot_path(pool, catalog) -> Non
         for text in ("black laptop", "black or silver", "-black", '"black laptop"',
                      "gadget", "zzzz", "the"):
             assert await hot_terms.hot_lexeme(conn, text, TEXT_CONFIG) is None, text
+
+
+async def test_price_buckets_of_the_cells_are_the_facet_buckets(pool) -> None:
+    rng = random.Random(5)
+    prices = [*PRICE_EDGES, *(e - Decimal("0.01") for e in PRICE_EDGES), Decimal(0),
+              *(Decimal(rng.randrange(0, 1_000_000)) / 100 for _ in range(200))]
+    rows = await pool.fetch(
+        "SELECT search_price_bucket(x) AS cell, width_bucket(x, $2::numeric[]) AS facet"
+        " FROM unnest($1::numeric[]) x", prices, list(PRICE_EDGES))
+    assert all(r["cell"] == r["facet"] for r in rows)
