@@ -165,9 +165,10 @@ async def samples(database_url: str) -> dict[str, Any]:
 
 
 async def drive(http: aiohttp.ClientSession, base: str, paths: list[str],
-                concurrency: int) -> dict[str, Any]:
-    """GET every path, ``concurrency`` at a time; latency of each request."""
-    latencies: list[float] = []
+                concurrency: int, latencies: list[float] | None = None) -> dict[str, Any]:
+    """GET every path, ``concurrency`` at a time; latency of each request (appended to
+    ``latencies`` when given)."""
+    latencies = [] if latencies is None else latencies
     errors = 0
     queue = iter(paths)
     started = time.perf_counter()
@@ -186,6 +187,26 @@ async def drive(http: aiohttp.ClientSession, base: str, paths: list[str],
     seconds = time.perf_counter() - started
     return {"requests": len(latencies), "errors": errors,
             "per_second": round(len(latencies) / seconds, 1), **latency_summary(latencies)}
+
+
+async def drive_alternating(http: aiohttp.ClientSession, runs: dict[str, tuple[str, list[str]]],
+                            concurrency: int, block: int = 25) -> dict[str, dict[str, Any]]:
+    """Several (base, paths) runs in alternating blocks, so that each sees the same load
+    from the rest of the machine; a summary per run."""
+    latencies: dict[str, list[float]] = {name: [] for name in runs}
+    errors = dict.fromkeys(runs, 0)
+    seconds = dict.fromkeys(runs, 0.0)
+    longest = max(len(paths) for _, paths in runs.values())
+    for start in range(0, longest, block):
+        for name, (base, paths) in runs.items():
+            t0 = time.perf_counter()
+            part = await drive(http, base, paths[start:start + block], concurrency,
+                               latencies[name])
+            seconds[name] += time.perf_counter() - t0
+            errors[name] += part["errors"]
+    return {name: {"requests": len(ms), "errors": errors[name],
+                   "per_second": round(len(ms) / max(seconds[name], 1e-9), 1),
+                   **latency_summary(ms)} for name, ms in latencies.items()}
 
 
 async def deep_pages(http: aiohttp.ClientSession, base: str, category: int, pages: int
@@ -229,6 +250,9 @@ def cases(s: dict[str, Any], n: int, rng: random.Random) -> dict[str, list[str] 
                                  for _ in range(n)],
         "search_very_common": [f"/api/v1/search?q={rng.choice(VERY_COMMON)}{cold()}"
                                for _ in range(max(50, n // 4))],
+        # the same requests to a gateway that reads every search from the heap
+        "search_very_common_heap": [f"/api/v1/search?q={rng.choice(VERY_COMMON)}{cold()}"
+                                    for _ in range(max(50, n // 4))],
         "search_rare": [f"/api/v1/search?q={quote(rng.choice(RARE))}{cold()}"
                         for _ in range(n)],
         "search_filtered": [
@@ -265,36 +289,55 @@ async def run(mode: str, *, reuse: bool, concurrency: int) -> dict[str, Any]:
     server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    # The baseline of the very-common-word search: the design before it had its own rows.
+    heap_port = free_port()
+    heap_server = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(heap_port)],
+        env={**env, "FLASHSALE_PORT": str(heap_port), "FLASHSALE_SEARCH_HOT_WORDS": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    heap_base = f"http://127.0.0.1:{heap_port}"
     results: dict[str, Any] = {}
     try:
-        connector = aiohttp.TCPConnector(limit=concurrency * 2)
+        connector = aiohttp.TCPConnector(limit=concurrency * 4)
         async with aiohttp.ClientSession(connector=connector) as http:
-            for _ in range(100):
-                try:
-                    async with http.get(base + "/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            for url in (base, heap_base):
+                for _ in range(100):
+                    try:
+                        async with http.get(url + "/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
             s = await samples(database_url)
             rng = random.Random(7)
             plan = cases(s, cfg["requests"], rng)
             # warm the connections and the hot product set
             await drive(http, base, plan["product_get_cached"][:200], concurrency)
+            await drive(http, heap_base, plan["product_get_cached"][:200], concurrency)
             for name, paths in plan.items():
                 if name == "search_warm":  # popular queries, computed once a minute
                     await drive(http, base, sorted(set(paths)), concurrency)
+                if name == "search_very_common_heap":
+                    continue  # run beside search_very_common
                 print(f"  {name}...", file=sys.stderr, flush=True)
+                if name == "search_very_common":
+                    results.update(await drive_alternating(http, {
+                        name: (base, paths),
+                        "search_very_common_heap": (heap_base,
+                                                    plan["search_very_common_heap"])},
+                        concurrency))
+                    continue
                 results[name] = await drive(http, base, paths, concurrency)
             # A parent category (a merge of its leaves' scans), 100 pages of 100 deep.
             results["browse_deep_cursor"] = await deep_pages(http, base, s["parents"][0], 100)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for process in (server, heap_server):
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
     return {"seed": seeded, "history": history, "concurrency": concurrency, "cases": results}
 
 
@@ -305,8 +348,27 @@ def report(data: dict[str, Any]) -> str:
              + f", {data['concurrency']} concurrent clients")
     rows = [[name, r["requests"], r["errors"], r["p50_ms"], r["p99_ms"], r["mean_ms"],
              r["per_second"]] for name, r in data["cases"].items()]
-    return table(title, ["case", "requests", "errors", "p50 ms", "p99 ms", "mean ms", "req/s"],
-                 rows)
+    out = table(title, ["case", "requests", "errors", "p50 ms", "p99 ms", "mean ms", "req/s"],
+                rows)
+    cases = data["cases"]
+    notes = []
+    hot, heap = cases.get("search_very_common"), cases.get("search_very_common_heap")
+    if hot and heap:
+        notes.append(
+            f"very common word, cold, with facets: p50 {hot['p50_ms']:.0f} / p99 "
+            f"{hot['p99_ms']:.0f} ms; reading the heap in the same run: p50 "
+            f"{heap['p50_ms']:.0f} / p99 {heap['p99_ms']:.0f} ms "
+            f"(p99 {heap['p99_ms'] / max(hot['p99_ms'], 1e-9):.1f}x faster)")
+    bought, page = cases.get("also_bought_popular"), cases.get("product_get_uncached")
+    if bought and page:
+        notes.append(
+            f"also-bought, popular products: p99 {bought['p99_ms']:.1f} ms; an uncached "
+            f"product page in the same run: p99 {page['p99_ms']:.1f} ms")
+    history = data.get("history", {})
+    if "pairs" in history:
+        notes.append(f"order history: {history['orders']:,} orders, {history['items']:,} "
+                     f"items, {history['pairs']:,} co-purchase pairs")
+    return "\n".join([out, *notes])
 
 
 def main(argv: list[str] | None = None) -> int:
