@@ -12,11 +12,13 @@ counting each. For the lexemes of the most frequent words (migrations/0017_disco
   cell does straddle a bound, ``search`` returns None and the caller counts the word's
   rows (``search_hot_hits``, still far cheaper than the heap).
 * the page of a relevance search is ranked exactly without scoring every row: a row's
-  score is ``static`` (text rank x rating factor, stored) x recency (at most 1.2). The
-  first ``offset + limit`` matching rows by ``static`` (an index walk) give a score S
-  that the page's last row reaches at least; no row with ``static`` under S / 1.2 can
-  reach it, so only rows above that bound are scored and sorted. Other sorts sort the
-  word's narrow rows.
+  score is ``static`` (text rank x rating factor, stored) x recency, which only falls
+  with age, so a row created in month m scores at most ``static`` x recency(end of m).
+  The first ``offset + limit`` matching rows of each month by ``static`` (index walks)
+  give a score S that the page's last row reaches at least; then only the rows of each
+  month with ``static`` >= S / recency(end of that month) can be on the page, and only
+  they are scored and sorted (one index range per month; hundreds of rows instead of
+  70k). Other sorts sort the word's narrow rows.
 
 Rows and cells follow product writes through a trigger in the same transaction; which
 lexemes are hot is chosen by ``rebuild`` (the seed calls it after a bulk load). What it
@@ -31,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from catalog.listing import Filters, Params
-from catalog.relevance import MAX_RECENCY, RECENCY_FACTOR
+from catalog.relevance import RECENCY_FACTOR
 
 HOT_MIN_PRODUCTS = 20_000  # a word used by at least this many products gets its own rows
 # GROUPING(brand, category_id, bucket, stars) of the grand total, as in catalog/search.py
@@ -141,17 +143,30 @@ def _page_statement(lexeme: str, f: Filters, sort: str, offset: int, limit: int,
                 arg.values)
     window = arg(offset + limit)
     score = f"p.static * {RECENCY_FACTOR}"
-    # The bound is loosened by a hair so float rounding never drops a row that ties.
+    # The most a row of month m can get from recency: the factor at the month's end.
+    month_cap = ("(1 + 0.2 / (1 + greatest(date_part('epoch', now()"
+                 " - ((m.month + interval '1 month') AT TIME ZONE 'UTC')), 0) / 2592000))")
+    lexeme_arg = arg(lexeme)
+    # The bound is loosened by a hair so float rounding never drops a tying row.
     sql = f"""
-WITH first AS (
-    SELECT p.static, p.created_at FROM search_hot_hits p WHERE {where}
-    ORDER BY p.static DESC, p.product_id DESC LIMIT {window}
+WITH months AS (
+    SELECT g::date AS month FROM generate_series(
+        (SELECT min(month) FROM search_hot_hits WHERE lexeme = {lexeme_arg}),
+        (SELECT max(month) FROM search_hot_hits WHERE lexeme = {lexeme_arg}),
+        interval '1 month') g
+), seed AS (
+    SELECT s.* FROM months m, LATERAL (
+        SELECT p.static, p.created_at FROM search_hot_hits p
+        WHERE {where} AND p.month = m.month ORDER BY p.static DESC LIMIT {window}) s
 ), bound AS (
-    SELECT min(score) AS score, count(*) AS n
-    FROM (SELECT {score} AS score FROM first p) s
+    SELECT CASE WHEN count(*) < {window} THEN 0 ELSE min(score) END AS score
+    FROM (SELECT {score} AS score FROM seed p ORDER BY 1 DESC LIMIT {window}) s
+), candidates AS (
+    SELECT c.* FROM months m, LATERAL (
+        SELECT p.product_id, p.static, p.created_at FROM search_hot_hits p
+        WHERE {where} AND p.month = m.month
+          AND p.static >= (SELECT score FROM bound) / {month_cap} * (1 - 1e-9)) c
 )
-SELECT p.product_id FROM search_hot_hits p, bound
-WHERE {where} AND (bound.n < {window}
-                   OR p.static >= bound.score / {MAX_RECENCY} * (1 - 1e-9))
+SELECT p.product_id FROM candidates p
 ORDER BY {score} DESC, p.product_id DESC LIMIT {arg(limit)} OFFSET {arg(offset)}"""
     return sql, arg.values

@@ -147,8 +147,8 @@ def _flag(conditions: list[str]) -> str:
 def _statement(text: str, f: Filters, sort: str, offset: int, limit: int, *,
                hot_lexeme: str | None = None) -> tuple[str, list]:
     """The search statement; with ``hot_lexeme`` (the query is that one very common
-    lexeme) the hits come from its rows in ``search_hot_hits`` (same columns, static part
-    of the score stored) instead of from the products heap."""
+    lexeme) the hits come from its rows in ``search_hot_hits`` (same columns, the static
+    part of the score stored) instead of from the products heap."""
     arg = Params()
     by_brand = [f"p.brand = ANY({arg(list(f.brands), '::text[]')})"] if f.brands else []
     by_category = ([f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})"]

@@ -142,9 +142,9 @@ END $$;
 -- and counting every one. For the most frequent lexemes (search_hot_terms):
 --
 -- * search_hot_hits keeps, per lexeme, what a search reads of each active product holding
---   it: the filter, facet and sort columns, the lexeme's text rank (ts_rank against a
---   one-lexeme query depends on the document only) and `static`, the part of the
---   relevance score that does not move with time (text rank x rating factor);
+--   it: the filter, facet and sort columns and `static`, the part of the relevance score
+--   that does not move with time: the lexeme's text rank (ts_rank against a one-lexeme
+--   query depends on the document only) x the rating factor;
 -- * search_hot_cells counts those rows per (lexeme, brand, category, price bucket, star
 --   floor), with the price and rating range of each cell, so facet counts and totals are
 --   sums over a few thousand cells whenever every cell lies wholly inside or outside the
@@ -159,6 +159,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT width_bucket(price, '{25,50,100,250,500,1000,2500}'::numeric[])  -- search.PRICE_EDGES
 $$;
 
+-- The calendar month (UTC) of a time: rows of one month share an upper bound on their
+-- recency factor, which the ranking uses (catalog/hot_terms.py).
+CREATE FUNCTION search_month(at TIMESTAMPTZ) RETURNS DATE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT date_trunc('month', at AT TIME ZONE 'UTC')::date
+$$;
+
 CREATE TABLE search_hot_terms (
     lexeme   TEXT PRIMARY KEY,
     query    tsquery NOT NULL,   -- the one-lexeme query, as websearch_to_tsquery makes it
@@ -168,7 +175,6 @@ CREATE TABLE search_hot_terms (
 CREATE TABLE search_hot_hits (
     lexeme       TEXT NOT NULL REFERENCES search_hot_terms ON DELETE CASCADE,
     product_id   BIGINT NOT NULL REFERENCES products ON DELETE CASCADE,
-    text_rank    REAL NOT NULL,
     static       FLOAT8 NOT NULL,
     brand        TEXT NOT NULL,
     category_id  BIGINT,
@@ -177,11 +183,13 @@ CREATE TABLE search_hot_hits (
     rating_count INTEGER NOT NULL,
     rating_sum   BIGINT NOT NULL,
     created_at   TIMESTAMPTZ NOT NULL,
+    month        DATE NOT NULL,
     bucket       SMALLINT NOT NULL,
     stars        SMALLINT NOT NULL
 );
--- One index serves both the whole range of a lexeme and its rows by falling relevance.
-CREATE INDEX search_hot_hits_rank_idx ON search_hot_hits (lexeme, static DESC, product_id DESC);
+-- One index serves both the whole range of a lexeme and, month by month, its rows by
+-- falling static score.
+CREATE INDEX search_hot_hits_rank_idx ON search_hot_hits (lexeme, month, static DESC);
 CREATE INDEX search_hot_hits_product_idx ON search_hot_hits (product_id);
 
 CREATE TABLE search_hot_cells (
@@ -213,12 +221,12 @@ BEGIN
     IF NEW.status = 'active' THEN
         WITH added AS (
             INSERT INTO search_hot_hits
-            SELECT t.lexeme, NEW.product_id, ts_rank(NEW.search_vector, t.query),
+            SELECT t.lexeme, NEW.product_id,
                    ts_rank(NEW.search_vector, t.query)
                    * (1 + 0.04 * NEW.rating_sum::float8 / (NEW.rating_count + 10)),
                    NEW.brand, NEW.category_id, NEW.price, NEW.rating_avg, NEW.rating_count,
-                   NEW.rating_sum, NEW.created_at, search_price_bucket(NEW.price),
-                   floor(NEW.rating_avg)
+                   NEW.rating_sum, NEW.created_at, search_month(NEW.created_at),
+                   search_price_bucket(NEW.price), floor(NEW.rating_avg)
             FROM search_hot_terms t WHERE NEW.search_vector @@ t.query
             RETURNING lexeme, brand, category_id, bucket, stars, price, rating_avg)
         INSERT INTO search_hot_cells AS c
@@ -263,12 +271,13 @@ BEGIN
     ORDER BY querytree(q);
     FOR hot IN SELECT lexeme, query FROM search_hot_terms ORDER BY lexeme LOOP
         INSERT INTO search_hot_hits
-        SELECT hot.lexeme, p.product_id, r.rank,
-               r.rank * (1 + 0.04 * p.rating_sum::float8 / (p.rating_count + 10)),
+        SELECT hot.lexeme, p.product_id,
+               ts_rank(p.search_vector, hot.query)
+               * (1 + 0.04 * p.rating_sum::float8 / (p.rating_count + 10)),
                p.brand, p.category_id, p.price, p.rating_avg, p.rating_count, p.rating_sum,
-               p.created_at, search_price_bucket(p.price), floor(p.rating_avg)
-        FROM products p, LATERAL (SELECT ts_rank(p.search_vector, hot.query) AS rank) r
-        WHERE p.search_vector @@ hot.query AND p.status = 'active'
+               p.created_at, search_month(p.created_at), search_price_bucket(p.price),
+               floor(p.rating_avg)
+        FROM products p WHERE p.search_vector @@ hot.query AND p.status = 'active'
         ORDER BY p.product_id;
     END LOOP;
     INSERT INTO search_hot_cells
