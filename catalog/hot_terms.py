@@ -59,6 +59,8 @@ async def search(conn: asyncpg.Connection, lexeme: str, f: Filters, sort: str, o
                  limit: int, order_by: dict[str, str]) -> list[Any] | None:
     """The rows catalog/search.py reads of its statement (facet rows, part 0; the page's
     ids, part 1), or None when a price or rating bound splits a cell."""
+    # Small index ranges: a parallel plan only adds its start-up.
+    await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
     facet_sql, facet_args = _cells_statement(lexeme, f)
     facet_rows = await conn.fetch(facet_sql, *facet_args)
     if any(r["straddles"] for r in facet_rows if r["grp"] == _ALL):
@@ -149,7 +151,7 @@ def _page_statement(lexeme: str, f: Filters, sort: str, offset: int, limit: int,
     lexeme_arg = arg(lexeme)
     # The bound is loosened by a hair so float rounding never drops a tying row.
     sql = f"""
-WITH months AS (
+WITH months AS MATERIALIZED (
     SELECT g::date AS month FROM generate_series(
         (SELECT min(month) FROM search_hot_hits WHERE lexeme = {lexeme_arg}),
         (SELECT max(month) FROM search_hot_hits WHERE lexeme = {lexeme_arg}),
@@ -161,11 +163,12 @@ WITH months AS (
 ), bound AS (
     SELECT CASE WHEN count(*) < {window} THEN 0 ELSE min(score) END AS score
     FROM (SELECT {score} AS score FROM seed p ORDER BY 1 DESC LIMIT {window}) s
-), candidates AS (
+), candidates AS MATERIALIZED (
     SELECT c.* FROM months m, LATERAL (
         SELECT p.product_id, p.static, p.created_at FROM search_hot_hits p
         WHERE {where} AND p.month = m.month
-          AND p.static >= (SELECT score FROM bound) / {month_cap} * (1 - 1e-9)) c
+          AND p.static >= (SELECT score FROM bound) / {month_cap} * (1 - 1e-9)
+        OFFSET 0) c  -- kept a per-month index range, not flattened into a join
 )
 SELECT p.product_id FROM candidates p
 ORDER BY {score} DESC, p.product_id DESC LIMIT {arg(limit)} OFFSET {arg(offset)}"""

@@ -283,7 +283,8 @@ BEGIN
     INSERT INTO search_hot_cells
     SELECT lexeme, brand, category_id, bucket, stars, count(*), min(price), max(price),
            min(rating_avg), max(rating_avg)
-    FROM search_hot_hits GROUP BY 1, 2, 3, 4, 5;
+    FROM search_hot_hits GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5;  -- a lexeme's cells lie together
     UPDATE search_hot_terms h SET products = c.n
     FROM (SELECT s.lexeme AS term, count(*) AS n FROM search_hot_hits s GROUP BY 1) c
     WHERE c.term = h.lexeme;
