@@ -31,20 +31,25 @@ class AlsoBought(msgspec.Struct, frozen=True):
     fallback: bool  # True: no co-purchases yet, top-rated products of the category
 
 
-# Walks copurchases_rank_idx in this exact order and stops after `limit` available rows.
-_BOUGHT_WITH = (
-    f"SELECT c.orders, {PRODUCT_COLUMNS} FROM copurchases c"
-    " JOIN products p ON p.product_id = c.other_id AND p.status = 'active'"
-    " JOIN inventory i ON i.product_id = c.other_id AND i.available_qty > 0"
-    " WHERE c.product_id = $1 AND c.orders > 0"
-    " ORDER BY c.orders DESC, c.other_rating DESC, c.other_id ASC LIMIT $2")
-
-# Walks the category's rating index from the top; stops after `limit` available ones.
-_TOP_RATED = (
-    f"SELECT 0 AS orders, {PRODUCT_COLUMNS} FROM products p"
-    " JOIN inventory i ON i.product_id = p.product_id AND i.available_qty > 0"
-    " WHERE p.category_id = $1 AND p.status = 'active' AND p.product_id <> $2"
-    " ORDER BY p.rating_avg DESC, p.rating_count DESC, p.product_id DESC LIMIT $3")
+# One statement: the co-purchases, walking copurchases_rank_idx in this exact order and
+# stopping after `limit` available rows; only when there are none, the category's
+# top-rated available products, walking its rating index from the top.
+_ALSO_BOUGHT = f"""
+WITH bought AS MATERIALIZED (
+    SELECT true AS bought, c.orders, {PRODUCT_COLUMNS} FROM copurchases c
+    JOIN products p ON p.product_id = c.other_id AND p.status = 'active'
+    JOIN inventory i ON i.product_id = c.other_id AND i.available_qty > 0
+    WHERE c.product_id = $1 AND c.orders > 0
+    ORDER BY c.orders DESC, c.other_rating DESC, c.other_id ASC LIMIT $2
+)
+SELECT * FROM bought
+UNION ALL
+(SELECT false, 0, {PRODUCT_COLUMNS} FROM products p
+ JOIN inventory i ON i.product_id = p.product_id AND i.available_qty > 0
+ WHERE NOT EXISTS (SELECT 1 FROM bought)
+   AND p.category_id = (SELECT category_id FROM products WHERE product_id = $1)
+   AND p.status = 'active' AND p.product_id <> $1
+ ORDER BY p.rating_avg DESC, p.rating_count DESC, p.product_id DESC LIMIT $2)"""
 
 
 class AlsoBoughtService:
@@ -52,20 +57,19 @@ class AlsoBoughtService:
         self._pool = pool
 
     async def for_product(self, product_id: int, *, limit: int) -> AlsoBought:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_BOUGHT_WITH, product_id, limit)
-            if rows:
-                return AlsoBought(items=[_item(r) for r in rows], fallback=False)
-            category = await conn.fetchrow(
-                "SELECT category_id FROM products WHERE product_id = $1", product_id)
-            if category is None:
-                raise NotFound("No such product.")
-            if category["category_id"] is None:
-                return AlsoBought(items=[], fallback=True)
-            rows = await conn.fetch(_TOP_RATED, category["category_id"], product_id, limit)
-        return AlsoBought(items=[_item(r) for r in rows], fallback=True)
+        rows = await self._pool.fetch(_ALSO_BOUGHT, product_id, limit)
+        if not rows and not await self._pool.fetchval(
+                "SELECT true FROM products WHERE product_id = $1", product_id):
+            raise NotFound("No such product.")
+        items = [_item(r) for r in rows]
+        # The order each branch walked its index in (UNION ALL keeps no order by itself).
+        if rows and rows[0]["bought"]:
+            items.sort(key=lambda i: (-i.orders_together, -i.rating_avg, i.product_id))
+            return AlsoBought(items=items, fallback=False)
+        items.sort(key=lambda i: (-i.rating_avg, -i.rating_count, -i.product_id))
+        return AlsoBought(items=items, fallback=True)
 
 
 def _item(row: asyncpg.Record) -> AlsoBoughtItem:
-    orders, *product = row.values()
+    _, orders, *product = row.values()
     return AlsoBoughtItem(*product, orders_together=orders)
