@@ -34,22 +34,22 @@ class AlsoBought(msgspec.Struct, frozen=True):
 # One statement: the co-purchases, walking copurchases_rank_idx in this exact order and
 # stopping after `limit` available rows; only when there are none, the category's
 # top-rated available products, walking its rating index from the top.
-_ALSO_BOUGHT = f"""
+_ALSO_BOUGHT = """
 WITH bought AS MATERIALIZED (
-    SELECT true AS bought, c.orders, {PRODUCT_COLUMNS} FROM copurchases c
+    SELECT true AS bought, c.orders, {columns} FROM copurchases c
     JOIN products p ON p.product_id = c.other_id AND p.status = 'active'
     JOIN inventory i ON i.product_id = c.other_id AND i.available_qty > 0
     WHERE c.product_id = $1 AND c.orders > 0
-    ORDER BY c.orders DESC, c.other_rating DESC, c.other_id ASC LIMIT $2
+    ORDER BY c.orders DESC, c.other_rating DESC, c.other_id ASC LIMIT {limit}
 )
 SELECT * FROM bought
 UNION ALL
-(SELECT false, 0, {PRODUCT_COLUMNS} FROM products p
+(SELECT false, 0, {columns} FROM products p
  JOIN inventory i ON i.product_id = p.product_id AND i.available_qty > 0
  WHERE NOT EXISTS (SELECT 1 FROM bought)
    AND p.category_id = (SELECT category_id FROM products WHERE product_id = $1)
    AND p.status = 'active' AND p.product_id <> $1
- ORDER BY p.rating_avg DESC, p.rating_count DESC, p.product_id DESC LIMIT $2)"""
+ ORDER BY p.rating_avg DESC, p.rating_count DESC, p.product_id DESC LIMIT {limit})"""
 
 
 class AlsoBoughtService:
@@ -57,7 +57,10 @@ class AlsoBoughtService:
         self._pool = pool
 
     async def for_product(self, product_id: int, *, limit: int) -> AlsoBought:
-        rows = await self._pool.fetch(_ALSO_BOUGHT, product_id, limit)
+        # The limit is written into the statement (one prepared statement per limit): a
+        # generic plan with an unknown LIMIT expects thousands of rows and goes parallel.
+        rows = await self._pool.fetch(
+            _ALSO_BOUGHT.format(columns=PRODUCT_COLUMNS, limit=int(limit)), product_id)
         if not rows and not await self._pool.fetchval(
                 "SELECT true FROM products WHERE product_id = $1", product_id):
             raise NotFound("No such product.")
