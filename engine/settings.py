@@ -31,8 +31,8 @@ class Settings:
     redis_wait_replicas: int = 0
     db_pool_max: int = 10
     # Very common search words answered from their own rows and counts (catalog/hot_terms.py);
-    # 0 reads every search from the products heap (the benchmark's baseline).
-    search_hot_words: int = 1
+    # false reads every search from the products heap (the benchmark's baseline).
+    search_hot_words: bool = True
     # Checkout pricing rules (see README "Pricing").
     tax_rate: Decimal = Decimal("0.08")
     shipping_fee: Decimal = Decimal("5.00")

@@ -109,7 +109,7 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
         browse=Browse(pool=pool, cache=catalog_cache, products=products),
         search=Search(pool=pool, cache=catalog_cache, products=products,
                       suggestions=suggestions, categories=categories,
-                      hot_words=bool(settings.search_hot_words)),
+                      hot_words=settings.search_hot_words),
         suggestions=suggestions,
         reviews=Reviews(pool=pool, cache=catalog_cache),
         sellers=Sellers(pool=pool),
