@@ -82,6 +82,14 @@ class ValidationFailed(Unprocessable):
         return cls(f"{path}: {message}", details=[{"path": path, "message": message}])
 
 
+class CartEmpty(Unprocessable):
+    code, message = "cart_empty", "The cart is empty."
+
+
+class CartCheckoutInProgress(Conflict):
+    code, message = "conflict", "This cart is being checked out."
+
+
 class IdempotencyKeyReused(Unprocessable):
     code = "idempotency_key_reused"
     message = "This idempotency key was used with a different request."

@@ -10,6 +10,7 @@ import msgspec
 
 from engine.admission import Admission
 from engine.errors import (
+    CartEmpty,
     Conflict,
     InsufficientStock,
     InvalidTransition,
@@ -37,8 +38,7 @@ async def cart_lines(conn: asyncpg.Connection, carts: Carts, user_id: int
     it, or stock that ran short, is reported, never charged."""
     cart = await carts.lines(user_id)
     if not cart:
-        raise ValidationFailed("The cart is empty.",
-                               details=[{"path": "$", "message": "the cart is empty"}])
+        raise CartEmpty(details=[{"path": "$", "message": "the cart is empty"}])
     rows = await conn.fetch(
         "SELECT p.product_id, p.name, p.price, p.currency, p.status,"
         " coalesce((SELECT i.available_qty FROM inventory i"

@@ -9,6 +9,9 @@ canonical body) and, when it ends, its response. Then:
   claimed in the same transaction as the reserve step, so a failure before its commit
   leaves no row and the key may be used again. A concurrent request with the same key
   waits on the key's unique index entry for that transaction's outcome.
+- a cart checkout while another key's checkout of the same user's cart runs (or has
+  not taken its units out of the cart yet) -> 409 ``conflict``: a partial unique index
+  allows one such checkout per user, so the rule holds across processes and machines.
 
 A running checkout is owned through a lease (a random token and an expiry, renewed at
 every step). When its executor dies, the lease runs out and the next request with the
@@ -28,7 +31,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from engine.errors import IdempotencyKeyInUse, IdempotencyKeyReused
+from engine.errors import CartCheckoutInProgress, IdempotencyKeyInUse, IdempotencyKeyReused
+
+ONE_CART_CHECKOUT = "checkouts_one_cart_key"  # migrations/0011_hostile_clients.sql
 
 
 class CheckoutRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,13 +99,20 @@ class IdempotencyStore:
         """Start a checkout, take over one whose executor died, or answer from the record."""
         digest = fingerprint(request)
         for _ in range(5):  # the row vanished under us (its claim rolled back): try again
-            row = await conn.fetchrow(
-                "INSERT INTO checkouts (user_id, idempotency_key, fingerprint, request, kind,"
-                " lease_token, lease_until) VALUES ($1, $2, $3, $4, $5, $6,"
-                " now() + make_interval(secs => $7))"
-                f" ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING {_RECORD}",
-                user_id, request.idempotency_key, digest, msgspec.to_builtins(request),
-                request.kind, uuid.uuid4(), self.lease_seconds)
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO checkouts (user_id, idempotency_key, fingerprint, request,"
+                    " kind, lease_token, lease_until) VALUES ($1, $2, $3, $4, $5, $6,"
+                    " now() + make_interval(secs => $7))"
+                    f" ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING {_RECORD}",
+                    user_id, request.idempotency_key, digest, msgspec.to_builtins(request),
+                    request.kind, uuid.uuid4(), self.lease_seconds)
+            except asyncpg.UniqueViolationError as exc:
+                # Another key is checking this user's cart out (any process): the index
+                # entry made us wait for its reserve step, and it still runs.
+                if exc.constraint_name == ONE_CART_CHECKOUT:
+                    raise CartCheckoutInProgress() from exc
+                raise
             if row is not None:
                 return _record(row)
             found = await conn.fetchrow(
