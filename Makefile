@@ -11,6 +11,10 @@ PYTEST_ARGS ?=
 SERVE_ARGS ?=
 RECONCILE_ARGS ?=
 
+# Everything make starts runs locally: the public development secret is allowed
+# (serve and reconcile refuse it otherwise; see README "Settings").
+export FLASHSALE_ENV ?= development
+
 # Re-install only when the packaging metadata changes.
 PACKAGING := $(wildcard setup.cfg pyproject.toml setup.py)
 

@@ -70,6 +70,17 @@ def explain(exc: BaseException) -> CommandError | None:
     return None
 
 
+def server_settings() -> Settings:
+    """Settings of a long-running process that signs or checks tokens (serve, reconcile):
+    the development secret only in development."""
+    config = settings()
+    try:
+        config.check_secret()
+    except ValueError as exc:
+        raise CommandError(str(exc), code="misconfigured") from exc
+    return config
+
+
 def run(coro) -> Any:
     """Run a coroutine on uvloop; turn outages, refusals and typed errors into one line."""
     import uvloop

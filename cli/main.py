@@ -15,7 +15,7 @@ import tempfile
 import click
 
 from cli import audit, catalog, demo, loadtest, notify, product, reconcile, sale
-from cli.common import CommandError, emit, json_option, run, settings
+from cli.common import CommandError, emit, json_option, run, server_settings, settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,7 +54,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     from engine.preflight import check_port
     from gateway.server import serve as serve_gateway
 
-    config = settings()
+    config = server_settings()
     host, port = host or config.host, port or config.port
     try:
         check_port(host, port, "the gateway", reuse_port=workers > 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import CommandError, run, settings
+from cli.common import CommandError, run, server_settings
 
 
 @click.command()
@@ -20,7 +20,7 @@ def reconcile(metrics_port: int | None, consumer_name: str | None) -> None:
     from engine.preflight import check_port
     from reconciler.service import run_reconciler
 
-    config = settings()
+    config = server_settings()
     port = config.metrics_port if metrics_port is None else metrics_port
     try:
         if port:

@@ -66,7 +66,8 @@ class Stack:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     def start(self) -> None:
-        env = {**os.environ, **self.env}
+        # A local stack (demo, benchmarks) may run on the development secret.
+        env = {"FLASHSALE_ENV": "development", **os.environ, **self.env}
         gateway = Child("gateway", ["serve", "--host", "127.0.0.1", "--port",
                                     str(self.gateway_port), "--workers", str(self.workers)],
                         env, self.log_dir / "gateway.log", f"{self.base_url}/readyz")

@@ -17,6 +17,9 @@ DEV_SECRET = "flashsale-development-secret-change-me-in-production"
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/flashsale"
+    # "development" allows the public development secret (make demo, the tests); any
+    # other value is production: serve and reconcile refuse to start without a secret.
+    env: str = "production"
     admin_token: str = ""  # empty: only users whose role is admin may act as admin
     secret: str = DEV_SECRET  # signs bearer tokens
     host: str = "127.0.0.1"
@@ -70,6 +73,14 @@ class Settings:
     @property
     def uses_dev_secret(self) -> bool:
         return self.secret == DEV_SECRET
+
+    def check_secret(self) -> None:
+        """Refuse (ValueError, one line) to sign tokens with the public development secret
+        outside development: anyone could mint an admin token with it."""
+        if self.uses_dev_secret and self.env != "development":
+            raise ValueError("FLASHSALE_SECRET is not set: set it to a long random value, or"
+                             " set FLASHSALE_ENV=development to run with the public"
+                             " development secret")
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -25,6 +25,9 @@ from gateway.app import create_app
 TEST_DATABASE_URL = os.environ.get(
     "FLASHSALE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flashsale_test")
 TEST_REDIS_URL = os.environ.get("FLASHSALE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Subprocesses the tests start (serve, reconcile) run on the test secret or the
+# development one; either is only allowed in development.
+os.environ.setdefault("FLASHSALE_ENV", "development")
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
