@@ -54,9 +54,11 @@ def tokenize_card(number: str, exp_month: int, exp_year: int, cvc: str, *,
     """Validate a card and return what may be stored. Error messages never echo the
     number or the CVC."""
     digits = number.replace(" ", "").replace("-", "")
-    if not digits.isdigit() or not 12 <= len(digits) <= 19 or not luhn_ok(digits):
+    # ASCII digits only: fullwidth ones pass isdigit() and Luhn, then fail further on.
+    if (not (digits.isascii() and digits.isdigit()) or not 12 <= len(digits) <= 19
+            or not luhn_ok(digits)):
         raise ValidationFailed.at("$.card_number", "not a valid card number")
-    if not (cvc.isdigit() and len(cvc) in (3, 4)):
+    if not (cvc.isascii() and cvc.isdigit() and len(cvc) in (3, 4)):
         raise ValidationFailed.at("$.cvc", "must be 3 or 4 digits")
     year, month = today
     if (exp_year, exp_month) < (year, month):

@@ -17,6 +17,8 @@ from engine.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
+MAX_ADDRESSES = 20  # per user; enough for anyone, not enough to fill a disk
+MAX_PAYMENT_METHODS = 20
 
 
 class Accounts:
@@ -87,12 +89,26 @@ class Accounts:
                             ("$.postal_code", postal_code), ("$.country", country)):
             if not value.strip():
                 raise ValidationFailed.at(path, "must not be empty")
-        row = await self._pool.fetchrow(
-            "INSERT INTO addresses (user_id, line1, line2, city, postal_code, country)"
-            " VALUES ($1, $2, $3, $4, $5, $6)"
-            " RETURNING address_id, line1, line2, city, postal_code, country",
-            user_id, line1.strip(), line2, city.strip(), postal_code.strip(), country.strip())
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._below_cap(conn, user_id, "addresses", MAX_ADDRESSES)
+            row = await conn.fetchrow(
+                "INSERT INTO addresses (user_id, line1, line2, city, postal_code, country)"
+                " VALUES ($1, $2, $3, $4, $5, $6)"
+                " RETURNING address_id, line1, line2, city, postal_code, country",
+                user_id, line1.strip(), line2, city.strip(), postal_code.strip(),
+                country.strip())
         return dict(row)
+
+    @staticmethod
+    async def _below_cap(conn: asyncpg.Connection, user_id: int, table: str, cap: int) -> None:
+        """Refuse (422) a user's row beyond ``cap`` in ``table``; the user's row lock makes
+        parallel adds count one after the other."""
+        if await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE",
+                               user_id) is None:
+            raise NotFound("No such user.")
+        if await conn.fetchval(f"SELECT count(*) FROM {table} WHERE user_id = $1",
+                               user_id) >= cap:
+            raise ValidationFailed.at("$", f"at most {cap} {table.replace('_', ' ')} per user")
 
     async def list_addresses(self, user_id: int) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(
@@ -129,12 +145,14 @@ class Accounts:
             brand, last4, token = card.brand, card.last4, card.provider_token
         elif any(v is not None for v in (card_number, exp_month, exp_year, cvc)):
             raise ValidationFailed.at("$.type", f"a {type} payment method takes no card fields")
-        row = await self._pool.fetchrow(
-            "INSERT INTO payment_methods (user_id, type, brand, last4, exp_month, exp_year,"
-            " provider_token) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " RETURNING payment_method_id, type, brand, last4, exp_month, exp_year",
-            user_id, type, brand, last4, exp_month if type == "card" else None,
-            exp_year if type == "card" else None, token)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._below_cap(conn, user_id, "payment_methods", MAX_PAYMENT_METHODS)
+            row = await conn.fetchrow(
+                "INSERT INTO payment_methods (user_id, type, brand, last4, exp_month,"
+                " exp_year, provider_token) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " RETURNING payment_method_id, type, brand, last4, exp_month, exp_year",
+                user_id, type, brand, last4, exp_month if type == "card" else None,
+                exp_year if type == "card" else None, token)
         return dict(row)
 
     async def list_payment_methods(self, user_id: int) -> list[dict[str, Any]]:

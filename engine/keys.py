@@ -66,6 +66,7 @@ def sale_keys(sale_id: int) -> SaleKeys:
 def sale_of_reservation(reservation_id: str) -> int | None:
     """Reservation ids are ``<sale_id>-<sequence>``; None when it is not one of ours."""
     sale, sep, seq = reservation_id.partition("-")
-    if not sep or not sale.isdigit() or not seq.isdigit() or len(sale) > 18:
+    if (not reservation_id.isascii() or not sep or not sale.isdigit() or not seq.isdigit()
+            or len(sale) > 18):
         return None
     return int(sale)

@@ -37,6 +37,93 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
                         content_type="application/json", headers=headers)
 
 
+# -- the one text policy of the edge ----------------------------------------------------
+# Every string a client sends (body fields at any depth, query values, path segments)
+# passes here: NUL, other control characters (tab, newline and carriage return are
+# text) and lone surrogates are refused before any of it reaches Redis or Postgres.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_MONEY = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$"
+_MONEY_TEXT = re.compile(_MONEY)
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+class Money(Decimal):
+    """An amount as the contract spells it: a JSON string of ASCII digits with at most two
+    decimal places ("12.50"); numbers, exponents, signs, padding and other digits are
+    refused. Decodes to a plain Decimal."""
+
+
+class Price(Money):
+    """Money that must be more than zero (what something costs)."""
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    if kind is Money or kind is Price:
+        if not isinstance(value, str) or not _MONEY_TEXT.match(value):
+            raise ValueError("must be a decimal string with at most two places, like \"9.99\"")
+        amount = kind(value)  # msgspec wants the declared type; _plain() turns it back
+        if kind is Price and amount <= 0:
+            raise ValueError("must be more than 0")
+        return amount
+    raise NotImplementedError(kind)
+
+
+def schema_hook(kind: type) -> dict[str, Any]:
+    """JSON Schema of the edge's own types (gateway/openapi.py)."""
+    if kind is Money or kind is Price:
+        return {"type": "string", "pattern": _MONEY, "maxLength": 13,
+                "description": "amount, two decimal places at most"
+                               + (", more than 0" if kind is Price else ""),
+                "examples": ["9.99"]}
+    raise NotImplementedError(kind)
+
+
+def _first_control(value: Any, path: str) -> str | None:
+    """The path of the first string in ``value`` with a refused character, else None."""
+    if isinstance(value, str):
+        return path if has_control(value) else None
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            found = _first_control(getattr(value, name), f"{path}.{name}")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _first_control(item, f"{path}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_control(key, path) or _first_control(item, f"{path}.{key}")
+            if found:
+                return found
+    return None
+
+
+def _plain(value: Any) -> None:
+    """Turn the Money fields of a decoded struct (at any depth) into plain Decimals, which
+    every encoder and driver knows."""
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            item = getattr(value, name)
+            if isinstance(item, Money):
+                setattr(value, name, Decimal(item))
+            else:
+                _plain(item)
+    elif isinstance(value, list):
+        for item in value:
+            _plain(item)
+
+
+def check_text(value: Any, root: str = "$") -> None:
+    path = _first_control(value, root)
+    if path is not None:
+        raise ValidationFailed.at(path, "must not contain control characters")
+
+
 class Body(msgspec.Struct, forbid_unknown_fields=True):
     """Base of every request body: unknown fields are refused (no mass assignment), and
     every Decimal field is money: finite, non-negative, at most two decimal places."""
@@ -98,7 +185,8 @@ class RouteTable:
                 response=response, status=status,
                 summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
                 tag=self.tag, errors=errors,
-                decoder=msgspec.json.Decoder(body) if body is not None else None))
+                decoder=msgspec.json.Decoder(body, dec_hook=_decode_hook)
+                if body is not None else None))
             return handler
         return register
 
@@ -125,7 +213,9 @@ def principal(request: web.Request) -> Principal:
 def path_int(request: web.Request, name: str) -> int:
     """An integer id from the path; anything else is an unknown id (404)."""
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18:
+    # ASCII only: str.isdigit() also accepts superscripts (int() then raises) and
+    # fullwidth digits (int() reads them as numbers).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFound()
     return int(raw)
 
@@ -141,16 +231,25 @@ async def read_body(request: web.Request, decoder: msgspec.json.Decoder, max_byt
     if not raw:
         raise InvalidJSON("The request needs a JSON body.")
     try:
-        return decoder.decode(raw)
+        body = decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from exc
     except msgspec.DecodeError as exc:
         raise InvalidJSON() from exc
+    check_text(body)
+    _plain(body)
+    return body
 
 
 def read_query(request: web.Request, query_type: type) -> Any:
+    for name, value in request.query.items():
+        if has_control(name) or has_control(value):
+            raise ValidationFailed.at(f"query.{name}", "must not contain control characters")
     try:
-        return msgspec.convert(dict(request.query), query_type, strict=False)
+        query = msgspec.convert(dict(request.query), query_type, strict=False,
+                                dec_hook=_decode_hook)
+        _plain(query)
+        return query
     except msgspec.ValidationError as exc:
         raise validation_error(exc, root="query") from exc
 
@@ -162,6 +261,9 @@ def bind(route: Route, *, verify: Callable[[str | None], Principal], max_bytes: 
     decoder, query_type = route.decoder, route.query
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
+        for segment in request.match_info.values():
+            if has_control(segment):
+                raise NotFound()  # no id of ours contains one
         if auth != "public":
             who = verify(request.headers.get("Authorization"))
             if auth == "admin":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -104,8 +105,11 @@ def edge_middleware(*, access_log: bool = False) -> Callable:
                 response = error_response(outage)
             else:
                 request_id = request_id_of(request)
-                log.exception("unhandled error request_id=%s %s %s",
-                              request_id, request.method, _route_label(request))
+                # The exception's text is left out: a driver error's detail can quote a
+                # row (a provider token, an address); the type and frames locate the bug.
+                log.error("unhandled error request_id=%s %s %s: %s\n%s", request_id,
+                          request.method, _route_label(request), type(exc).__name__,
+                          "".join(traceback.format_tb(exc.__traceback__)).rstrip())
                 response = json_response(
                     error_body("internal_error", "Something went wrong on our side.",
                                {"request_id": request_id}), 500,

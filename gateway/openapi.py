@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.api import Route
+from gateway.api import Route, schema_hook
 
 
 class ErrorDetail(msgspec.Struct):
@@ -33,7 +33,7 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
     for r in routes:
         types.extend(t for t in (r.body, r.query, r.response) if t is not None)
     schemas, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}")
+        types, ref_template="#/components/schemas/{name}", schema_hook=schema_hook)
     schema_of = dict(zip(map(id, types), schemas, strict=True))
     error_ref = schema_of[id(ErrorBody)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -126,7 +127,8 @@ async def test_error_table_rows(api) -> None:
 async def test_money_fields_refuse_floats_beyond_cents_and_negatives(api) -> None:
     seller = await api.grant(await api.signup(), "seller")
     for price, ok in (("19.99", True), ("19.999", False), ("-1", False), ("NaN", False),
-                      (19.5, True)):
+                      (19.5, False), ("1e3", False), (" 1.00", False), ("\uff11.00", False),
+                      ("0", False), ("0.00", False), ("7", True), ("0.01", True)):
         status, body = await api.call("POST", "/api/v1/seller/products", headers=seller["headers"],
                                       json={"name": "Thing", "price": price})
         assert (status == 201) == ok, (price, status, body)
@@ -141,8 +143,10 @@ async def test_unhandled_error_is_500_in_contract_shape_with_request_id(api, cap
 
     svc = api.client.app[SERVICES]
 
+    secret = f"secret-{uuid.uuid4().hex}"  # runtime data, as a driver error could quote
+
     async def boom(user_id: int):
-        raise RuntimeError("kaboom: secret internals")
+        raise RuntimeError(f"kaboom: {secret}")
 
     user = await api.signup()
     original = svc.accounts.get_user
@@ -155,4 +159,7 @@ async def test_unhandled_error_is_500_in_contract_shape_with_request_id(api, cap
     assert_error(body, "internal_error")
     assert "kaboom" not in str(body) and "Traceback" not in str(body)
     request_id = body["error"]["details"]["request_id"]
-    assert any(request_id in r.getMessage() for r in caplog.records)
+    logged = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert logged and "RuntimeError" in logged[0] and "boom" in logged[0]  # type and frame
+    assert not any(secret in r.getMessage() + str(r.exc_info or "")
+                   for r in caplog.records)

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from gateway.api import Body, Reply, RouteTable, path_int, principal
+from gateway.api import Body, Price, Reply, RouteTable, path_int, principal
 from gateway.context import services
 
 routes = RouteTable("accounts")
@@ -77,7 +77,7 @@ class PaymentMethod(msgspec.Struct, omit_defaults=True):
 
 
 class CreditRequest(Body):
-    amount: Decimal
+    amount: Price
 
 
 class BalanceResponse(msgspec.Struct):

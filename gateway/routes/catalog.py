@@ -15,7 +15,7 @@ from catalog.records import Category, Dashboard, Product, ProductPage, Review, R
 from catalog.records import SearchPage as SearchResponse
 from engine.errors import Forbidden, ValidationFailed
 from engine.money import check_amount
-from gateway.api import Body, RouteTable, path_int, principal
+from gateway.api import Body, Money, Price, RouteTable, path_int, principal
 from gateway.context import services
 
 routes = RouteTable("catalog")
@@ -34,7 +34,7 @@ MAX_CHOICES = 20  # values of one repeatable filter (brand=A&brand=B...)
 
 class NewProduct(Body):
     name: Name
-    price: Decimal
+    price: Price
     description: Description = ""
     brand: Brand = ""
     category_id: Id | None = None
@@ -48,7 +48,7 @@ class ProductPatch(Body):
     description: Description | UnsetType = UNSET
     brand: Brand | UnsetType = UNSET
     category_id: Id | UnsetType | None = UNSET
-    price: Decimal | UnsetType = UNSET
+    price: Price | UnsetType = UNSET
     status: Literal["active", "inactive", "archived"] | UnsetType = UNSET
 
 
@@ -77,8 +77,8 @@ class BrowseQuery(msgspec.Struct):
     category: Annotated[Id, Meta(description="Repeat for several (any of them); a category "
                                              "includes its descendants.")] | None = None
     brand: Annotated[Brand, Meta(description="Exact brand; repeat for several.")] | None = None
-    price_min: Decimal | None = None
-    price_max: Decimal | None = None
+    price_min: Money | None = None
+    price_max: Money | None = None
     rating_min: Rating | None = None
     sort: Literal["newest", "price_asc", "price_desc", "rating"] = "newest"
     page: Page = 1
@@ -92,8 +92,8 @@ class SearchQuery(msgspec.Struct):
     q: Annotated[str, Meta(min_length=1, max_length=200)]
     category: Id | None = None
     brand: Brand | None = None
-    price_min: Decimal | None = None
-    price_max: Decimal | None = None
+    price_min: Money | None = None
+    price_max: Money | None = None
     rating_min: Rating | None = None
     sort: Literal["relevance", "price_asc", "price_desc", "rating", "newest"] = "relevance"
     page: Page = 1
@@ -168,7 +168,7 @@ async def _filters(request: web.Request, query: BrowseQuery | SearchQuery) -> Fi
     categories = None
     raw_categories = _choices(request, "category")
     if raw_categories:
-        if not all(v.isdigit() and 0 < len(v) <= 18 for v in raw_categories):
+        if not all(v.isascii() and v.isdigit() and 0 < len(v) <= 18 for v in raw_categories):
             raise ValidationFailed.at("query.category", "category ids are positive integers")
         expanded = await services(request).categories.expand(
             sorted({int(v) for v in raw_categories}))

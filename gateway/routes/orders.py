@@ -12,7 +12,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from engine.errors import Forbidden
-from gateway.api import Body, RouteTable, path_int, principal
+from gateway.api import Body, Money, Price, RouteTable, path_int, principal
 from gateway.context import services
 from orders.cart import MAX_QUANTITY, Cart
 from orders.idempotency import CheckoutRequest
@@ -185,9 +185,9 @@ async def decide_return(request: web.Request, body: ReturnDecision) -> ReturnVie
 # -- coupons -----------------------------------------------------------------------------
 class NewCoupon(Body):
     code: Annotated[str, Meta(min_length=3, max_length=32)]
-    percent_off: Decimal | None = None
-    amount_off: Decimal | None = None
-    min_subtotal: Decimal = Decimal("0")
+    percent_off: Price | None = None
+    amount_off: Price | None = None
+    min_subtotal: Money = Decimal("0")
     max_redemptions: Annotated[int, Meta(ge=1, le=1_000_000_000)] | None = None
     per_user_limit: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
     expires_at: datetime | None = None

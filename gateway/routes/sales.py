@@ -11,7 +11,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from engine.errors import NotFound
-from gateway.api import Body, Reply, RouteTable, path_int, principal
+from gateway.api import Body, Price, Reply, RouteTable, path_int, principal
 from gateway.context import services
 from reconciler.board import BoardStatus, SaleBoard, sale_board, sale_boards
 
@@ -24,7 +24,7 @@ ReservationStatus = Literal["held", "confirmed", "released", "expired"]
 class NewSale(Body):
     product_id: Annotated[int, Meta(ge=1)]
     quantity: Annotated[int, Meta(ge=1, le=10_000_000)]
-    price: Decimal
+    price: Price
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     per_user_limit: Annotated[int, Meta(ge=1, le=1000)] = 1
