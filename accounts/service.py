@@ -11,50 +11,65 @@ from typing import Any
 import asyncpg
 
 from accounts.cards import tokenize_card
-from accounts.passwords import DUMMY_HASH, hash_password, verify_password
+from accounts.passwords import Hasher, check_password
+from accounts.standing import Standing, Standings
+from accounts.throttle import Throttle
 from accounts.tokens import TokenSigner
 from engine.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-MIN_PASSWORD = 8
 MAX_ADDRESSES = 20  # per user; enough for anyone, not enough to fill a disk
 MAX_PAYMENT_METHODS = 20
 
 
 class Accounts:
-    def __init__(self, *, pool: asyncpg.Pool, signer: TokenSigner) -> None:
+    def __init__(self, *, pool: asyncpg.Pool, signer: TokenSigner, standings: Standings,
+                 hasher: Hasher, throttle: Throttle) -> None:
         self._pool = pool
         self._signer = signer
+        self._standings = standings
+        self._hasher = hasher
+        self._throttle = throttle
 
     # -- users ---------------------------------------------------------------------------
-    async def signup(self, *, email: str, password: str, name: str,
+    async def signup(self, *, email: str, password: str, name: str, client: str,
                      role: str = "customer") -> dict[str, Any]:
         email = email.strip()
         if not _EMAIL.match(email):
             raise ValidationFailed.at("$.email", "not a valid email address")
-        if len(password) < MIN_PASSWORD:
-            raise ValidationFailed.at("$.password", f"must be at least {MIN_PASSWORD} characters")
+        check_password(password)
         if not name.strip():
             raise ValidationFailed.at("$.name", "must not be empty")
+        await self._throttle.signup(client)
         # scrypt is CPU-bound: keep it off the event loop.
-        password_hash = await asyncio.to_thread(hash_password, password)
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)
         try:
             user_id = await self._pool.fetchval(
                 "INSERT INTO users (email, name, password_hash, role) VALUES ($1, $2, $3, $4)"
                 " RETURNING user_id", email, name.strip(), password_hash, role)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict("An account with this email already exists.") from exc
-        return {"user_id": user_id, "token": self._signer.issue(user_id, role)}
+        await self._standings.changed(user_id, Standing(role=role, version=0))
+        return {"user_id": user_id, "token": self._signer.issue(user_id, role, version=0)}
 
-    async def login(self, *, email: str, password: str) -> dict[str, Any]:
+    async def login(self, *, email: str, password: str, client: str) -> dict[str, Any]:
+        await self._throttle.login_attempt(email, client)
         row = await self._pool.fetchrow(
-            "SELECT user_id, password_hash, role FROM users WHERE lower(email) = lower($1)",
-            email.strip())
-        stored = row["password_hash"] if row else DUMMY_HASH
-        ok = await asyncio.to_thread(verify_password, password, stored)
+            "SELECT user_id, password_hash, role, token_version FROM users"
+            " WHERE lower(email) = lower($1)", email.strip())
+        stored = row["password_hash"] if row else None
+        ok = await asyncio.to_thread(self._hasher.verify, password, stored)
         if not (row and ok):
             raise Unauthorized("Wrong email or password.")
-        return {"user_id": row["user_id"], "token": self._signer.issue(row["user_id"], row["role"])}
+        await self._throttle.login_succeeded(email, client)
+        if self._hasher.needs_rehash(stored):  # made at an older cost: store today's
+            fresh = await asyncio.to_thread(self._hasher.hash, password)
+            await self._pool.execute(
+                "UPDATE users SET password_hash = $3 WHERE user_id = $1"
+                " AND password_hash = $2", row["user_id"], stored, fresh)
+        return {"user_id": row["user_id"],
+                "token": self._signer.issue(row["user_id"], row["role"],
+                                            version=row["token_version"])}
 
     async def get_user(self, user_id: int) -> dict[str, Any]:
         row = await self._pool.fetchrow(
@@ -65,12 +80,47 @@ class Accounts:
         return dict(row)
 
     async def set_role(self, user_id: int, role: str) -> dict[str, Any]:
+        """Grant a role. The user's tokens are revoked (the version moves on): the next
+        sign-in gives a token, and every gateway applies the role within seconds."""
         row = await self._pool.fetchrow(
-            "UPDATE users SET role = $2 WHERE user_id = $1"
-            " RETURNING user_id, email, name, role", user_id, role)
+            "UPDATE users SET role = $2, token_version = token_version + 1"
+            " WHERE user_id = $1 RETURNING user_id, email, name, role, token_version",
+            user_id, role)
         if row is None:
             raise NotFound("No such user.")
+        await self._standings.changed(user_id, Standing(role=row["role"],
+                                                        version=row["token_version"]))
         return dict(row)
+
+    async def revoke_tokens(self, user_id: int) -> None:
+        """Log out everywhere: every token issued so far stops working."""
+        row = await self._pool.fetchrow(
+            "UPDATE users SET token_version = token_version + 1 WHERE user_id = $1"
+            " RETURNING role, token_version", user_id)
+        if row is None:
+            raise NotFound("No such user.")
+        await self._standings.changed(user_id, Standing(role=row["role"],
+                                                        version=row["token_version"]))
+
+    async def change_password(self, user_id: int, *, current: str, new: str
+                              ) -> dict[str, Any]:
+        """Change the password (the current one is required); every older token is
+        revoked and a fresh one returned."""
+        stored = await self._pool.fetchval(
+            "SELECT password_hash FROM users WHERE user_id = $1", user_id)
+        if stored is None:
+            raise NotFound("No such user.")
+        if not await asyncio.to_thread(self._hasher.verify, current, stored):
+            raise Unauthorized("The current password is wrong.")
+        check_password(new, path="$.new_password")
+        password_hash = await asyncio.to_thread(self._hasher.hash, new)
+        row = await self._pool.fetchrow(
+            "UPDATE users SET password_hash = $2, token_version = token_version + 1"
+            " WHERE user_id = $1 RETURNING role, token_version", user_id, password_hash)
+        await self._standings.changed(user_id, Standing(role=row["role"],
+                                                        version=row["token_version"]))
+        return {"user_id": user_id, "token": self._signer.issue(
+            user_id, row["role"], version=row["token_version"])}
 
     async def credit_wallet(self, user_id: int, amount: Decimal) -> Decimal:
         if amount <= 0:

@@ -1,5 +1,8 @@
 """Bearer tokens: JWT HS256 signed with FLASHSALE_SECRET, verified without a database.
 
+A token names the user and the account's token version when it was issued; the role it
+carries is a hint only: accounts/standing.py checks both against the account.
+
 Verification results are cached per token string (bounded), so the reservation hot path
 pays for one HMAC per token, not per request; expiry is still checked on every use.
 """
@@ -22,6 +25,7 @@ class Principal:
     user_id: int
     role: str
     expires_at: float
+    version: int = 0  # the account's token version when this token was issued
     operator: bool = False  # the FLASHSALE_ADMIN_TOKEN holder, not a user
 
     @property
@@ -42,9 +46,10 @@ class TokenSigner:
         self._cache: dict[str, Principal] = {}
         self._cache_size = cache_size
 
-    def issue(self, user_id: int, role: str, *, ttl_seconds: int | None = None) -> str:
+    def issue(self, user_id: int, role: str, *, version: int = 0,
+              ttl_seconds: int | None = None) -> str:
         now = int(time.time())
-        claims = {"sub": str(user_id), "role": role, "iat": now,
+        claims = {"sub": str(user_id), "role": role, "ver": version, "iat": now,
                   "exp": now + (self._ttl if ttl_seconds is None else ttl_seconds)}
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
@@ -61,8 +66,11 @@ class TokenSigner:
         try:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"],
                                 options={"require": ["sub", "exp", "role"]})
+            version = claims.get("ver", 0)
+            if type(version) is not int:
+                raise TypeError("ver")
             principal = Principal(user_id=int(claims["sub"]), role=str(claims["role"]),
-                                  expires_at=float(claims["exp"]))
+                                  expires_at=float(claims["exp"]), version=version)
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("The token has expired.") from exc
         except (jwt.InvalidTokenError, ValueError, TypeError) as exc:

@@ -24,6 +24,20 @@ def cart_key(user_id: int) -> str:
     return f"{PREFIX}:cart:{{u:{user_id}}}"
 
 
+def account_key(user_id: int) -> str:
+    """Hash of a user's standing (role, token version) that every gateway reads."""
+    return f"{PREFIX}:acct:{{u:{user_id}}}"
+
+
+def login_key(subject: str) -> str:
+    """Throttle state of one login subject (``a:<email>`` or ``ip:<address>``)."""
+    return f"{PREFIX}:login:{{{subject}}}"
+
+
+def signup_key(address: str) -> str:
+    return f"{PREFIX}:signup:{{{address}}}"
+
+
 @dataclass(frozen=True, slots=True)
 class SaleKeys:
     sale_id: int

@@ -27,6 +27,14 @@ class Settings:
     # Reservation requests per second allowed per user and per client address; 0 = off.
     rate_limit: int = 50
     token_ttl_seconds: int = 24 * 3600
+    # Seconds a gateway may act on a user's role and token version before re-reading them.
+    account_cache_seconds: float = 2.0
+    # Logins: attempts per account without delay (an address gets 4x), then a delay of
+    # login_delay seconds doubling per attempt; 0 attempts = no throttle.
+    login_attempts: int = 5
+    login_delay: float = 1.0
+    signups_per_hour: int = 20  # per client address; 0 = no limit
+    password_cost: int = 17  # log2 of scrypt's N (OWASP: 17); only tests lower it
     max_body_bytes: int = 64 * 1024
     # Seconds a request waits for Redis or Postgres before answering 503.
     dependency_timeout: float = 1.5

@@ -254,7 +254,7 @@ def read_query(request: web.Request, query_type: type) -> Any:
         raise validation_error(exc, root="query") from exc
 
 
-def bind(route: Route, *, verify: Callable[[str | None], Principal], max_bytes: int
+def bind(route: Route, *, verify: Callable[[str | None], Awaitable[Principal]], max_bytes: int
          ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler for ``route``: auth, decode, call, encode."""
     handler, status, auth = route.handler, route.status, route.auth
@@ -265,7 +265,7 @@ def bind(route: Route, *, verify: Callable[[str | None], Principal], max_bytes: 
             if has_control(segment):
                 raise NotFound()  # no id of ours contains one
         if auth != "public":
-            who = verify(request.headers.get("Authorization"))
+            who = await verify(request.headers.get("Authorization"))
             if auth == "admin":
                 who.require_admin()
             request[PRINCIPAL] = who

@@ -46,8 +46,9 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def _verifier(app: web.Application):
-    def verify(header: str | None):
-        return app[SERVICES].signer.from_header(header)
+    async def verify(header: str | None):
+        svc = app[SERVICES]
+        return await svc.standings.authorize(svc.signer.from_header(header))
     return verify
 
 

@@ -9,7 +9,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from accounts.cards import simulated_outcome
+from accounts.passwords import Hasher
 from accounts.service import Accounts
+from accounts.standing import Standings
+from accounts.throttle import Throttle
 from accounts.tokens import TokenSigner
 from catalog.also_bought import AlsoBoughtService
 from catalog.cache import CatalogCache
@@ -40,6 +43,7 @@ class Services:
     redis: aioredis.Redis
     pool: asyncpg.Pool
     signer: TokenSigner
+    standings: Standings
     accounts: Accounts
     admission: Admission
     sales: Sales
@@ -82,6 +86,10 @@ SERVICES = web.AppKey("services", Services)
 def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool) -> Services:
     signer = TokenSigner(secret=settings.secret, ttl_seconds=settings.token_ttl_seconds,
                          admin_token=settings.admin_token)
+    standings = Standings(pool=pool, redis=redis, ttl=settings.account_cache_seconds)
+    throttle = Throttle(redis=redis, login_attempts=settings.login_attempts,
+                        login_delay=settings.login_delay,
+                        signups_per_hour=settings.signups_per_hour)
     catalog_cache = CatalogCache(redis=redis)
     products = Products(pool=pool, cache=catalog_cache)
     categories = Categories(pool=pool, cache=catalog_cache)
@@ -99,8 +107,9 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
                         admission=admission, sales=sales, carts=carts, payments=payments)
     order_tasks = OrderTasks(pool=pool, payments=payments, admission=admission)
     return Services(
-        settings=settings, redis=redis, pool=pool, signer=signer,
-        accounts=Accounts(pool=pool, signer=signer),
+        settings=settings, redis=redis, pool=pool, signer=signer, standings=standings,
+        accounts=Accounts(pool=pool, signer=signer, standings=standings,
+                          hasher=Hasher(log2_n=settings.password_cost), throttle=throttle),
         admission=admission,
         sales=sales,
         products=products,

@@ -34,7 +34,10 @@ SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 
 def make_settings(**overrides) -> Settings:
     base = dict(database_url=TEST_DATABASE_URL, redis_url=TEST_REDIS_URL,
-                admin_token=ADMIN_TOKEN, secret=SECRET, rate_limit=0)
+                admin_token=ADMIN_TOKEN, secret=SECRET, rate_limit=0,
+                # Tests sign many users up from one address, at a cheap hashing cost
+                # (tests/test_hostile_auth.py checks the production ones).
+                signups_per_hour=0, password_cost=10)
     base.update(overrides)
     return Settings(**base)
 

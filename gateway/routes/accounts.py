@@ -9,6 +9,8 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
+from accounts.passwords import MAX_LENGTH, MIN_LENGTH
+from engine.errors import Forbidden
 from gateway.api import Body, Price, Reply, RouteTable, path_int, principal
 from gateway.context import services
 
@@ -18,15 +20,29 @@ Email = Annotated[str, Meta(min_length=3, max_length=254)]
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
 
 
+Password = Annotated[str, Meta(min_length=MIN_LENGTH, max_length=MAX_LENGTH,
+                                description="not one of the most common passwords")]
+
+
 class SignupRequest(Body):
     email: Email
-    password: Annotated[str, Meta(max_length=256)]
+    password: Password
     name: Text
 
 
 class LoginRequest(Body):
     email: Annotated[str, Meta(max_length=254)]
     password: Annotated[str, Meta(max_length=256)]
+
+
+class PasswordChange(Body):
+    current_password: Annotated[str, Meta(max_length=256)]
+    new_password: Password
+
+
+class Revoked(msgspec.Struct):
+    user_id: int
+    revoked: bool
 
 
 class TokenResponse(msgspec.Struct):
@@ -89,34 +105,68 @@ class RoleRequest(Body):
     role: Literal["customer", "seller", "admin"]
 
 
+def signed_in_user(request: web.Request) -> int:
+    """The user behind the token; the operator token is nobody's account."""
+    who = principal(request)
+    if who.operator:
+        raise Forbidden("This acts on a user's account; sign in as the user.")
+    return who.user_id
+
+
 def _payment_method(row: dict) -> PaymentMethod:
     return PaymentMethod(payment_method_id=row["payment_method_id"], type=row["type"],
                          last4=row["last4"], brand=row["brand"], exp_month=row["exp_month"],
                          exp_year=row["exp_year"])
 
 
+def client_address(request: web.Request) -> str:
+    return request.remote or ""
+
+
 @routes.post("/api/v1/auth/signup", auth="public", body=SignupRequest, response=TokenResponse,
-             status=201, errors=(409,))
+             status=201, errors=(409, 429))
 async def signup(request: web.Request, body: SignupRequest) -> TokenResponse:
     """Create a customer account and return a bearer token."""
     out = await services(request).accounts.signup(email=body.email, password=body.password,
-                                                  name=body.name)
+                                                  name=body.name,
+                                                  client=client_address(request))
     return TokenResponse(**out)
 
 
 @routes.post("/api/v1/auth/seller-signup", auth="public", body=SignupRequest,
-             response=TokenResponse, status=201, errors=(409,))
+             response=TokenResponse, status=201, errors=(409, 429))
 async def seller_signup(request: web.Request, body: SignupRequest) -> TokenResponse:
     """Create a seller account (it manages its own products) and return a bearer token."""
     out = await services(request).accounts.signup(email=body.email, password=body.password,
-                                                  name=body.name, role="seller")
+                                                  name=body.name, role="seller",
+                                                  client=client_address(request))
     return TokenResponse(**out)
 
 
-@routes.post("/api/v1/auth/login", auth="public", body=LoginRequest, response=TokenResponse)
+@routes.post("/api/v1/auth/login", auth="public", body=LoginRequest, response=TokenResponse,
+             errors=(401, 429))
 async def login(request: web.Request, body: LoginRequest) -> TokenResponse:
-    """Exchange email and password for a bearer token."""
-    out = await services(request).accounts.login(email=body.email, password=body.password)
+    """Exchange email and password for a bearer token. Repeated failures for an account
+    or from an address are answered 429 with Retry-After, for a doubling delay."""
+    out = await services(request).accounts.login(email=body.email, password=body.password,
+                                                 client=client_address(request))
+    return TokenResponse(**out)
+
+
+@routes.post("/api/v1/auth/logout-all", response=Revoked, errors=(403,))
+async def logout_all(request: web.Request) -> Revoked:
+    """Log out everywhere: every token of yours issued so far stops working at once."""
+    user_id = signed_in_user(request)
+    await services(request).accounts.revoke_tokens(user_id)
+    return Revoked(user_id=user_id, revoked=True)
+
+
+@routes.post("/api/v1/me/password", body=PasswordChange, response=TokenResponse,
+             errors=(403,))
+async def change_password(request: web.Request, body: PasswordChange) -> TokenResponse:
+    """Change your password: your other tokens are revoked, a fresh one is returned."""
+    out = await services(request).accounts.change_password(
+        signed_in_user(request), current=body.current_password, new=body.new_password)
     return TokenResponse(**out)
 
 
