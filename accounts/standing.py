@@ -13,6 +13,7 @@ by whoever changes the account and filled from Postgres on a miss.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class Standings:
         self.ttl = ttl
         self._cache: dict[int, tuple[float, Standing]] = {}
         self._cache_size = cache_size
+        self._pending: dict[int, asyncio.Future[Standing]] = {}
+        self._flush: asyncio.Future[None] | None = None
 
     async def authorize(self, principal: Principal) -> Principal:
         """The principal with the account's current role; 401 when the account is gone
@@ -66,26 +69,60 @@ class Standings:
         cached = self._cache.get(user_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        raw = await self._redis.hmget(account_key(user_id), "role", "ver")
-        if raw[0] is not None and raw[1] is not None:
-            standing = Standing(role=raw[0].decode(), version=int(raw[1]))
-        else:
-            row = await self._pool.fetchrow(
-                "SELECT role, token_version FROM users WHERE user_id = $1", user_id)
-            if row is None:  # kept in this process only: the id may be signed up later
-                standing = Standing(role=GONE, version=-1)
-            else:
-                standing = Standing(role=row["role"], version=row["token_version"])
-                await self._store(user_id, standing)
-        if len(self._cache) >= self._cache_size:
+        # Misses of one loop turn share one pipelined Redis read (and one Postgres query
+        # for the accounts Redis does not hold): a burst of new users costs one round
+        # trip, not one pooled connection each.
+        waiting = self._pending.get(user_id)
+        if waiting is None:
+            waiting = self._pending[user_id] = asyncio.get_running_loop().create_future()
+            if self._flush is None:
+                self._flush = asyncio.ensure_future(self._load_pending())
+        return await asyncio.shield(waiting)
+
+    async def _load_pending(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this loop turn's callers join
+        batch, self._pending, self._flush = self._pending, {}, None
+        try:
+            found = await self._load(list(batch))
+        except Exception as exc:
+            for waiting in batch.values():
+                if not waiting.done():
+                    waiting.set_exception(exc)
+                    waiting.exception()  # retrieved here: a caller may have gone away
+            return
+        until = time.monotonic() + self.ttl
+        if len(self._cache) + len(found) > self._cache_size:
             self._cache.clear()
-        self._cache[user_id] = (now + self.ttl, standing)
-        return standing
+        for user_id, waiting in batch.items():
+            self._cache[user_id] = (until, found[user_id])
+            if not waiting.done():
+                waiting.set_result(found[user_id])
+
+    async def _load(self, user_ids: list[int]) -> dict[int, Standing]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.hmget(account_key(user_id), "role", "ver")
+            rows = await pipe.execute()
+        found = {user_id: Standing(role=role.decode(), version=int(ver))
+                 for user_id, (role, ver) in zip(user_ids, rows, strict=True)
+                 if role is not None and ver is not None}
+        missing = [user_id for user_id in user_ids if user_id not in found]
+        if missing:
+            records = await self._pool.fetch(
+                "SELECT user_id, role, token_version FROM users WHERE user_id = ANY($1)",
+                missing)
+            for row in records:
+                standing = Standing(role=row["role"], version=row["token_version"])
+                found[row["user_id"]] = standing
+                await self._store(row["user_id"], standing)
+            for user_id in missing:  # kept in this process only: the id may be signed up
+                found.setdefault(user_id, Standing(role=GONE, version=-1))
+        return found
 
     async def changed(self, user_id: int, standing: Standing) -> None:
         """Publish an account's new standing (after its Postgres commit): this process
         sees it at once, the others within ``ttl`` seconds."""
-        self._cache.pop(user_id, None)
+        self._cache[user_id] = (time.monotonic() + self.ttl, standing)
         await self._store(user_id, standing)
 
     async def _store(self, user_id: int, standing: Standing) -> None:

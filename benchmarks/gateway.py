@@ -177,6 +177,23 @@ def median_round(runs: list[dict]) -> dict:
     return middle
 
 
+async def bench_buyer(database_url: str) -> int:
+    """A real account for the load's token: the gateway refuses tokens of unknown users."""
+    import asyncpg
+
+    from engine.migrate import migrate
+
+    await migrate(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(
+            "INSERT INTO users (email, name, password_hash) VALUES"
+            " ('gateway-bench-' || gen_random_uuid() || '@bench.flashsale', 'bench', '-')"
+            " RETURNING user_id")
+    finally:
+        await conn.close()
+
+
 async def main_async(mode: str) -> dict:
     # A private redis-server when one can be started: the shared one's other clients would
     # make the gateway wait on them and the ratio measure the neighbours.
@@ -189,7 +206,8 @@ async def _run_cases(mode: str, redis_url: str, private: bool) -> dict:
     settings = Settings(redis_url=redis_url, database_url=BENCH_DATABASE_URL)
     redis = create_redis(settings)
     redis_pid = int((await redis.info("server"))["process_id"])
-    token = TokenSigner(secret=SECRET, ttl_seconds=3600).issue(1, "customer")
+    token = TokenSigner(secret=SECRET, ttl_seconds=3600).issue(
+        await bench_buyer(BENCH_DATABASE_URL), "customer")
     env = {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": BENCH_DATABASE_URL,
            "FLASHSALE_SECRET": SECRET, "FLASHSALE_RATE_LIMIT": "0"}
     results = {"load_generator": "wrk -t1" if shutil.which("wrk") else "in-process aiohttp",

@@ -14,6 +14,7 @@ class FlashsaleError(Exception):
     status = 500
     code = "internal_error"
     message = "Internal error."
+    close_connection = False  # True: answer, then close (the request was not fully read)
 
     def __init__(self, message: str | None = None, *, details: Any = None) -> None:
         self.message = message or type(self).message
@@ -64,6 +65,11 @@ class ReservationExpired(Conflict):
 class IdempotencyKeyInUse(Conflict):
     code = "idempotency_key_in_use"
     message = "A request with this idempotency key is still running."
+
+
+class RequestTimeout(FlashsaleError):
+    status, code, message = 408, "request_timeout", "The request body came too slowly."
+    close_connection = True  # what remains of the body is never read
 
 
 class PayloadTooLarge(FlashsaleError):

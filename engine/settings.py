@@ -36,6 +36,10 @@ class Settings:
     signups_per_hour: int = 20  # per client address; 0 = no limit
     password_cost: int = 17  # log2 of scrypt's N (OWASP: 17); only tests lower it
     max_body_bytes: int = 64 * 1024
+    # Slow clients: seconds to send a whole request body, and bodies one client address
+    # may be sending at once (beyond: 429), so slow senders cannot hold every worker.
+    body_timeout: float = 10.0
+    body_reads_per_client: int = 32
     # Seconds a request waits for Redis or Postgres before answering 503.
     dependency_timeout: float = 1.5
     # Replicas that must acknowledge a hold (Redis WAIT) before it is answered; 0 = off.

@@ -7,6 +7,7 @@ answer. The same declarations generate the OpenAPI document (gateway/openapi.py)
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ import msgspec
 from aiohttp import web
 
 from accounts.tokens import Principal
-from engine.errors import InvalidJSON, NotFound, PayloadTooLarge, ValidationFailed
+from engine.errors import (
+    InvalidJSON,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    ValidationFailed,
+)
 from engine.money import check_amount
 
 Auth = Literal["public", "user", "admin"]
@@ -220,12 +228,43 @@ def path_int(request: web.Request, name: str) -> int:
     return int(raw)
 
 
-async def read_body(request: web.Request, decoder: msgspec.json.Decoder, max_bytes: int) -> Any:
+@dataclass(slots=True)
+class BodyLimits:
+    """How much, how slowly and how many at once a client may send."""
+    max_bytes: int
+    timeout: float = 10.0
+    per_client: int = 32
+    reading: dict[str, int] = field(default_factory=dict)  # client address -> bodies
+
+
+async def _receive(request: web.Request, limits: BodyLimits) -> bytes:
+    client = request.remote or ""
+    if limits.reading.get(client, 0) >= limits.per_client:
+        refused = RateLimited(1, "Too many requests are still sending their bodies.")
+        refused.close_connection = True  # its body stays unread
+        raise refused
+    limits.reading[client] = limits.reading.get(client, 0) + 1
+    try:
+        async with asyncio.timeout(limits.timeout):
+            return await request.read()
+    except TimeoutError as exc:
+        raise RequestTimeout(f"The body did not arrive within {limits.timeout:g} s.") from exc
+    finally:
+        left = limits.reading[client] - 1
+        if left:
+            limits.reading[client] = left
+        else:
+            del limits.reading[client]
+
+
+async def read_body(request: web.Request, decoder: msgspec.json.Decoder,
+                    limits: BodyLimits) -> Any:
+    max_bytes = limits.max_bytes
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"The request body is over {max_bytes} bytes.")
     try:
-        raw = await request.read()
+        raw = await _receive(request, limits)
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"The request body is over {max_bytes} bytes.") from exc
     if not raw:
@@ -254,8 +293,8 @@ def read_query(request: web.Request, query_type: type) -> Any:
         raise validation_error(exc, root="query") from exc
 
 
-def bind(route: Route, *, verify: Callable[[str | None], Awaitable[Principal]], max_bytes: int
-         ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def bind(route: Route, *, verify: Callable[[str | None], Awaitable[Principal]],
+         limits: BodyLimits) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler for ``route``: auth, decode, call, encode."""
     handler, status, auth = route.handler, route.status, route.auth
     decoder, query_type = route.decoder, route.query
@@ -271,7 +310,7 @@ def bind(route: Route, *, verify: Callable[[str | None], Awaitable[Principal]], 
             request[PRINCIPAL] = who
         args: list[Any] = []
         if decoder is not None:
-            args.append(await read_body(request, decoder, max_bytes))
+            args.append(await read_body(request, decoder, limits))
         if query_type is not None:
             args.append(read_query(request, query_type))
         result = await handler(request, *args)

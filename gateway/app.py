@@ -29,9 +29,11 @@ def create_app(settings: Settings) -> web.Application:
 
     routes = [r for table in ROUTE_TABLES for r in table.routes]
     verify = _verifier(app)
+    limits = api.BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout,
+                            per_client=settings.body_reads_per_client)
     for route in routes:
         app.router.add_route(route.method, route.path,
-                             api.bind(route, verify=verify, max_bytes=settings.max_body_bytes))
+                             api.bind(route, verify=verify, limits=limits))
     openapi = api.encode(build_openapi(routes))
 
     async def openapi_json(request: web.Request) -> web.Response:

@@ -47,7 +47,11 @@ def error_response(exc: FlashsaleError) -> web.Response:
     headers = None
     if isinstance(exc, (RateLimited, Unavailable)):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-    return json_response(error_body(exc.code, exc.message, exc.details), exc.status, headers)
+    response = json_response(error_body(exc.code, exc.message, exc.details), exc.status,
+                             headers)
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 def _route_label(request: web.Request) -> str:

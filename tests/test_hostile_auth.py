@@ -11,7 +11,7 @@ import uuid
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from accounts.passwords import N, Hasher, hash_password
+from accounts.passwords import Hasher, N, hash_password
 from accounts.tokens import TokenSigner
 from engine.settings import Settings
 from gateway.app import create_app
@@ -191,3 +191,48 @@ async def test_an_old_hash_is_replaced_on_login(api, pool, settings) -> None:
                                  user["user_id"])
     assert stored != old and stored.split("$")[1] == str(2**settings.password_cost)
     await login(api, user["email"])  # and the new hash verifies
+
+
+async def test_the_reservation_path_reads_the_standing_from_redis_not_postgres(
+        api, other_gateway) -> None:
+    from gateway.context import SERVICES
+    from tests.conftest import create_sale
+
+    user = await api.signup()
+    sale = await create_sale(api, quantity=3)
+
+    class NoPostgres:
+        async def fetch(self, *args, **kwargs):
+            raise AssertionError("the standing was read from Postgres")
+
+    standings = other_gateway.client.app[SERVICES].standings
+    standings._pool = NoPostgres()  # a cold worker: its process cache is empty
+    status, body = await other_gateway.call(
+        "POST", f"/api/v1/sales/{sale['sale_id']}/reservations", headers=user["headers"],
+        json={"quantity": 1, "idempotency_key": "hot"})
+    assert status == 201, body
+
+
+async def test_a_slow_body_is_timed_out_and_slow_senders_are_capped(database) -> None:
+    client = TestClient(TestServer(create_app(make_settings(body_timeout=0.5,
+                                                            body_reads_per_client=3))))
+    await client.start_server()
+    try:
+        host, port = client.server.host, client.server.port
+
+        async def trickle() -> bytes:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(4096), 30)
+            writer.close()
+            return answer
+
+        answers = await asyncio.gather(*(trickle() for _ in range(6)))
+        statuses = sorted(int(a.split(b" ", 2)[1]) for a in answers)
+        # three were read until the timeout, the others refused at once
+        assert statuses == [408] * 3 + [429] * 3, answers
+        assert all(b'"error"' in a for a in answers)
+    finally:
+        await client.close()
