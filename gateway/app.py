@@ -12,13 +12,14 @@ from engine.connections import close_pool, create_pool, create_redis
 from engine.settings import Settings
 from gateway import api
 from gateway.context import SERVICES, SETTINGS, build_services
-from gateway.middleware import edge_middleware
+from gateway.middleware import edge_middleware, install_parser_errors
 from gateway.openapi import build_openapi
 from gateway.pages import add_pages
 from gateway.routes import ROUTE_TABLES
 
 
 def create_app(settings: Settings) -> web.Application:
+    install_parser_errors()
     app = web.Application(middlewares=[edge_middleware(access_log=settings.access_log)],
                           client_max_size=settings.max_body_bytes,
                           # Long query strings reach the handlers (which answer 422 in

@@ -16,7 +16,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from engine import metrics
 from engine.errors import FlashsaleError, RateLimited, Unavailable, as_unavailable
@@ -28,15 +28,40 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _HTTP_CODES = {
     400: ("bad_request", "The request is malformed."),
+    408: ("request_timeout", "The request came too slowly."),
     401: ("unauthorized", "A valid bearer token is required."),
     403: ("forbidden", "You are not allowed to do this."),
     404: ("not_found", "No such resource."),
     405: ("method_not_allowed", "Method not allowed on this path."),
     413: ("payload_too_large", "The request body is too large."),
     415: ("unsupported_media_type", "Send JSON."),
+    431: ("headers_too_large", "The request headers are too large."),
+    500: ("internal_error", "Something went wrong on our side."),
+    501: ("not_implemented", "This method is not supported."),
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+_PARSER_ERROR = web_protocol.RequestHandler.handle_error
+
+
+def _parser_error_as_json(self: web_protocol.RequestHandler, request: web.BaseRequest,
+                          status: int = 500, exc: BaseException | None = None,
+                          message: str | None = None) -> web.StreamResponse:
+    """aiohttp answers what its HTTP parser refuses (a request line or header too long, a
+    method that is no token, a broken chunk) before any middleware runs, in text/plain;
+    this answers the same status in the contract's shape. aiohttp offers no hook for it,
+    so ``install_parser_errors`` puts this in place of ``RequestHandler.handle_error``."""
+    _PARSER_ERROR(self, request, status, exc, message)  # aiohttp's logging, and its checks
+    code, text = _HTTP_CODES.get(status, ("http_error", "The request could not be served."))
+    response = json_response(error_body(code, text), status)
+    response.force_close()
+    return response
+
+
+def install_parser_errors() -> None:
+    web_protocol.RequestHandler.handle_error = _parser_error_as_json  # type: ignore[method-assign]
 
 
 def error_body(code: str, message: str, details: object = None) -> dict:

@@ -129,3 +129,29 @@ async def test_addresses_and_payment_methods_are_capped_per_user_under_concurren
         assert sorted(status for status, _ in results) == [201] * cap + [422] * 5
         _, listed = await api.call("GET", url, headers=user["headers"])
         assert len(listed) == cap
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /api/v1/products?q=" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n",
+    b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+async def test_errors_of_the_http_parser_come_in_the_contract_shape(app_client,
+                                                                    request_bytes) -> None:
+    import asyncio
+    import json
+
+    reader, writer = await asyncio.open_connection(app_client.server.host,
+                                                   app_client.server.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, raw[:300]
+    assert b"application/json" in head.lower(), head
+    answer = json.loads(body)
+    assert set(answer) == {"error"} and set(answer["error"]) == {"code", "message", "details"}
