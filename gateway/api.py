@@ -19,6 +19,7 @@ from aiohttp import web
 
 from accounts.tokens import Principal
 from engine.errors import (
+    Forbidden,
     InvalidJSON,
     NotFound,
     PayloadTooLarge,
@@ -28,7 +29,11 @@ from engine.errors import (
 )
 from engine.money import check_amount
 
-Auth = Literal["public", "user", "admin"]
+# public: anyone; user: any signed-in user or the operator token (seller routes, where an
+# admin acts for any seller); owner: a signed-in user acting on their own account, cart,
+# orders and holds (the operator token is refused with 403, an admin acts as themselves;
+# staff support goes through /api/v1/admin/...); admin: an admin user or the operator.
+Auth = Literal["public", "user", "owner", "admin"]
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -176,6 +181,7 @@ class Route:
     summary: str
     tag: str
     errors: tuple[int, ...]
+    also: tuple[int, ...] = ()  # other success statuses with the same body (200 on replay)
     decoder: msgspec.json.Decoder | None = field(default=None, repr=False)
 
 
@@ -186,13 +192,14 @@ class RouteTable:
 
     def route(self, method: str, path: str, *, auth: Auth = "user", body: type | None = None,
               query: type | None = None, response: Any = None, status: int = 200,
-              summary: str = "", errors: tuple[int, ...] = ()) -> Callable:
+              summary: str = "", errors: tuple[int, ...] = (),
+              also: tuple[int, ...] = ()) -> Callable:
         def register(handler: Callable[..., Awaitable[Any]]) -> Callable:
             self.routes.append(Route(
                 method=method, path=path, handler=handler, auth=auth, body=body, query=query,
                 response=response, status=status,
                 summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
-                tag=self.tag, errors=errors,
+                tag=self.tag, errors=errors, also=also,
                 decoder=msgspec.json.Decoder(body, dec_hook=_decode_hook)
                 if body is not None else None))
             return handler
@@ -307,6 +314,9 @@ def bind(route: Route, *, verify: Callable[[str | None], Awaitable[Principal]],
             who = await verify(request.headers.get("Authorization"))
             if auth == "admin":
                 who.require_admin()
+            elif auth == "owner" and who.operator:
+                raise Forbidden("The operator token acts on admin routes only; sign in as "
+                                "the user.")
             request[PRINCIPAL] = who
         args: list[Any] = []
         if decoder is not None:

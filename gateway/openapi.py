@@ -21,11 +21,34 @@ class ErrorBody(msgspec.Struct):
 
 
 _STATUS_TEXT = {
-    200: "OK", 201: "Created", 400: "Malformed JSON", 401: "Missing, bad or expired token",
-    403: "Not allowed", 404: "Unknown id", 409: "State conflict", 413: "Body too large",
-    422: "Well-formed but unacceptable", 429: "Rate limited", 503: "Redis or Postgres down",
+    200: "OK", 201: "Created", 400: "Malformed JSON",
+    401: "Missing, bad, expired or revoked token",
+    403: "Not allowed", 404: "Unknown id", 408: "Body sent too slowly",
+    409: "State conflict", 413: "Body too large", 422: "Well-formed but unacceptable",
+    429: "Rate limited (Retry-After)", 503: "Redis or Postgres down (Retry-After)",
 }
 _PATH_PARAM = re.compile(r"{(\w+)}")
+# Ids in paths are ASCII digits (anything else is an unknown id: 404); the others are
+# text without control characters.
+_ID_PARAM = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+_TEXT_PARAM = {"type": "string", "minLength": 1, "maxLength": 100}
+_TEXT_PARAMS = {"reservation_id", "code"}
+
+
+def _service_routes() -> dict[str, dict]:
+    """The routes served outside the route table: health, readiness, the document."""
+    def op(summary: str, codes: dict[int, tuple[str, dict]]) -> dict:
+        return {"get": {"summary": summary, "tags": ["service"], "responses": {
+            str(code): {"description": text, "content": {media: {"schema": {}}}}
+            for code, (text, media_schema) in codes.items()
+            for media in media_schema}}}
+    json_any = {"application/json": {}}
+    return {
+        "/healthz": op("The process runs.", {200: ("OK", json_any)}),
+        "/readyz": op("Redis and Postgres answer.", {200: ("Ready", json_any),
+                                                      503: ("Not ready", json_any)}),
+        "/api/v1/openapi.json": op("This document.", {200: ("OK", json_any)}),
+    }
 
 
 def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str = "1") -> dict:
@@ -41,7 +64,8 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
     for r in routes:
         op: dict[str, Any] = {"summary": r.summary, "tags": [r.tag],
                               "operationId": f"{r.tag}_{r.handler.__name__}"}
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        params = [{"name": name, "in": "path", "required": True,
+                   "schema": _TEXT_PARAM if name in _TEXT_PARAMS else _ID_PARAM}
                   for name in _PATH_PARAM.findall(r.path)]
         if r.query is not None:
             qschema = components.get(r.query.__name__, {})
@@ -58,12 +82,16 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
         if r.response is not None:
             ok["content"] = {"application/json": {"schema": schema_of[id(r.response)]}}
         responses: dict[str, Any] = {str(r.status): ok}
+        for status in r.also:
+            responses[str(status)] = {**ok, "description": _STATUS_TEXT.get(status, "OK")}
         codes = set(r.errors)
         if r.body is not None:
-            codes |= {400, 413, 422}
+            codes |= {400, 408, 413, 422, 429}
+        if r.query is not None:
+            codes.add(422)
         if r.auth != "public":
             codes.add(401)
-        if r.auth == "admin":
+        if r.auth in ("admin", "owner"):
             codes.add(403)
         if "{" in r.path:
             codes.add(404)
@@ -82,7 +110,7 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
         "info": {"title": title, "version": version,
                  "description": "Flash-sale commerce engine. Errors share one shape: "
                                 "{\"error\": {\"code\", \"message\", \"details\"}}."},
-        "paths": paths,
+        "paths": {**paths, **_service_routes()},
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "bearerFormat": "JWT"}}},

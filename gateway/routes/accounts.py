@@ -153,7 +153,7 @@ async def login(request: web.Request, body: LoginRequest) -> TokenResponse:
     return TokenResponse(**out)
 
 
-@routes.post("/api/v1/auth/logout-all", response=Revoked, errors=(403,))
+@routes.post("/api/v1/auth/logout-all", auth="owner", response=Revoked, errors=(403,))
 async def logout_all(request: web.Request) -> Revoked:
     """Log out everywhere: every token of yours issued so far stops working at once."""
     user_id = signed_in_user(request)
@@ -161,7 +161,7 @@ async def logout_all(request: web.Request) -> Revoked:
     return Revoked(user_id=user_id, revoked=True)
 
 
-@routes.post("/api/v1/me/password", body=PasswordChange, response=TokenResponse,
+@routes.post("/api/v1/me/password", auth="owner", body=PasswordChange, response=TokenResponse,
              errors=(403,))
 async def change_password(request: web.Request, body: PasswordChange) -> TokenResponse:
     """Change your password: your other tokens are revoked, a fresh one is returned."""
@@ -170,13 +170,14 @@ async def change_password(request: web.Request, body: PasswordChange) -> TokenRe
     return TokenResponse(**out)
 
 
-@routes.get("/api/v1/me", response=MeResponse)
+@routes.get("/api/v1/me", auth="owner", response=MeResponse)
 async def me(request: web.Request) -> MeResponse:
     """The signed-in user."""
     return MeResponse(**await services(request).accounts.get_user(principal(request).user_id))
 
 
-@routes.post("/api/v1/me/addresses", body=AddressRequest, response=Address, status=201)
+@routes.post("/api/v1/me/addresses", auth="owner",
+             body=AddressRequest, response=Address, status=201)
 async def add_address(request: web.Request, body: AddressRequest) -> Address:
     """Add a shipping address."""
     row = await services(request).accounts.add_address(
@@ -185,14 +186,14 @@ async def add_address(request: web.Request, body: AddressRequest) -> Address:
     return Address(**row)
 
 
-@routes.get("/api/v1/me/addresses", response=list[Address])
+@routes.get("/api/v1/me/addresses", auth="owner", response=list[Address])
 async def list_addresses(request: web.Request) -> list[Address]:
     """The user's addresses."""
     rows = await services(request).accounts.list_addresses(principal(request).user_id)
     return [Address(**r) for r in rows]
 
 
-@routes.get("/api/v1/me/addresses/{address_id}", response=Address)
+@routes.get("/api/v1/me/addresses/{address_id}", auth="owner", response=Address)
 async def get_address(request: web.Request) -> Address:
     """One of the user's addresses."""
     row = await services(request).accounts.get_address(
@@ -200,7 +201,8 @@ async def get_address(request: web.Request) -> Address:
     return Address(**row)
 
 
-@routes.post("/api/v1/me/payment-methods", body=PaymentMethodRequest, response=PaymentMethod,
+@routes.post("/api/v1/me/payment-methods", auth="owner",
+             body=PaymentMethodRequest, response=PaymentMethod,
              status=201)
 async def add_payment_method(request: web.Request, body: PaymentMethodRequest) -> PaymentMethod:
     """Add a card (kept as brand, last4 and a provider token), a wallet or cash on delivery."""
@@ -210,14 +212,14 @@ async def add_payment_method(request: web.Request, body: PaymentMethodRequest) -
     return _payment_method(row)
 
 
-@routes.get("/api/v1/me/payment-methods", response=list[PaymentMethod])
+@routes.get("/api/v1/me/payment-methods", auth="owner", response=list[PaymentMethod])
 async def list_payment_methods(request: web.Request) -> list[PaymentMethod]:
     """The user's payment methods."""
     rows = await services(request).accounts.list_payment_methods(principal(request).user_id)
     return [_payment_method(r) for r in rows]
 
 
-@routes.get("/api/v1/me/payment-methods/{payment_method_id}", response=PaymentMethod)
+@routes.get("/api/v1/me/payment-methods/{payment_method_id}", auth="owner", response=PaymentMethod)
 async def get_payment_method(request: web.Request) -> PaymentMethod:
     """One of the user's payment methods."""
     row = await services(request).accounts.get_payment_method(

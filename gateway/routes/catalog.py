@@ -217,7 +217,7 @@ async def suggest(request: web.Request, query: SuggestQuery) -> Suggestions:
         _text("q", query.q), limit=query.limit))
 
 
-@routes.post("/api/v1/products/{product_id}/reviews", body=NewReview, response=Review,
+@routes.post("/api/v1/products/{product_id}/reviews", auth="owner", body=NewReview, response=Review,
              status=201, errors=(409,))
 async def add_review(request: web.Request, body: NewReview) -> Review:
     """Review a product (one review per user and product)."""

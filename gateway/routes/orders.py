@@ -44,20 +44,20 @@ class CartQuantityRequest(Body):
     quantity: Quantity
 
 
-@routes.get("/api/v1/cart", response=Cart, errors=(403,))
+@routes.get("/api/v1/cart", auth="owner", response=Cart, errors=(403,))
 async def get_cart(request: web.Request) -> Cart:
     """Your cart, with the prices you saw when adding each item."""
     return await services(request).carts.view(shopper(request))
 
 
-@routes.post("/api/v1/cart/items", body=CartItemRequest, response=Cart, status=201,
+@routes.post("/api/v1/cart/items", auth="owner", body=CartItemRequest, response=Cart, status=201,
              errors=(403, 404))
 async def add_cart_item(request: web.Request, body: CartItemRequest) -> Cart:
     """Add units of a product (to its line if it is already in the cart)."""
     return await services(request).carts.add(shopper(request), body.product_id, body.quantity)
 
 
-@routes.put("/api/v1/cart/items/{item_id}", body=CartQuantityRequest, response=Cart,
+@routes.put("/api/v1/cart/items/{item_id}", auth="owner", body=CartQuantityRequest, response=Cart,
             errors=(403,))
 async def set_cart_item(request: web.Request, body: CartQuantityRequest) -> Cart:
     """Set a line's quantity."""
@@ -65,7 +65,7 @@ async def set_cart_item(request: web.Request, body: CartQuantityRequest) -> Cart
         shopper(request), path_int(request, "item_id"), body.quantity)
 
 
-@routes.delete("/api/v1/cart/items/{item_id}", response=Cart, errors=(403,))
+@routes.delete("/api/v1/cart/items/{item_id}", auth="owner", response=Cart, errors=(403,))
 async def remove_cart_item(request: web.Request) -> Cart:
     """Remove a line."""
     return await services(request).carts.remove(shopper(request), path_int(request, "item_id"))
@@ -97,8 +97,8 @@ class TransitionRequest(Body):
     status: Literal["shipped", "delivered"]
 
 
-@routes.post("/api/v1/orders", body=CheckoutBody, response=OrderView, status=201,
-             errors=(403, 404, 409, 422))
+@routes.post("/api/v1/orders", auth="owner", also=(200,), body=CheckoutBody,
+             response=OrderView, status=201, errors=(403, 404, 409, 422))
 async def place_order(request: web.Request, body: CheckoutBody) -> web.Response:
     """Check out the cart, or a flash-sale hold with ``reservation_id``. Idempotent: the
     same key and body again answer 200 with the first response."""
@@ -111,7 +111,7 @@ async def place_order(request: web.Request, body: CheckoutBody) -> web.Response:
                         content_type="application/json", headers=headers)
 
 
-@routes.get("/api/v1/orders", query=OrdersQuery, response=OrderPage)
+@routes.get("/api/v1/orders", auth="owner", query=OrdersQuery, response=OrderPage)
 async def list_orders(request: web.Request, query: OrdersQuery) -> OrderPage:
     """Your orders, newest first, optionally of one status."""
     items, total = await services(request).orders.history(
@@ -120,20 +120,33 @@ async def list_orders(request: web.Request, query: OrdersQuery) -> OrderPage:
     return OrderPage(items=items, total=total, page=query.page, page_size=query.page_size)
 
 
-@routes.get("/api/v1/orders/{order_id}", response=OrderView)
+@routes.get("/api/v1/orders/{order_id}", auth="owner", response=OrderView)
 async def get_order(request: web.Request) -> OrderView:
     """One of your orders, with its tracking events."""
-    who = principal(request)
     return await services(request).orders.get(path_int(request, "order_id"),
-                                               user_id=who.user_id, is_admin=who.is_admin)
+                                               user_id=principal(request).user_id)
 
 
-@routes.post("/api/v1/orders/{order_id}/cancel", response=OrderView, errors=(409,))
+@routes.get("/api/v1/admin/orders/{order_id}", auth="admin", response=OrderView)
+async def admin_get_order(request: web.Request) -> OrderView:
+    """Any user's order, with its tracking events (admin support)."""
+    return await services(request).orders.get(path_int(request, "order_id"), user_id=0,
+                                               is_admin=True)
+
+
+@routes.post("/api/v1/orders/{order_id}/cancel", auth="owner", response=OrderView, errors=(409,))
 async def cancel_order(request: web.Request) -> OrderView:
     """Cancel an order that has not shipped: refund it and put its units back."""
-    who = principal(request)
     return await services(request).orders.cancel(path_int(request, "order_id"),
-                                                  user_id=who.user_id, is_admin=who.is_admin)
+                                                  user_id=principal(request).user_id)
+
+
+@routes.post("/api/v1/admin/orders/{order_id}/cancel", auth="admin", response=OrderView,
+             errors=(409,))
+async def admin_cancel_order(request: web.Request) -> OrderView:
+    """Cancel any user's order that has not shipped (admin support): refund and restock."""
+    return await services(request).orders.cancel(path_int(request, "order_id"), user_id=0,
+                                                  is_admin=True)
 
 
 @routes.post("/api/v1/admin/orders/{order_id}/transition", auth="admin", body=TransitionRequest,
@@ -158,7 +171,8 @@ class ReturnDecision(Body):
     status: Literal["refunded", "rejected"]
 
 
-@routes.post("/api/v1/orders/{order_id}/returns", body=ReturnRequest, response=ReturnView,
+@routes.post("/api/v1/orders/{order_id}/returns", auth="owner",
+             body=ReturnRequest, response=ReturnView,
              status=201, errors=(409,))
 async def request_return(request: web.Request, body: ReturnRequest) -> ReturnView:
     """Return items of a delivered order, within 30 days of delivery."""
@@ -167,12 +181,20 @@ async def request_return(request: web.Request, body: ReturnRequest) -> ReturnVie
         items=[(line.order_item_id, line.quantity) for line in body.items], reason=body.reason)
 
 
-@routes.get("/api/v1/orders/{order_id}/returns", response=list[ReturnView])
+@routes.get("/api/v1/orders/{order_id}/returns", auth="owner", response=list[ReturnView])
 async def list_returns(request: web.Request) -> list[ReturnView]:
     """The returns of one of your orders."""
-    who = principal(request)
     return await services(request).returns.for_order(path_int(request, "order_id"),
-                                                     user_id=who.user_id, is_admin=who.is_admin)
+                                                     user_id=principal(request).user_id,
+                                                     is_admin=False)
+
+
+@routes.get("/api/v1/admin/orders/{order_id}/returns", auth="admin",
+            response=list[ReturnView])
+async def admin_list_returns(request: web.Request) -> list[ReturnView]:
+    """The returns of any user's order (admin support)."""
+    return await services(request).returns.for_order(path_int(request, "order_id"),
+                                                     user_id=0, is_admin=True)
 
 
 @routes.post("/api/v1/admin/returns/{return_id}/decision", auth="admin", body=ReturnDecision,

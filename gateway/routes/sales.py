@@ -93,7 +93,8 @@ async def get_sale(request: web.Request) -> SalePublic:
                       ends_at=view.ends_at, per_user_limit=view.per_user_limit)
 
 
-@routes.post("/api/v1/sales/{sale_id}/reservations", body=ReserveRequest, response=Reservation,
+@routes.post("/api/v1/sales/{sale_id}/reservations", auth="owner", also=(200,),
+             body=ReserveRequest, response=Reservation,
              status=201, errors=(409, 422, 429))
 async def reserve(request: web.Request, body: ReserveRequest) -> Reservation | Reply:
     """Hold units of a flash sale. The same idempotency key again returns the same hold."""
@@ -108,7 +109,9 @@ async def reserve(request: web.Request, body: ReserveRequest) -> Reservation | R
     return Reply(reservation, 200) if hold.replayed else reservation
 
 
-async def _owned_reservation(request: web.Request) -> Reservation:
+async def _find_reservation(request: web.Request, *, staff: bool) -> Reservation:
+    """The reservation of the path: the caller's own, or any (``staff``: admin routes);
+    another user's is indistinguishable from a missing one."""
     svc = services(request)
     who = principal(request)
     reservation_id = request.match_info["reservation_id"]
@@ -128,27 +131,44 @@ async def _owned_reservation(request: web.Request) -> Reservation:
         found = Reservation(reservation_id=row["reservation_id"], sale_id=row["sale_id"],
                             quantity=row["quantity"], status=row["status"],
                             expires_at=row["expires_at"], order_id=row["order_id"])
-    if owner != who.user_id and not who.is_admin:
+    if owner != who.user_id and not staff:
         raise NotFound("No such reservation.")
     return found
 
 
-@routes.get("/api/v1/reservations/{reservation_id}", response=Reservation)
-async def get_reservation(request: web.Request) -> Reservation:
-    """One of your reservations."""
-    return await _owned_reservation(request)
-
-
-@routes.delete("/api/v1/reservations/{reservation_id}", response=Reservation, errors=(409,))
-async def release_reservation(request: web.Request) -> Reservation:
-    """Release a hold: its units go back on sale at once."""
-    found = await _owned_reservation(request)
+async def _release(request: web.Request, *, staff: bool) -> Reservation:
+    found = await _find_reservation(request, staff=staff)
     hold = await services(request).admission.release(
-        found.reservation_id, user_id=None if principal(request).is_admin else
-        principal(request).user_id)
+        found.reservation_id, user_id=None if staff else principal(request).user_id)
     return Reservation(reservation_id=found.reservation_id, sale_id=found.sale_id,
                        quantity=found.quantity, status=hold.status,
                        expires_at=found.expires_at, order_id=found.order_id)
+
+
+@routes.get("/api/v1/reservations/{reservation_id}", auth="owner", response=Reservation)
+async def get_reservation(request: web.Request) -> Reservation:
+    """One of your reservations."""
+    return await _find_reservation(request, staff=False)
+
+
+@routes.delete("/api/v1/reservations/{reservation_id}", auth="owner",
+               response=Reservation, errors=(409,))
+async def release_reservation(request: web.Request) -> Reservation:
+    """Release a hold: its units go back on sale at once."""
+    return await _release(request, staff=False)
+
+
+@routes.get("/api/v1/admin/reservations/{reservation_id}", auth="admin", response=Reservation)
+async def admin_get_reservation(request: web.Request) -> Reservation:
+    """Any user's reservation (admin support)."""
+    return await _find_reservation(request, staff=True)
+
+
+@routes.delete("/api/v1/admin/reservations/{reservation_id}", auth="admin",
+               response=Reservation, errors=(409,))
+async def admin_release_reservation(request: web.Request) -> Reservation:
+    """Release any user's hold (admin support): its units go back on sale at once."""
+    return await _release(request, staff=True)
 
 
 # -- operating sales (admin) --------------------------------------------------------------
