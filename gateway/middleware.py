@@ -43,17 +43,22 @@ _HTTP_CODES = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-_PARSER_ERROR = web_protocol.RequestHandler.handle_error
-
-
 def _parser_error_as_json(self: web_protocol.RequestHandler, request: web.BaseRequest,
                           status: int = 500, exc: BaseException | None = None,
                           message: str | None = None) -> web.StreamResponse:
     """aiohttp answers what its HTTP parser refuses (a request line or header too long, a
     method that is no token, a broken chunk) before any middleware runs, in text/plain;
     this answers the same status in the contract's shape. aiohttp offers no hook for it,
-    so ``install_parser_errors`` puts this in place of ``RequestHandler.handle_error``."""
-    _PARSER_ERROR(self, request, status, exc, message)  # aiohttp's logging, and its checks
+    so ``install_parser_errors`` puts this in place of ``RequestHandler.handle_error``.
+    A malformed request is the client's doing: logged at debug, by type only (the parser's
+    message quotes the raw header, which may be a token)."""
+    if status >= 500:
+        log.error("error serving a request from %s: %s", request.remote, type(exc).__name__)
+    else:
+        log.debug("refused a malformed request from %s: %s", request.remote,
+                  type(exc).__name__)
+    if request.writer.output_size > 0:  # as aiohttp: a response is under way already
+        raise ConnectionError("a response was being sent; cannot send an error")
     code, text = _HTTP_CODES.get(status, ("http_error", "The request could not be served."))
     response = json_response(error_body(code, text), status)
     response.force_close()

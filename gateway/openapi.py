@@ -35,6 +35,34 @@ _TEXT_PARAM = {"type": "string", "minLength": 1, "maxLength": 100}
 _TEXT_PARAMS = {"reservation_id", "code"}
 
 
+# What the edge's text policy (gateway/api.py) lets through: no control characters
+# other than tab, newline and carriage return.
+_PLAIN_TEXT = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+
+
+def _text_policy(schema: Any, components: dict[str, Any], seen: set[str]) -> None:
+    """Mark every free string a request may carry with the text policy's pattern."""
+    if isinstance(schema, list):
+        for item in schema:
+            _text_policy(item, components, seen)
+        return
+    if not isinstance(schema, dict):
+        return
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        if name not in seen:
+            seen.add(name)
+            _text_policy(components.get(name), components, seen)
+        return
+    if schema.get("type") == "string" and not ({"pattern", "enum", "format", "const"}
+                                               & schema.keys()):
+        schema["pattern"] = _PLAIN_TEXT
+    for value in schema.values():
+        if isinstance(value, (dict, list)):
+            _text_policy(value, components, seen)
+
+
 def _service_routes() -> dict[str, dict]:
     """The routes served outside the route table: health, readiness, the document."""
     def op(summary: str, codes: dict[int, tuple[str, dict]]) -> dict:
@@ -58,6 +86,11 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
     schemas, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}", schema_hook=schema_hook)
     schema_of = dict(zip(map(id, types), schemas, strict=True))
+    seen: set[str] = set()
+    for r in routes:
+        for request_type in (r.body, r.query):
+            if request_type is not None:
+                _text_policy(schema_of[id(request_type)], components, seen)
     error_ref = schema_of[id(ErrorBody)]
 
     paths: dict[str, dict] = {}

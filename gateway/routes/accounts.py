@@ -16,7 +16,7 @@ from gateway.context import services
 
 routes = RouteTable("accounts")
 
-Email = Annotated[str, Meta(min_length=3, max_length=254)]
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
 
 

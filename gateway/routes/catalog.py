@@ -250,7 +250,7 @@ async def create_category(request: web.Request, body: NewCategory) -> Category:
 
 # -- sellers -----------------------------------------------------------------------------
 @routes.post("/api/v1/seller/products", body=NewProduct, response=Product, status=201,
-             errors=(403,))
+             errors=(403, 404))
 async def create_product(request: web.Request, body: NewProduct) -> Product:
     """Create a product (seller, or admin acting for a seller)."""
     seller = _acting_seller(request)
@@ -284,7 +284,7 @@ async def set_inventory(request: web.Request, body: StockRequest) -> Stock:
 
 
 @routes.get("/api/v1/seller/products", query=SellerProductsQuery, response=ProductPage,
-            errors=(403,))
+            errors=(403, 404))
 async def seller_products(request: web.Request, query: SellerProductsQuery) -> ProductPage:
     """The seller's own products, any status, newest first."""
     seller = _acting_seller(request)
@@ -294,7 +294,7 @@ async def seller_products(request: web.Request, query: SellerProductsQuery) -> P
 
 
 @routes.get("/api/v1/seller/dashboard", query=DashboardQuery, response=Dashboard,
-            errors=(403,))
+            errors=(403, 404))
 async def seller_dashboard(request: web.Request, query: DashboardQuery) -> Dashboard:
     """Products, stock, units sold and revenue of a seller (admins name the seller)."""
     seller = _acting_seller(request)

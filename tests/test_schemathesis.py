@@ -1,0 +1,108 @@
+"""Schemathesis over the served OpenAPI document, against a real `flashsale serve`: with a
+user's token and with the operator token, no generated request may get a server error,
+an undocumented status code, a response that breaks its schema or a wrong content type.
+
+Bounded for `make test` (a few examples per operation, one worker, a fixed seed); the
+run's case count is printed (`pytest -s`) and checked to be non-trivial."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+ST = Path(sys.executable).parent / "st"
+CHECKS = ("not_a_server_error,status_code_conformance,response_schema_conformance,"
+          "content_type_conformance")
+EXAMPLES = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _ready(base: str, proc: subprocess.Popen) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            assert proc.poll() is None, "the gateway exited"
+            try:
+                async with http.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the gateway did not become ready")
+
+
+async def _seed(base: str) -> str:
+    """A user (whose token the run uses), a product and a sale, so some ids exist."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/api/v1/auth/signup", json={
+                "email": "fuzz@example.com", "password": "correct-horse-1",
+                "name": "Fuzz"}) as resp:
+            token = (await resp.json())["token"]
+        async with http.post(f"{base}/api/v1/seller/products", headers=admin, json={
+                "name": "Fuzzed lamp", "price": "9.99", "available_qty": 50}) as resp:
+            product = await resp.json()
+        async with http.post(f"{base}/api/v1/admin/sales", headers=admin, json={
+                "product_id": product["product_id"], "quantity": 10, "price": "4.99"}) as resp:
+            assert resp.status == 201, await resp.text()
+    return token
+
+
+async def _schemathesis(base: str, token: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(ST), "run", f"{base}/api/v1/openapi.json", "--checks", CHECKS,
+        "--header", f"Authorization: Bearer {token}", "--max-examples", str(EXAMPLES),
+        "--seed", "11", "--workers", "1", "--no-color", "--phases", "examples,coverage,fuzzing",
+        # It would revoke the token the rest of the run uses.
+        "--exclude-path", "/api/v1/auth/logout-all",
+        "--generation-database", "none",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT)
+    out, _ = await proc.communicate()
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.timeout(420)
+async def test_schemathesis_finds_nothing(settings, database) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "FLASHSALE_ENV": "development",
+           "FLASHSALE_DATABASE_URL": settings.database_url,
+           "FLASHSALE_REDIS_URL": settings.redis_url, "FLASHSALE_SECRET": SECRET,
+           "FLASHSALE_ADMIN_TOKEN": ADMIN_TOKEN, "FLASHSALE_RATE_LIMIT": "0",
+           "FLASHSALE_SIGNUPS_PER_HOUR": "0", "FLASHSALE_PASSWORD_COST": "10"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        await _ready(base, proc)
+        user_token = await _seed(base)
+        total = 0
+        for who, token in (("user", user_token), ("operator", ADMIN_TOKEN)):
+            code, out = await _schemathesis(base, token)
+            tail = out[-6000:]
+            assert code == 0, f"schemathesis with the {who} token:\n{tail}"
+            cases = re.search(r"(\d+) generated, (\d+) passed", out)
+            assert cases and cases.group(1) == cases.group(2), tail
+            total += int(cases.group(1))
+            print(f"schemathesis ({who} token): {cases.group(1)} cases, 0 failures")
+        assert total > 1000  # the run really generated something
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+        assert b"Traceback" not in err, err.decode(errors="replace")[-4000:]
