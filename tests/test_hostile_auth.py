@@ -236,3 +236,49 @@ async def test_a_slow_body_is_timed_out_and_slow_senders_are_capped(database) ->
         assert all(b'"error"' in a for a in answers)
     finally:
         await client.close()
+
+
+async def test_owner_routes_answer_for_owners_only_and_staff_use_admin_routes(api) -> None:
+    from tests.test_orders_support import add_to_cart, place, product, shopper
+
+    buyer = await shopper(api)
+    await add_to_cart(api, buyer, await product(api, price="5.00"))
+    _, order = await place(api, buyer)
+    sale = await create_sale_for(api)
+    _, hold = await api.call("POST", f"/api/v1/sales/{sale}/reservations",
+                             headers=buyer["headers"], expect=201,
+                             json={"quantity": 1, "idempotency_key": "own"})
+    staff = await api.grant(await api.signup(), "admin")
+    owner_paths = [("GET", f"/api/v1/orders/{order['order_id']}"),
+                   ("POST", f"/api/v1/orders/{order['order_id']}/cancel"),
+                   ("GET", f"/api/v1/orders/{order['order_id']}/returns"),
+                   ("GET", f"/api/v1/reservations/{hold['reservation_id']}"),
+                   ("DELETE", f"/api/v1/reservations/{hold['reservation_id']}")]
+    for method, path in owner_paths:
+        status, body = await api.call(method, path, headers=api.admin)
+        assert status == 403, (path, body)  # the operator token is nobody's account
+        status, body = await api.call(method, path, headers=staff["headers"])
+        assert status == 404, (path, body)  # an admin user acts as themselves here
+    for path in ("/api/v1/me", "/api/v1/cart", "/api/v1/me/addresses"):
+        assert (await api.call("GET", path, headers=api.admin))[0] == 403
+    # Staff support has its own routes.
+    for headers in (api.admin, staff["headers"]):
+        _, seen = await api.call("GET", f"/api/v1/admin/orders/{order['order_id']}",
+                                 headers=headers, expect=200)
+        assert seen["order_id"] == order["order_id"]
+        _, held = await api.call("GET", f"/api/v1/admin/reservations/{hold['reservation_id']}",
+                                 headers=headers, expect=200)
+        assert held["status"] == "held"
+    _, released = await api.call("DELETE", f"/api/v1/admin/reservations/{hold['reservation_id']}",
+                                 headers=api.admin, expect=200)
+    assert released["status"] == "released"
+    _, cancelled = await api.call("POST", f"/api/v1/admin/orders/{order['order_id']}/cancel",
+                                  headers=staff["headers"], expect=200)
+    assert cancelled["status"] == "cancelled"
+    assert (await api.call("GET", f"/api/v1/admin/orders/{order['order_id']}",
+                           headers=buyer["headers"]))[0] == 403
+
+
+async def create_sale_for(api) -> int:
+    from tests.conftest import create_sale
+    return (await create_sale(api, quantity=2))["sale_id"]
