@@ -28,6 +28,7 @@ from engine.errors import (
     ValidationFailed,
 )
 from engine.money import check_amount
+from gateway.policy import check_text, decode_hook, has_control, plain
 
 # public: anyone; user: any signed-in user or the operator token (seller routes, where an
 # admin acts for any seller); owner: a signed-in user acting on their own account, cart,
@@ -48,93 +49,6 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
                   ) -> web.Response:
     return web.Response(body=_encoder.encode(value), status=status,
                         content_type="application/json", headers=headers)
-
-
-# -- the one text policy of the edge ----------------------------------------------------
-# Every string a client sends (body fields at any depth, query values, path segments)
-# passes here: NUL, other control characters (tab, newline and carriage return are
-# text) and lone surrogates are refused before any of it reaches Redis or Postgres.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-_MONEY = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$"
-_MONEY_TEXT = re.compile(_MONEY)
-
-
-def has_control(text: str) -> bool:
-    return _CONTROL.search(text) is not None
-
-
-class Money(Decimal):
-    """An amount as the contract spells it: a JSON string of ASCII digits with at most two
-    decimal places ("12.50"); numbers, exponents, signs, padding and other digits are
-    refused. Decodes to a plain Decimal."""
-
-
-class Price(Money):
-    """Money that must be more than zero (what something costs)."""
-
-
-def _decode_hook(kind: type, value: Any) -> Any:
-    if kind is Money or kind is Price:
-        if not isinstance(value, str) or not _MONEY_TEXT.match(value):
-            raise ValueError("must be a decimal string with at most two places, like \"9.99\"")
-        amount = kind(value)  # msgspec wants the declared type; _plain() turns it back
-        if kind is Price and amount <= 0:
-            raise ValueError("must be more than 0")
-        return amount
-    raise NotImplementedError(kind)
-
-
-def schema_hook(kind: type) -> dict[str, Any]:
-    """JSON Schema of the edge's own types (gateway/openapi.py)."""
-    if kind is Money or kind is Price:
-        return {"type": "string", "pattern": _MONEY, "maxLength": 13,
-                "description": "amount, two decimal places at most"
-                               + (", more than 0" if kind is Price else ""),
-                "examples": ["9.99"]}
-    raise NotImplementedError(kind)
-
-
-def _first_control(value: Any, path: str) -> str | None:
-    """The path of the first string in ``value`` with a refused character, else None."""
-    if isinstance(value, str):
-        return path if has_control(value) else None
-    if isinstance(value, msgspec.Struct):
-        for name in value.__struct_fields__:
-            found = _first_control(getattr(value, name), f"{path}.{name}")
-            if found:
-                return found
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = _first_control(item, f"{path}[{i}]")
-            if found:
-                return found
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            found = _first_control(key, path) or _first_control(item, f"{path}.{key}")
-            if found:
-                return found
-    return None
-
-
-def _plain(value: Any) -> None:
-    """Turn the Money fields of a decoded struct (at any depth) into plain Decimals, which
-    every encoder and driver knows."""
-    if isinstance(value, msgspec.Struct):
-        for name in value.__struct_fields__:
-            item = getattr(value, name)
-            if isinstance(item, Money):
-                setattr(value, name, Decimal(item))
-            else:
-                _plain(item)
-    elif isinstance(value, list):
-        for item in value:
-            _plain(item)
-
-
-def check_text(value: Any, root: str = "$") -> None:
-    path = _first_control(value, root)
-    if path is not None:
-        raise ValidationFailed.at(path, "must not contain control characters")
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True):
@@ -200,7 +114,7 @@ class RouteTable:
                 response=response, status=status,
                 summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
                 tag=self.tag, errors=errors, also=also,
-                decoder=msgspec.json.Decoder(body, dec_hook=_decode_hook)
+                decoder=msgspec.json.Decoder(body, dec_hook=decode_hook)
                 if body is not None else None))
             return handler
         return register
@@ -283,7 +197,7 @@ async def read_body(request: web.Request, decoder: msgspec.json.Decoder,
     except msgspec.DecodeError as exc:
         raise InvalidJSON() from exc
     check_text(body)
-    _plain(body)
+    plain(body)
     return body
 
 
@@ -293,8 +207,8 @@ def read_query(request: web.Request, query_type: type) -> Any:
             raise ValidationFailed.at(f"query.{name}", "must not contain control characters")
     try:
         query = msgspec.convert(dict(request.query), query_type, strict=False,
-                                dec_hook=_decode_hook)
-        _plain(query)
+                                dec_hook=decode_hook)
+        plain(query)
         return query
     except msgspec.ValidationError as exc:
         raise validation_error(exc, root="query") from exc

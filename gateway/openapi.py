@@ -7,7 +7,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.api import Route, schema_hook
+from gateway.api import Route
+from gateway.policy import schema_hook
 
 
 class ErrorDetail(msgspec.Struct):
@@ -35,7 +36,7 @@ _TEXT_PARAM = {"type": "string", "minLength": 1, "maxLength": 100}
 _TEXT_PARAMS = {"reservation_id", "code"}
 
 
-# What the edge's text policy (gateway/api.py) lets through: no control characters
+# What the edge's text policy (gateway/policy.py) lets through: no control characters
 # other than tab, newline and carriage return.
 _PLAIN_TEXT = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
 

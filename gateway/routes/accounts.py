@@ -11,8 +11,9 @@ from msgspec import Meta
 
 from accounts.passwords import MAX_LENGTH, MIN_LENGTH
 from engine.errors import Forbidden
-from gateway.api import Body, Price, Reply, RouteTable, path_int, principal
+from gateway.api import Body, Reply, RouteTable, path_int, principal
 from gateway.context import services
+from gateway.policy import Price
 
 routes = RouteTable("accounts")
 

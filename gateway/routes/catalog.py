@@ -15,8 +15,9 @@ from catalog.records import Category, Dashboard, Product, ProductPage, Review, R
 from catalog.records import SearchPage as SearchResponse
 from engine.errors import Forbidden, ValidationFailed
 from engine.money import check_amount
-from gateway.api import Body, Money, Price, RouteTable, path_int, principal
+from gateway.api import Body, RouteTable, path_int, principal
 from gateway.context import services
+from gateway.policy import Money, Price
 
 routes = RouteTable("catalog")
 

@@ -12,8 +12,9 @@ from aiohttp import web
 from msgspec import Meta
 
 from engine.errors import Forbidden
-from gateway.api import Body, Money, Price, RouteTable, path_int, principal
+from gateway.api import Body, RouteTable, path_int, principal
 from gateway.context import services
+from gateway.policy import Money, Price
 from orders.cart import MAX_QUANTITY, Cart
 from orders.idempotency import CheckoutRequest
 from orders.returns import ReturnView

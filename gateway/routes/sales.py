@@ -11,8 +11,9 @@ from aiohttp import web
 from msgspec import Meta
 
 from engine.errors import NotFound
-from gateway.api import Body, Price, Reply, RouteTable, path_int, principal
+from gateway.api import Body, Reply, RouteTable, path_int, principal
 from gateway.context import services
+from gateway.policy import Price
 from reconciler.board import BoardStatus, SaleBoard, sale_board, sale_boards
 
 routes = RouteTable("sales")
