@@ -286,7 +286,9 @@ async def run(mode: str, *, reuse: bool, concurrency: int) -> dict[str, Any]:
     await redis.flushdb()
     await redis.aclose()
     port = free_port()
-    env = {**os.environ, "FLASHSALE_DATABASE_URL": database_url, "FLASHSALE_REDIS_URL": REDIS_URL,
+    # A local gateway on the development secret: allowed in development only.
+    env = {"FLASHSALE_ENV": "development", **os.environ,
+           "FLASHSALE_DATABASE_URL": database_url, "FLASHSALE_REDIS_URL": REDIS_URL,
            "FLASHSALE_RATE_LIMIT": "0", "FLASHSALE_PORT": str(port)}
     server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
