@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ from accounts.passwords import Hasher, check_password
 from accounts.standing import Standing, Standings
 from accounts.throttle import Throttle
 from accounts.tokens import TokenSigner
-from engine.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from engine.errors import REDIS_DOWN, Conflict, NotFound, Unauthorized, ValidationFailed
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_ADDRESSES = 20  # per user; enough for anyone, not enough to fill a disk
@@ -49,7 +50,10 @@ class Accounts:
                 " RETURNING user_id", email, name.strip(), password_hash, role)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict("An account with this email already exists.") from exc
-        await self._standings.changed(user_id, Standing(role=role, version=0))
+        # Best effort: a new account has no standing anywhere to replace, and a reader that
+        # misses it fills it from Postgres.
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._standings.changed(user_id, Standing(role=role, version=0))
         return {"user_id": user_id, "token": self._signer.issue(user_id, role, version=0)}
 
     async def login(self, *, email: str, password: str, client: str) -> dict[str, Any]:
