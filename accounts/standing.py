@@ -50,12 +50,24 @@ class Standings:
         self._pending: dict[int, asyncio.Future[Standing]] = {}
         self._flush: asyncio.Future[None] | None = None
 
+    def authorize_cached(self, principal: Principal) -> Principal | None:
+        """``authorize`` from this process's cache, or None when it must be read."""
+        if principal.operator:
+            return principal
+        cached = self._cache.get(principal.user_id)
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        return self._check(principal, cached[1])
+
     async def authorize(self, principal: Principal) -> Principal:
         """The principal with the account's current role; 401 when the account is gone
         or the token was revoked."""
         if principal.operator:
             return principal
-        standing = await self.current(principal.user_id)
+        return self._check(principal, await self.current(principal.user_id))
+
+    @staticmethod
+    def _check(principal: Principal, standing: Standing) -> Principal:
         if standing.role == GONE:
             raise Unauthorized("The token's account does not exist.")
         if standing.version != principal.version:

@@ -28,7 +28,7 @@ from engine.errors import (
     ValidationFailed,
 )
 from engine.money import check_amount
-from gateway.policy import check_text, decode_hook, has_control, plain
+from gateway.policy import check_text, decode_hook, has_control, might_hold_control, plain
 
 # public: anyone; user: any signed-in user or the operator token (seller routes, where an
 # admin acts for any seller); owner: a signed-in user acting on their own account, cart,
@@ -159,6 +159,8 @@ class BodyLimits:
 
 
 async def _receive(request: web.Request, limits: BodyLimits) -> bytes:
+    if request.content.is_eof():  # the body came with the headers: nothing to wait for
+        return await request.read()
     client = request.remote or ""
     if limits.reading.get(client, 0) >= limits.per_client:
         refused = RateLimited(1, "Too many requests are still sending their bodies.")
@@ -196,7 +198,8 @@ async def read_body(request: web.Request, decoder: msgspec.json.Decoder,
         raise validation_error(exc) from exc
     except msgspec.DecodeError as exc:
         raise InvalidJSON() from exc
-    check_text(body)
+    if might_hold_control(raw):
+        check_text(body)
     plain(body)
     return body
 

@@ -51,7 +51,9 @@ def create_app(settings: Settings) -> web.Application:
 def _verifier(app: web.Application):
     async def verify(header: str | None):
         svc = app[SERVICES]
-        return await svc.standings.authorize(svc.signer.from_header(header))
+        token = svc.signer.from_header(header)
+        known = svc.standings.authorize_cached(token)  # most requests: no await
+        return known if known is not None else await svc.standings.authorize(token)
     return verify
 
 

@@ -26,6 +26,15 @@ def has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
+def might_hold_control(raw: bytes) -> bool:
+    """False when a JSON document cannot decode to a string with a refused character:
+    JSON spells C0 controls only as escapes (``\\u....``, ``\\b``, ``\\f``; raw ones
+    are malformed JSON), and DEL and the C1 controls are the bytes 0x7f and 0xc2 0x80-0x9f
+    in UTF-8. Lets most bodies skip the walk."""
+    return (b"\\u" in raw or b"\\b" in raw or b"\\f" in raw or b"\x7f" in raw
+            or b"\xc2" in raw)
+
+
 class Money(Decimal):
     """An amount as the contract spells it: a JSON string of ASCII digits with at most two
     decimal places ("12.50"); numbers, exponents, signs, padding and other digits are
