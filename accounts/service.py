@@ -106,16 +106,19 @@ class Accounts:
         await self._standings.changed(user_id, Standing(role=row["role"],
                                                         version=row["token_version"]))
 
-    async def change_password(self, user_id: int, *, current: str, new: str
+    async def change_password(self, user_id: int, *, current: str, new: str, client: str
                               ) -> dict[str, Any]:
-        """Change the password (the current one is required); every older token is
-        revoked and a fresh one returned."""
-        stored = await self._pool.fetchval(
-            "SELECT password_hash FROM users WHERE user_id = $1", user_id)
-        if stored is None:
+        """Change the password (the current one is required, and guessing it is throttled
+        as a login is); every older token is revoked and a fresh one returned."""
+        row = await self._pool.fetchrow(
+            "SELECT email, password_hash FROM users WHERE user_id = $1", user_id)
+        if row is None:
             raise NotFound("No such user.")
+        await self._throttle.login_attempt(row["email"], client)
+        stored = row["password_hash"]
         if not await asyncio.to_thread(self._hasher.verify, current, stored):
             raise Unauthorized("The current password is wrong.")
+        await self._throttle.login_succeeded(row["email"], client)
         check_password(new, path="$.new_password")
         password_hash = await asyncio.to_thread(self._hasher.hash, new)
         row = await self._pool.fetchrow(

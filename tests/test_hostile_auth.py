@@ -282,3 +282,12 @@ async def test_owner_routes_answer_for_owners_only_and_staff_use_admin_routes(ap
 async def create_sale_for(api) -> int:
     from tests.conftest import create_sale
     return (await create_sale(api, quantity=2))["sale_id"]
+
+
+async def test_guessing_the_current_password_is_throttled_like_a_login(api) -> None:
+    user = await api.signup()
+    statuses = [(await api.call("POST", "/api/v1/me/password", headers=user["headers"],
+                                json={"current_password": f"guess-{i:06d}",
+                                      "new_password": "a-new-long-secret"}))[0]
+                for i in range(12)]
+    assert set(statuses) == {401, 429} and statuses.index(429) <= 8, statuses

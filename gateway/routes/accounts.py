@@ -163,11 +163,12 @@ async def logout_all(request: web.Request) -> Revoked:
 
 
 @routes.post("/api/v1/me/password", auth="owner", body=PasswordChange, response=TokenResponse,
-             errors=(403,))
+             errors=(403, 429))
 async def change_password(request: web.Request, body: PasswordChange) -> TokenResponse:
     """Change your password: your other tokens are revoked, a fresh one is returned."""
     out = await services(request).accounts.change_password(
-        signed_in_user(request), current=body.current_password, new=body.new_password)
+        signed_in_user(request), current=body.current_password, new=body.new_password,
+        client=client_address(request))
     return TokenResponse(**out)
 
 
