@@ -99,20 +99,24 @@ class IdempotencyStore:
         """Start a checkout, take over one whose executor died, or answer from the record."""
         digest = fingerprint(request)
         for _ in range(5):  # the row vanished under us (its claim rolled back): try again
+            cart_busy = False
             try:
-                row = await conn.fetchrow(
-                    "INSERT INTO checkouts (user_id, idempotency_key, fingerprint, request,"
-                    " kind, lease_token, lease_until) VALUES ($1, $2, $3, $4, $5, $6,"
-                    " now() + make_interval(secs => $7))"
-                    f" ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING {_RECORD}",
-                    user_id, request.idempotency_key, digest, msgspec.to_builtins(request),
-                    request.kind, uuid.uuid4(), self.lease_seconds)
+                async with conn.transaction():  # a savepoint: the lookup below may follow
+                    row = await conn.fetchrow(
+                        "INSERT INTO checkouts (user_id, idempotency_key, fingerprint,"
+                        " request, kind, lease_token, lease_until) VALUES ($1, $2, $3, $4,"
+                        " $5, $6, now() + make_interval(secs => $7))"
+                        " ON CONFLICT (user_id, idempotency_key) DO NOTHING"
+                        f" RETURNING {_RECORD}",
+                        user_id, request.idempotency_key, digest, msgspec.to_builtins(request),
+                        request.kind, uuid.uuid4(), self.lease_seconds)
             except asyncpg.UniqueViolationError as exc:
-                # Another key is checking this user's cart out (any process): the index
-                # entry made us wait for its reserve step, and it still runs.
-                if exc.constraint_name == ONE_CART_CHECKOUT:
-                    raise CartCheckoutInProgress() from exc
-                raise
+                # A cart checkout of this user runs (any process): the index entry made us
+                # wait for its reserve step. It may be this very key's, when its insert
+                # reached that index first: the key's row, looked up next, tells.
+                if exc.constraint_name != ONE_CART_CHECKOUT:
+                    raise
+                row, cart_busy = None, True
             if row is not None:
                 return _record(row)
             found = await conn.fetchrow(
@@ -121,6 +125,8 @@ class IdempotencyStore:
                 " FROM checkouts WHERE user_id = $1 AND idempotency_key = $2",
                 user_id, request.idempotency_key)
             if found is None:
+                if cart_busy:
+                    raise CartCheckoutInProgress()
                 continue
             if found["fingerprint"] != digest:
                 raise IdempotencyKeyReused(details={"idempotency_key": request.idempotency_key})

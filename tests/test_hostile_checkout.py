@@ -63,3 +63,25 @@ async def test_a_declined_checkout_frees_the_cart_for_the_next_one(api, pool) ->
     status, body = await place(api, buyer)
     assert status == 201, body
     assert await stock(pool, gadget) == (9, 1)
+
+
+async def test_one_key_repeated_and_other_keys_at_once_still_make_one_order(api, pool) -> None:
+    from tests.test_orders_support import order_body
+
+    buyer = await shopper(api)
+    await add_to_cart(api, buyer, await product(api, price="8.00", stock=10), 1)
+    same = order_body(buyer)
+    bodies = [same] * 8 + [order_body(buyer) for _ in range(8)]
+    random.shuffle(bodies)
+    results = await asyncio.gather(*(api.call("POST", "/api/v1/orders", headers=buyer["headers"],
+                                              json=body) for body in bodies))
+    assert [s for s, _ in results].count(201) == 1, results
+    for body, (status, answer) in zip(bodies, results, strict=True):
+        if status in (409, 422):
+            expected = {409: {"idempotency_key_in_use", "conflict"}, 422: {"cart_empty"}}
+            assert answer["error"]["code"] in expected[status], answer
+        else:
+            assert status in (200, 201), answer
+            assert status == 201 or body is same  # a replay is of the key that ordered
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 1
+    assert await pool.fetchval("SELECT count(*) FROM sim_card_charges") == 1
