@@ -10,7 +10,6 @@ from aiohttp import web
 from msgspec import Meta
 
 from accounts.passwords import MAX_LENGTH, MIN_LENGTH
-from engine.errors import Forbidden
 from gateway.api import Body, Reply, RouteTable, path_int, principal
 from gateway.context import services
 from gateway.policy import Price
@@ -106,14 +105,6 @@ class RoleRequest(Body):
     role: Literal["customer", "seller", "admin"]
 
 
-def signed_in_user(request: web.Request) -> int:
-    """The user behind the token; the operator token is nobody's account."""
-    who = principal(request)
-    if who.operator:
-        raise Forbidden("This acts on a user's account; sign in as the user.")
-    return who.user_id
-
-
 def _payment_method(row: dict) -> PaymentMethod:
     return PaymentMethod(payment_method_id=row["payment_method_id"], type=row["type"],
                          last4=row["last4"], brand=row["brand"], exp_month=row["exp_month"],
@@ -157,7 +148,7 @@ async def login(request: web.Request, body: LoginRequest) -> TokenResponse:
 @routes.post("/api/v1/auth/logout-all", auth="owner", response=Revoked, errors=(403,))
 async def logout_all(request: web.Request) -> Revoked:
     """Log out everywhere: every token of yours issued so far stops working at once."""
-    user_id = signed_in_user(request)
+    user_id = principal(request).user_id
     await services(request).accounts.revoke_tokens(user_id)
     return Revoked(user_id=user_id, revoked=True)
 
@@ -167,7 +158,7 @@ async def logout_all(request: web.Request) -> Revoked:
 async def change_password(request: web.Request, body: PasswordChange) -> TokenResponse:
     """Change your password: your other tokens are revoked, a fresh one is returned."""
     out = await services(request).accounts.change_password(
-        signed_in_user(request), current=body.current_password, new=body.new_password,
+        principal(request).user_id, current=body.current_password, new=body.new_password,
         client=client_address(request))
     return TokenResponse(**out)
 
