@@ -20,14 +20,14 @@ class AlsoBoughtQuery(msgspec.Struct):
     limit: Annotated[int, Meta(ge=1, le=50)] = 10
 
 
-@routes.get("/api/v1/me/wishlist", response=Wishlist)
+@routes.get("/api/v1/me/wishlist", auth="owner", response=Wishlist)
 async def wishlist(request: web.Request) -> Wishlist:
     """Your wishlist, newest first, with each product's current price and stock."""
     return await services(request).wishlists.items(principal(request).user_id)
 
 
-@routes.put("/api/v1/me/wishlist/{product_id}", response=WishlistItem, status=201,
-            errors=(422,))
+@routes.put("/api/v1/me/wishlist/{product_id}", auth="owner", response=WishlistItem,
+            status=201, also=(200,), errors=(422,))
 async def add_to_wishlist(request: web.Request) -> WishlistItem | Reply:
     """Add a product to your wishlist: 201 when added, 200 when it was already there."""
     item, added = await services(request).wishlists.add(
@@ -35,7 +35,7 @@ async def add_to_wishlist(request: web.Request) -> WishlistItem | Reply:
     return item if added else Reply(item, 200)
 
 
-@routes.delete("/api/v1/me/wishlist/{product_id}", response=Wishlist)
+@routes.delete("/api/v1/me/wishlist/{product_id}", auth="owner", response=Wishlist)
 async def remove_from_wishlist(request: web.Request) -> Wishlist:
     """Take a product off your wishlist; answers with the wishlist that remains."""
     user_id = principal(request).user_id
