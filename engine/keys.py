@@ -77,8 +77,27 @@ def sale_keys(sale_id: int) -> SaleKeys:
                     all=every)
 
 
+# Reservation ids: the one place their format is written down.
+#
+# ``<sale_id>-<n>``, both decimal (URL-safe; the sale id routes any gateway to the sale's
+# keys and Redis Cluster slot without a lookup). ``reserve.lua`` issues
+# n = max(previous n + 1, Redis clock in microseconds) and keeps it in the sale's ``seq``
+# key. One Redis admits far fewer than one reservation per microsecond, so n never runs
+# ahead of the clock by more than a burst; when Redis forgets its last writes (an OS crash
+# under ``appendfsync everysec``, a restart without AOF) ``seq`` goes back, but the clock
+# has moved on past every id issued before the loss, so no id is ever issued twice. The one
+# assumption is a Redis host clock that does not step back across a restart (the
+# reconciler still records an id reused with another owner as a conflict, and the audit
+# reports it). ``sale recover`` seeds ``seq`` above every id Postgres knows.
+
+
+def reservation_number(reservation_id: str) -> int:
+    """The ``n`` of ``<sale_id>-<n>``."""
+    return int(reservation_id.rpartition("-")[2])
+
+
 def sale_of_reservation(reservation_id: str) -> int | None:
-    """Reservation ids are ``<sale_id>-<sequence>``; None when it is not one of ours."""
+    """The sale of a reservation id ``<sale_id>-<n>``; None when it is not one of ours."""
     sale, sep, seq = reservation_id.partition("-")
     if (not reservation_id.isascii() or not sep or not sale.isdigit() or not seq.isdigit()
             or len(sale) > 18):

@@ -8,7 +8,7 @@
 -- KEYS[5] holds   zset: reservation id -> expiry (ms)
 -- KEYS[6] res     hash: reservation id -> "user:qty:state:expires_ms:order_id"
 --                 (state h=held c=confirmed r=released e=expired)
--- KEYS[7] seq     string: last reservation sequence number
+-- KEYS[7] seq     string: the number of the last reservation id issued (see below)
 -- KEYS[8] events  stream: one entry per state change, read by the reconciler
 -- KEYS[9] rl      hash: rate-limit buckets "u:<user>" / "a:<address>" -> "millitokens:ms"
 -- ARGV[1] sale_id   ARGV[2] user_id   ARGV[3] quantity   ARGV[4] idempotency key
@@ -112,7 +112,13 @@ end
 local left = redis.call("DECRBY", KEYS[2], qty)
 redis.call("HINCRBY", KEYS[3], user, qty)
 redis.call("HINCRBY", KEYS[1], "held", qty)
-local rid = sale_id .. "-" .. redis.call("INCR", KEYS[7])
+-- Reservation ids are "<sale_id>-<n>", n = max(last n + 1, Redis clock in microseconds):
+-- never reissued even when Redis forgets its last writes (engine/keys.py says why).
+local n = math.max(tonumber(redis.call("GET", KEYS[7]) or "0") + 1,
+  tonumber(t[1]) * 1000000 + tonumber(t[2]))
+n = string.format("%d", n)
+redis.call("SET", KEYS[7], n)
+local rid = sale_id .. "-" .. n
 local expires = now + tonumber(meta[5])
 redis.call("ZADD", KEYS[5], expires, rid)
 redis.call("HSET", KEYS[6], rid, user .. ":" .. qty .. ":h:" .. expires .. ":")

@@ -51,6 +51,17 @@ class _Row:
 class BatchResult:
     applied: Counter = field(default_factory=Counter)  # transitions made, by event type
     ignored: int = 0  # replays and late events that changed nothing
+    conflicts: int = 0  # events naming a known reservation id with another owner
+
+
+def _owner_differs(known: tuple[int, int, str | None], event: SaleEvent) -> bool:
+    """True when ``event`` is not about the reservation Postgres knows under its id: another
+    user or quantity, or (for ``reserved``) another idempotency key."""
+    user, quantity, key = known
+    if event.user_id != user or event.quantity != quantity:
+        return True
+    return (event.type == "reserved" and key is not None
+            and event.idempotency_key is not None and event.idempotency_key != key)
 
 
 async def apply_batch(conn: asyncpg.Connection, events: list[SaleEvent]) -> BatchResult:
@@ -60,15 +71,26 @@ async def apply_batch(conn: asyncpg.Connection, events: list[SaleEvent]) -> Batc
     for sale_id in sale_ids:
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_NAMESPACE, sale_id)
     ids = list({e.reservation_id for e in events if e.reservation_id})
-    before = {r["reservation_id"]: r["status"] for r in await conn.fetch(
-        "SELECT reservation_id, status FROM sale_reservations WHERE reservation_id = ANY($1)",
-        ids)}
+    known = await conn.fetch(
+        "SELECT reservation_id, status, user_id, quantity, idempotency_key"
+        " FROM sale_reservations WHERE reservation_id = ANY($1)", ids)
+    before = {r["reservation_id"]: r["status"] for r in known}
+    owners = {r["reservation_id"]: (r["user_id"], r["quantity"], r["idempotency_key"])
+              for r in known}
 
     rows: dict[str, _Row] = {}
+    conflicts: list[tuple[SaleEvent, tuple[int, int, str | None]]] = []
     for event in events:
         status = STATUS_OF.get(event.type)
         if status is None:  # 'loaded' and future types: nothing to write
             continue
+        owner = owners.get(event.reservation_id)
+        if owner is not None and _owner_differs(owner, event):
+            # A reused id: recorded, never merged into the other buyer's row.
+            conflicts.append((event, owner))
+            continue
+        owners.setdefault(event.reservation_id,
+                          (event.user_id, event.quantity, event.idempotency_key))
         row = rows.get(event.reservation_id)
         current = row.status if row else before.get(event.reservation_id)
         if current is not None and RANK[status] <= RANK[current]:
@@ -90,8 +112,23 @@ async def apply_batch(conn: asyncpg.Connection, events: list[SaleEvent]) -> Batc
     if rows:
         await _upsert(conn, list(rows.values()))
         await _move_counters(conn, rows, before)
+    if conflicts:
+        await _record_conflicts(conn, conflicts)
+        result.conflicts = len(conflicts)
     await _advance_stream_ids(conn, events)
     return result
+
+
+async def _record_conflicts(conn: asyncpg.Connection,
+                            conflicts: list[tuple[SaleEvent, tuple[int, int, str | None]]]
+                            ) -> None:
+    await conn.executemany(
+        "INSERT INTO sale_event_conflicts (sale_id, stream_id, reservation_id, event_type,"
+        " user_id, quantity, idempotency_key, known_user_id, known_quantity,"
+        " known_idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " ON CONFLICT (sale_id, stream_id) DO NOTHING",
+        [(e.sale_id, e.stream_id, e.reservation_id, e.type, e.user_id, e.quantity,
+          e.idempotency_key, *known) for e, known in conflicts])
 
 
 async def _upsert(conn: asyncpg.Connection, rows: list[_Row]) -> None:

@@ -23,7 +23,8 @@ from engine.events import SaleEvent
 from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys
 from engine.settings import Settings
 from reconciler import metrics
-from reconciler.apply import apply_batch, stream_id_key
+from reconciler.apply import BatchResult, apply_batch, stream_id_key
+from reconciler.deadletter import DeadLetter, apply_isolating, is_permanent, park, raw_json
 from reconciler.lag import text
 
 log = logging.getLogger("flashsale.reconciler")
@@ -63,6 +64,10 @@ class Consumer:
         self._claim_cursor: dict[int, str] = {}
         self._claimed_at = 0.0
         self._trimmed_at = 0.0
+        # Of the batch in hand: raw fields per (sale, stream id), and entries that could not
+        # be read at all (dead-lettered with the batch's commit).
+        self._raw: dict[tuple[int, str], dict] = {}
+        self._unreadable: list[DeadLetter] = []
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -91,12 +96,16 @@ class Consumer:
                 self._groups.clear()
                 self._sales_read_at = 0.0
                 continue
-            if batch and await self._apply_until_committed(batch):
-                await self._ack(batch)
+            if (batch or self._unreadable) and await self._apply_until_committed(batch):
+                await self._ack([*batch, *self._unreadable])
+            self._raw.clear()
+            self._unreadable.clear()
             backoff.reset()
             await self._housekeeping()
 
     async def _next_batch(self) -> list[SaleEvent]:
+        self._raw.clear()
+        self._unreadable.clear()
         sales = await self._active_sales()
         if not sales:
             await asyncio.sleep(self.settings.reconcile_block_ms / 1000)
@@ -114,15 +123,21 @@ class Consumer:
         """Postgres down: keep the batch, do not ack, retry with backoff until it lands.
         False when told to stop first: the batch stays pending and is claimed later."""
         backoff = Backoff(first=0.1)
+        isolate = False  # set once Postgres refused the batch's data: find the poison
         while True:
             try:
                 started = time.perf_counter()
+                letters = list(self._unreadable)
                 async with self.pool.acquire() as conn, conn.transaction():
-                    result = await apply_batch(conn, batch)
+                    if isolate:
+                        result, refused = await apply_isolating(conn, batch, self._raw)
+                        letters += refused
+                    else:
+                        result = await apply_batch(conn, batch) if batch else BatchResult()
+                    if letters:
+                        await park(conn, letters)
                 self.postgres_ok = True
-                metrics.BATCH_SIZE.observe(len(batch))
-                for kind, n in result.applied.items():
-                    metrics.EVENTS_APPLIED.labels(kind).inc(n)
+                self._count(batch, result, letters)
                 log.debug("applied %d events in %.1f ms", len(batch),
                           (time.perf_counter() - started) * 1000)
                 return True
@@ -132,16 +147,37 @@ class Consumer:
                 metrics.POSTGRES_ERRORS.inc()
                 log.warning("postgres write failed (%s); batch of %d kept, retrying",
                             type(exc).__name__, len(batch))
-            except asyncpg.PostgresError:
+            except asyncpg.PostgresError as exc:
+                metrics.POSTGRES_ERRORS.inc()
+                if is_permanent(exc) and not isolate:
+                    # The data of some event: find it, park it, apply the rest at once.
+                    log.warning("batch of %d refused by Postgres (%s %s); isolating the "
+                                "refused events", len(batch), exc.sqlstate, exc)
+                    isolate = True
+                    continue
                 # Not an outage, and not ours to guess at: keep the batch unacknowledged,
                 # say so loudly, and retry slowly rather than die and restart in a loop.
-                metrics.POSTGRES_ERRORS.inc()
                 log.exception("batch of %d rejected by Postgres; kept, retrying", len(batch))
             if self.stopping.is_set() and backoff.delay >= 1:
                 return False
             await backoff.wait()
 
-    async def _ack(self, batch: list[SaleEvent]) -> None:
+    @staticmethod
+    def _count(batch: list[SaleEvent], result: BatchResult, letters: list[DeadLetter]) -> None:
+        if batch:
+            metrics.BATCH_SIZE.observe(len(batch))
+        for kind, n in result.applied.items():
+            metrics.EVENTS_APPLIED.labels(kind).inc(n)
+        if result.conflicts:
+            metrics.CONFLICTS.inc(result.conflicts)
+            log.error("%d events name a reservation id Postgres knows with another owner; "
+                      "recorded in sale_event_conflicts, not merged", result.conflicts)
+        for letter in letters:
+            metrics.DEAD_LETTERS.inc()
+            log.error("sale %d entry %s parked in sale_dead_letters: %s", letter.sale_id,
+                      letter.stream_id, letter.error)
+
+    async def _ack(self, batch: list[SaleEvent | DeadLetter]) -> None:
         by_stream: dict[int, list[str]] = {}
         for event in batch:
             by_stream.setdefault(event.sale_id, []).append(event.stream_id)
@@ -214,20 +250,36 @@ class Consumer:
                                            else next_cursor)
             for stream_id, fields in entries:
                 if fields:  # None: the entry was trimmed meanwhile (cannot happen below acks)
-                    events.append(SaleEvent.from_stream(sale_id, stream_id, fields))
+                    event = self._read(sale_id, stream_id, fields)
+                    if event is not None:
+                        events.append(event)
         if events:
             metrics.CLAIMED.inc(len(events))
             log.info("claimed %d stale entries from dead consumers", len(events))
         return events
 
-    @staticmethod
-    def _events(reply) -> list[SaleEvent]:
+    def _events(self, reply) -> list[SaleEvent]:
         events = []
         for stream, entries in reply or []:
             name = stream.decode() if isinstance(stream, bytes) else stream
             sale_id = int(name.split("{s:", 1)[1].split("}", 1)[0])
-            events.extend(SaleEvent.from_stream(sale_id, sid, fields) for sid, fields in entries)
+            for sid, fields in entries:
+                event = self._read(sale_id, sid, fields)
+                if event is not None:
+                    events.append(event)
         return events
+
+    def _read(self, sale_id: int, stream_id: bytes | str, fields: dict) -> SaleEvent | None:
+        """The entry as an event, its raw fields kept for a dead letter; None (and a dead
+        letter) when it cannot be read at all."""
+        sid = text(stream_id)
+        self._raw[(sale_id, sid)] = fields
+        try:
+            return SaleEvent.from_stream(sale_id, sid, fields)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._unreadable.append(DeadLetter(sale_id, sid, raw_json(fields),
+                                               f"unreadable entry: {type(exc).__name__}: {exc}"))
+            return None
 
     # -- trimming ------------------------------------------------------------------------
     async def _housekeeping(self) -> None:

@@ -32,6 +32,14 @@ REDIS_ERRORS = Counter(
 CLAIMED = Counter(
     "flashsale_reconciler_claimed", "Pending entries claimed from dead consumers",
     registry=RECONCILER)
+CONFLICTS = Counter(
+    "flashsale_reconciler_conflicts",
+    "Events naming a known reservation id with another owner (recorded, not merged)",
+    registry=RECONCILER)
+DEAD_LETTERS = Counter(
+    "flashsale_reconciler_dead_letters",
+    "Stream entries Postgres refused for good or that could not be read, parked",
+    registry=RECONCILER)
 HOLDS_EXPIRED = Counter(
     "flashsale_reconciler_holds_expired", "Holds returned to stock by the sweeper",
     registry=RECONCILER)

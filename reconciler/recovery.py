@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.errors import Conflict
-from engine.keys import ACTIVE_SALES, sale_keys
+from engine.keys import ACTIVE_SALES, reservation_number, sale_keys
 from engine.sales import Sales, identity, to_ms
 from engine.scripts import SCRIPTS
 
@@ -52,7 +52,7 @@ async def recover_sale(sales: Sales, sale_id: int) -> dict[str, Any]:
             if r["idempotency_key"] is not None:
                 pipe.hset(keys.idem, f"{r['user_id']}:{r['idempotency_key']}",
                           r["reservation_id"])
-            seq = max(seq, int(r["reservation_id"].rsplit("-", 1)[1]))
+            seq = max(seq, reservation_number(r["reservation_id"]))
         pipe.set(keys.seq, seq)
         await pipe.execute()
     answer = await SCRIPTS.load_tokens(sales.redis, keys.for_load, (
