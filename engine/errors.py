@@ -153,8 +153,16 @@ POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoe
                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, *POSTGRES_REFUSED)
 
 
+# What redis-py's BlockingConnectionPool raises (a ConnectionError) when no connection came
+# free within its timeout: the process is busy, Redis is not down.
+REDIS_POOL_EXHAUSTED = "No connection available."
+
+
 def as_unavailable(exc: BaseException) -> Unavailable | None:
     """The 503 that a driver failure means, or None when it is not an outage."""
+    if isinstance(exc, redis.exceptions.ConnectionError) and str(exc) == REDIS_POOL_EXHAUSTED:
+        return Unavailable("The service is busy (every Redis connection of this process is "
+                           "in use); retry shortly.", dependency="redis_pool")
     if isinstance(exc, REDIS_DOWN):
         return Unavailable("Redis is unavailable; retry shortly.", dependency="redis")
     if isinstance(exc, POSTGRES_DOWN):

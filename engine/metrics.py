@@ -54,6 +54,9 @@ HTTP_REQUESTS = Counter(
 HTTP_DURATION = Histogram(
     "flashsale_http_request_duration_seconds", "HTTP request handling time", ["route"],
     buckets=LATENCY_BUCKETS, registry=GATEWAY)
+WORKER_RESTARTS = Counter(
+    "flashsale_gateway_worker_restarts", "Gateway workers replaced after they died",
+    registry=GATEWAY)
 
 # -- admission (engine, on the gateway's hot path) ---------------------------------------
 ADMISSIONS = Counter(

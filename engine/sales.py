@@ -26,10 +26,12 @@ import redis.asyncio as aioredis
 from engine.errors import (
     REDIS_DOWN,
     Conflict,
+    FlashsaleError,
     IdempotencyKeyReused,
     InsufficientStock,
     InvalidTransition,
     NotFound,
+    SaleNotActive,
     Unavailable,
     ValidationFailed,
 )
@@ -187,6 +189,20 @@ class Sales:
         if row is None:
             raise NotFound(f"No sale {sale_id}.")
         return dict(row)
+
+    async def missing_from_redis(self, sale_id: int) -> FlashsaleError:
+        """The error for a sale Redis does not have. Unknown to Postgres too: 404. Known
+        and closed: not active. Known and open: Redis lost it (restarted without its data)
+        and `sale recover` will bring it back, so 503: the client retries, never gives up."""
+        status = await self.pool.fetchval(
+            "SELECT status FROM flash_sales WHERE sale_id = $1", sale_id)
+        if status is None:
+            return NotFound(f"No sale {sale_id}.")
+        if status == "closed":
+            return SaleNotActive("The sale is not active (ended).",
+                                 details={"sale_id": sale_id, "reason": "ended"})
+        return Unavailable(f"Sale {sale_id} is being restored; retry shortly.",
+                           dependency="redis")
 
     async def load_tokens(self, sale_id: int) -> int:
         """Load a ``loading`` sale's tokens and mark it ready; returns the tokens loaded.

@@ -48,6 +48,9 @@ class Settings:
     # Very common search words answered from their own rows and counts (catalog/hot_terms.py);
     # false reads every search from the products heap (the benchmark's baseline).
     search_hot_words: bool = True
+    # Redis connections per process; when all are busy a command waits for one (at most
+    # dependency_timeout) rather than failing.
+    redis_pool_max: int = 128
     # Checkout pricing rules (see README "Pricing").
     tax_rate: Decimal = Decimal("0.08")
     shipping_fee: Decimal = Decimal("5.00")

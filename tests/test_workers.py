@@ -59,3 +59,62 @@ async def test_two_workers_share_the_port_and_metrics(settings) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_killed_worker_is_replaced_and_workers_die_with_their_parent(settings) -> None:
+    port = free_port()
+    env = {**os.environ, "FLASHSALE_DATABASE_URL": settings.database_url,
+           "FLASHSALE_REDIS_URL": settings.redis_url, "FLASHSALE_SECRET": settings.secret}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
+                             "--workers", "2"], cwd=ROOT_DIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await _until(lambda: len(_children(proc.pid)) == 2)
+        first = _children(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        await _until(lambda: len(_children(proc.pid)) == 2 and first[0] not in
+                     _children(proc.pid))
+        replaced = _children(proc.pid)
+        for _ in range(100):  # the replacement serves: /metrics counts one restart
+            try:
+                status, text = await _get(f"{base}/metrics")
+            except aiohttp.ClientError:
+                status, text = 0, ""
+            if status == 200 and re.search(r"flashsale_gateway_worker_restarts_total 1\.0", text):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no worker reports the restart")
+        proc.send_signal(signal.SIGKILL)  # the parent dies: its workers follow
+        proc.wait(10)
+        await _until(lambda: not any(_alive(w) for w in replaced))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

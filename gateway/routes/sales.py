@@ -88,7 +88,12 @@ async def create_sale(request: web.Request, body: NewSale) -> Sale:
 @routes.get("/api/v1/sales/{sale_id}", auth="public", response=SalePublic)
 async def get_sale(request: web.Request) -> SalePublic:
     """A sale's price, units remaining and status."""
-    view = await services(request).sales.view(path_int(request, "sale_id"))
+    sales = services(request).sales
+    sale_id = path_int(request, "sale_id")
+    try:
+        view = await sales.view(sale_id)
+    except NotFound:
+        raise await sales.missing_from_redis(sale_id) from None
     return SalePublic(sale_id=view.sale_id, product_id=view.product_id, price=view.price,
                       remaining=view.remaining, status=view.status, starts_at=view.starts_at,
                       ends_at=view.ends_at, per_user_limit=view.per_user_limit)
@@ -99,11 +104,15 @@ async def get_sale(request: web.Request) -> SalePublic:
              status=201, errors=(409, 422, 429))
 async def reserve(request: web.Request, body: ReserveRequest) -> Reservation | Reply:
     """Hold units of a flash sale. The same idempotency key again returns the same hold."""
-    admission = services(request).admission
-    hold = await admission.reserve(
-        path_int(request, "sale_id"), principal(request).user_id, body.quantity,
-        body.idempotency_key,
-        client=(request.remote or "") if admission.rate_limit else "")
+    svc = services(request)
+    admission = svc.admission
+    sale_id = path_int(request, "sale_id")
+    try:
+        hold = await admission.reserve(
+            sale_id, principal(request).user_id, body.quantity, body.idempotency_key,
+            client=(request.remote or "") if admission.rate_limit else "")
+    except NotFound:
+        raise await svc.sales.missing_from_redis(sale_id) from None
     reservation = Reservation(reservation_id=hold.reservation_id, sale_id=hold.sale_id,
                               quantity=hold.quantity, status=hold.status,
                               expires_at=hold.expires_at)
