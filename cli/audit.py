@@ -27,6 +27,11 @@ def audit(sale_id: int | None, wait_seconds: float, as_json: bool) -> None:
             head += (" (initial {initial} = tokens {tokens} + held {held} + confirmed "
                      "{confirmed})").format(**r.redis)
         lines.append(head)
+        if r.reservations:
+            c = r.reservations
+            lines.append(f"  reservations: {c['compared']} in both, {c['differ']} differ, "
+                         f"{c['lost_in_redis']} lost in Redis, {c['unseen_by_postgres']} "
+                         "unseen by Postgres")
         lines.extend(f"  - {p}" for p in r.problems)
     if not reports:
         lines.append("no sales to audit")

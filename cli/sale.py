@@ -60,7 +60,10 @@ def _board_text(b: dict) -> str:
         f"  confirmed {b['confirmed']}  released {b['released']}  expired {b['expired']}",
         f"  admitted:   {b['admissions_total']} units so far (as applied to Postgres)",
         f"  reconciler: {b['reconciler_lag']} events not yet in Postgres",
-        f"  books:      {books}"])
+        f"  books:      {books}",
+        *([f"  set aside:  {b['dead_letters']} events Postgres refused (sale_dead_letters), "
+           f"{b['conflicts']} reused-id conflicts (sale_event_conflicts)"]
+          if b.get("dead_letters") or b.get("conflicts") else [])])
 
 
 async def _board_of(sales, sale_id: int):
@@ -235,12 +238,22 @@ def load_tokens(sale_id: int, as_json: bool) -> None:
 
 @sale.command("recover")
 @click.argument("sale_id", type=int)
+@click.option("--force", is_flag=True,
+              help="Rebuild even though Redis still has the sale (it diverged: see `audit`). "
+                   "Stops admissions, waits for the reconciler to drain, rebuilds.")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=30.0,
+              show_default=True, help="With --force: seconds to wait for the drain.")
 @json_option
-def recover(sale_id: int, as_json: bool) -> None:
-    """Rebuild a sale's Redis state from Postgres after Redis lost it."""
+def recover(sale_id: int, force: bool, wait_seconds: float, as_json: bool) -> None:
+    """Rebuild a sale's Redis state from Postgres after Redis lost it (or, with --force,
+    diverged from it)."""
     from reconciler.recovery import recover_sale
 
-    result = run(with_sales(lambda s: recover_sale(s, sale_id)))
-    emit(result, as_json,
-         f"sale {sale_id} rebuilt: {result['tokens']} tokens, {result['held']} held in "
-         f"{result['holds']} holds, {result['confirmed']} confirmed")
+    result = run(with_sales(lambda s: recover_sale(s, sale_id, force=force,
+                                                   wait_seconds=wait_seconds)))
+    text = (f"sale {sale_id} rebuilt: {result['tokens']} tokens, {result['held']} held in "
+            f"{result['holds']} holds, {result['confirmed']} confirmed")
+    if result["forced"]:
+        text += (f"; {result['restored_to_redis']} reservations restored to Redis, "
+                 f"{result['dropped_from_redis']} that Postgres never had dropped")
+    emit(result, as_json, text)

@@ -2,7 +2,11 @@
 
 In Redis, at every moment: ``initial = tokens + held + confirmed``, the counters agree with
 the reservation records they summarise, and no buyer holds more than the limit. Once the
-reconciler has drained the sale's stream, Postgres agrees unit for unit, by status.
+reconciler has drained the sale's stream, Postgres agrees unit for unit, by status, and
+reservation by reservation: the same ids, each with the same owner, quantity and state
+(ids Redis lost that Postgres knows, and ids Postgres never saw, are listed). Events the
+reconciler refused to merge (a reused id) or parked (Postgres refused them) fail the audit
+until an operator has dealt with them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from engine.errors import NotFound
 from engine.keys import ACTIVE_SALES, sale_keys
 from engine.sales import Sales
 from reconciler.lag import stream_lag
-from reconciler.report import postgres_books
+from reconciler.report import parked, postgres_books
 
 
 @dataclass
@@ -29,6 +33,9 @@ class SaleAudit:
     postgres: dict[str, int] | None = None
     lag: int = 0
     oversold: int = 0
+    conflicts: int = 0
+    dead_letters: int = 0
+    reservations: dict[str, Any] | None = None  # per-reservation comparison
 
     def fail(self, problem: str) -> None:
         self.ok = False
@@ -37,20 +44,60 @@ class SaleAudit:
     def as_dict(self) -> dict[str, Any]:
         return {"sale_id": self.sale_id, "ok": self.ok, "problems": self.problems,
                 "redis": self.redis, "postgres": self.postgres, "lag": self.lag,
-                "oversold": self.oversold}
+                "oversold": self.oversold, "conflicts": self.conflicts,
+                "dead_letters": self.dead_letters, "reservations": self.reservations}
 
 
-async def _records(sales: Sales, sale_id: int) -> tuple[Counter, Counter]:
-    """Units by state, and units per buyer (held or confirmed), from the reservation
-    records."""
+Record = tuple[int, int, str]  # user, quantity, state
+
+
+async def _records(sales: Sales, sale_id: int
+                   ) -> tuple[Counter, Counter, dict[str, Record]]:
+    """Units by state, units per buyer (held or confirmed), and every reservation, from
+    the reservation records."""
     units: Counter = Counter()
     per_buyer: Counter = Counter()
-    async for _rid, raw in sales.redis.hscan_iter(sale_keys(sale_id).res, count=1000):
+    records: dict[str, Record] = {}
+    async for rid, raw in sales.redis.hscan_iter(sale_keys(sale_id).res, count=1000):
         user, qty, state, _expires, _order = raw.split(b":", 4)
         units[STATES[state]] += int(qty)
         if state in (b"h", b"c"):
             per_buyer[int(user)] += int(qty)
-    return units, per_buyer
+        records[rid.decode()] = (int(user), int(qty), STATES[state])
+    return units, per_buyer, records
+
+
+async def _postgres_records(sales: Sales, sale_id: int) -> dict[str, Record]:
+    return {r["reservation_id"]: (r["user_id"], r["quantity"], r["status"])
+            for r in await sales.pool.fetch(
+                "SELECT reservation_id, user_id, quantity, status FROM sale_reservations"
+                " WHERE sale_id = $1", sale_id)}
+
+
+def compare_reservations(redis: dict[str, Record], postgres: dict[str, Record],
+                         *, show: int = 5) -> dict[str, Any]:
+    """Reservation by reservation: ids only Postgres knows (Redis lost them), ids Postgres
+    never saw, and ids both know with another owner, quantity or state."""
+    lost = sorted(postgres.keys() - redis.keys())
+    unseen = sorted(redis.keys() - postgres.keys())
+    differ = sorted(rid for rid in redis.keys() & postgres.keys()
+                    if redis[rid] != postgres[rid])
+    return {"compared": len(redis.keys() & postgres.keys()),
+            "lost_in_redis": len(lost), "lost_in_redis_ids": lost[:show],
+            "unseen_by_postgres": len(unseen), "unseen_by_postgres_ids": unseen[:show],
+            "differ": len(differ),
+            "differ_examples": [{"reservation_id": rid, "redis": list(redis[rid]),
+                                 "postgres": list(postgres[rid])} for rid in differ[:show]]}
+
+
+def _report_parked(report: SaleAudit, conflicts: int, dead_letters: int) -> None:
+    report.conflicts, report.dead_letters = conflicts, dead_letters
+    if conflicts:
+        report.fail(f"{conflicts} events named a reservation id already held by another buyer "
+                    "(a reused id; see sale_event_conflicts)")
+    if dead_letters:
+        report.fail(f"{dead_letters} events refused by Postgres were parked "
+                    "(see sale_dead_letters)")
 
 
 async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -> SaleAudit:
@@ -61,11 +108,14 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
         report.fail("active in Redis but unknown to Postgres (Redis from another database?)")
         return report
     keys = sale_keys(sale_id)
+    _report_parked(report, **await parked(sales, sale_id))
     try:
         books = await sales.counts(sale_id)
     except KeyError:
         if sale["status"] != "loading":
-            report.fail("Redis holds no state for this sale (lost? see `flashsale sale recover`)")
+            known = len(await _postgres_records(sales, sale_id))
+            report.fail(f"Redis holds no state for this sale ({known} reservations Postgres "
+                        "knows are lost there; see `flashsale sale recover`)")
         return report
     report.redis = books
     initial, tokens, held, confirmed = (books["initial"], books["tokens"], books["held"],
@@ -78,7 +128,7 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
     if tokens < 0:
         report.fail(f"negative tokens: {tokens}")
     report.oversold = max(0, held + confirmed - initial)
-    units, per_buyer = await _records(sales, sale_id)
+    units, per_buyer, records = await _records(sales, sale_id)
     if units["held"] != held or units["confirmed"] != confirmed:
         report.fail(f"reservation records say held {units['held']}, confirmed "
                     f"{units['confirmed']}; counters say held {held}, confirmed {confirmed}")
@@ -107,6 +157,18 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
     for state in ("held", "confirmed", "released", "expired"):
         if pg[state] != units[state]:
             report.fail(f"{state}: Postgres {pg[state]} units, Redis {units[state]}")
+    compared = report.reservations = compare_reservations(
+        records, await _postgres_records(sales, sale_id))
+    if compared["lost_in_redis"]:
+        report.fail(f"{compared['lost_in_redis']} reservations Postgres knows are missing from "
+                    f"Redis (lost writes?), e.g. {compared['lost_in_redis_ids']}; "
+                    "see `flashsale sale recover --force`")
+    if compared["unseen_by_postgres"]:
+        report.fail(f"{compared['unseen_by_postgres']} reservations in Redis never reached "
+                    f"Postgres, e.g. {compared['unseen_by_postgres_ids']}")
+    if compared["differ"]:
+        report.fail(f"{compared['differ']} reservations differ in owner, quantity or state "
+                    f"between Redis and Postgres, e.g. {compared['differ_examples'][:2]}")
     fresh = await sales.get(sale_id)
     for state in ("held", "confirmed", "released", "expired"):
         if fresh[f"{state}_qty"] != pg[state]:

@@ -1,32 +1,64 @@
 """Rebuild a sale's Redis state from Postgres, for a Redis that lost it (a restart without
-AOF). Postgres knows every event the reconciler applied; admissions that never reached it
-are the AOF's to keep, not ours to invent.
+AOF), or that diverged from Postgres while it still has the sale (``force``: lost writes
+under ``appendfsync everysec``, found by the audit). Postgres knows every event the
+reconciler applied; admissions that never reached it are the AOF's to keep, not ours to
+invent.
 
 Everything but the sale's meta is written first; ``load_tokens.lua`` writes the meta last
 and refuses if it exists, so the sale admits nobody until the rebuild is complete and a
-sale still present in Redis is never overwritten.
+sale still present in Redis is never overwritten unless forced. A forced repair first
+stops admissions (state ``repairing``: reservations get 409 sale_not_active), waits until
+the reconciler has applied everything Redis wrote, then drops the sale's Redis state and
+rebuilds it the same way: Postgres-known holds restored, tokens recomputed, the id
+sequence kept above every id Redis or Postgres ever issued.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from engine.errors import Conflict
 from engine.keys import ACTIVE_SALES, reservation_number, sale_keys
 from engine.sales import Sales, identity, to_ms
 from engine.scripts import SCRIPTS
+from reconciler.lag import stream_lag
 
 _LETTER = {"held": "h", "confirmed": "c", "released": "r", "expired": "e"}
 
 
-async def recover_sale(sales: Sales, sale_id: int) -> dict[str, Any]:
+async def _stop_and_drain(sales: Sales, sale_id: int, wait_seconds: float) -> dict[str, Any]:
+    """Stop admissions and wait for the reconciler to apply every event Redis wrote; the
+    reservation records Redis had (for the report of what the rebuild drops)."""
+    keys = sale_keys(sale_id)
+    state = await sales.redis.hget(keys.meta, "state")
+    await sales.redis.hset(keys.meta, "state", "repairing")
+    deadline = asyncio.get_running_loop().time() + wait_seconds
+    while (await stream_lag(sales.redis, sale_id)).pending:
+        if asyncio.get_running_loop().time() >= deadline:
+            if state is not None and state != b"repairing":
+                await sales.redis.hset(keys.meta, "state", state)
+            raise Conflict(f"Sale {sale_id}: the reconciler has not applied the sale's events "
+                           f"within {wait_seconds:g} s (is `flashsale reconcile` running?); "
+                           "nothing was changed.")
+        await asyncio.sleep(0.1)
+    return {rid.decode(): raw for rid, raw in (await sales.redis.hgetall(keys.res)).items()}
+
+
+async def recover_sale(sales: Sales, sale_id: int, *, force: bool = False,
+                       wait_seconds: float = 30.0) -> dict[str, Any]:
     sale = await sales.get(sale_id)
     keys = sale_keys(sale_id)
-    if await sales.redis.exists(keys.meta):
-        raise Conflict(f"Sale {sale_id} is still in Redis; nothing to recover "
-                       "(`flashsale audit` checks it).")
     if sale["status"] == "loading":
         raise Conflict(f"Sale {sale_id} never finished loading: use `flashsale sale load-tokens`.")
+    had: dict[str, Any] = {}
+    if await sales.redis.exists(keys.meta):
+        if not force:
+            raise Conflict(f"Sale {sale_id} is still in Redis; nothing to recover "
+                           "(`flashsale audit` checks it; `--force` rebuilds it from "
+                           "Postgres anyway).")
+        had = await _stop_and_drain(sales, sale_id, wait_seconds)
+    redis_seq = int(await sales.redis.get(keys.seq) or 0)
     rows = await sales.pool.fetch(
         "SELECT reservation_id, user_id, quantity, status, order_id, idempotency_key,"
         " expires_at FROM sale_reservations WHERE sale_id = $1", sale_id)
@@ -37,9 +69,11 @@ async def recover_sale(sales: Sales, sale_id: int) -> dict[str, Any]:
         raise Conflict(f"Postgres holds {held + confirmed} units for a sale of "
                        f"{sale['quantity']}: refusing to rebuild an oversold sale.")
 
-    seq = 0
+    seq = redis_seq
     async with sales.redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.tokens, keys.buyers, keys.idem, keys.holds, keys.res, keys.seq)
+        if force:
+            pipe.delete(keys.meta)  # load_tokens.lua writes it again, last
         for r in rows:
             expires = to_ms(r["expires_at"])
             pipe.hset(keys.res, r["reservation_id"],
@@ -67,6 +101,10 @@ async def recover_sale(sales: Sales, sale_id: int) -> dict[str, Any]:
         await sales.redis.sadd(ACTIVE_SALES, sale_id)
     else:
         await sales.redis.hset(keys.meta, "state", "closed")
+    known = {r["reservation_id"] for r in rows}
+    dropped = sorted(set(had) - known)
     return {"sale_id": sale_id, "tokens": tokens, "held": held, "holds": sum(
         1 for r in rows if r["status"] == "held"), "confirmed": confirmed,
-        "reservations": len(rows)}
+        "reservations": len(rows), "forced": bool(had),
+        "restored_to_redis": len(known - set(had)) if had else len(known),
+        "dropped_from_redis": len(dropped), "dropped_ids": dropped[:20]}

@@ -14,3 +14,13 @@ async def postgres_books(sales: Sales, sale_id: int) -> dict[str, int]:
     books = {s: 0 for s in ("held", "confirmed", "released", "expired")}
     books |= {r["status"]: int(r["units"]) for r in rows}
     return books
+
+
+async def parked(sales: Sales, sale_id: int) -> dict[str, int]:
+    """What the reconciler set aside for the sale: events naming a reservation id another
+    buyer holds (conflicts), and events Postgres refused (dead letters)."""
+    row = await sales.pool.fetchrow(
+        "SELECT (SELECT count(*) FROM sale_event_conflicts WHERE sale_id = $1) AS conflicts,"
+        " (SELECT count(*) FROM sale_dead_letters WHERE sale_id = $1) AS dead_letters",
+        sale_id)
+    return {"conflicts": row["conflicts"], "dead_letters": row["dead_letters"]}
