@@ -63,6 +63,9 @@ class Settings:
     metrics_port: int = 9101
     # One log line per HTTP request (request id, route, status, latency; never a token).
     access_log: bool = False
+    # Fault injection for the chaos suite only (`make chaos`): the reconciler SIGKILLs
+    # itself right after its Nth commit, before the XACK. 0 (the default) never.
+    fault_kill_after_commit: int = 0
 
     def __post_init__(self) -> None:
         _check_url("database_url", self.database_url, ("postgresql", "postgres"))

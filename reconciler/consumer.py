@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -68,6 +69,7 @@ class Consumer:
         # be read at all (dead-lettered with the batch's commit).
         self._raw: dict[tuple[int, str], dict] = {}
         self._unreadable: list[DeadLetter] = []
+        self._commits = 0
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -97,6 +99,11 @@ class Consumer:
                 self._sales_read_at = 0.0
                 continue
             if (batch or self._unreadable) and await self._apply_until_committed(batch):
+                self._commits += 1
+                if self._commits == self.settings.fault_kill_after_commit:
+                    log.warning("fault injection: SIGKILL after commit %d, before XACK",
+                                self._commits)
+                    os.kill(os.getpid(), signal.SIGKILL)
                 await self._ack([*batch, *self._unreadable])
             self._raw.clear()
             self._unreadable.clear()
