@@ -10,6 +10,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
 RECONCILE_ARGS ?=
+CHAOS_ARGS ?=
 
 # Everything make starts runs locally: the public development secret is allowed
 # (serve and reconcile refuse it otherwise; see README "Settings").
@@ -20,7 +21,7 @@ PACKAGING := $(wildcard setup.cfg pyproject.toml setup.py)
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-bench services services-stop browser cluster cluster-stop \
-	migrate serve reconcile demo test bench bench-full swarm lint clean
+	migrate serve reconcile demo test chaos bench bench-full swarm lint clean
 
 help: ## list the targets
 	@echo "flashsale make targets:"
@@ -76,6 +77,9 @@ demo: install services ## migrate, seed, run a simulated flash sale and report
 # --- checking ----------------------------------------------------------------------
 test: install services browser ## run pytest against real Redis/Postgres (PYTEST_ARGS='-x -k ...')
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+chaos: install services ## fault scenarios against real processes; prints the outcome table (~6 min)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 lint: install ## ruff check
 	$(BIN)/ruff check .

@@ -40,7 +40,7 @@ class Params:
     seed: int
 
 
-QUICK = Params(buyers=12, warmup=1.0, after=0.3, kills=2, behind=1.0, postgres_down=3.0,
+QUICK = Params(buyers=12, warmup=2.0, after=0.3, kills=2, behind=1.0, postgres_down=3.0,
                pace=0.02, seed=10)
 FULL = Params(buyers=64, warmup=5.0, after=3.0, kills=6, behind=2.0, postgres_down=30.0,
               pace=0.005, seed=10)
