@@ -8,6 +8,11 @@ In-process: N concurrent callers loop on ``Admission.reserve`` (auto-batched, an
 EVALSHA per call) for a fixed time; throughput and per-call latency p50/p99. The ceiling:
 ``redis-benchmark`` sending EVALSHA of reserve.lua with the same keys and arguments, 50
 clients unpipelined and pipelined by 16. The interesting number is the ratio.
+
+Durability: the same engine load against two private redis-servers started side by side
+for this run (AOF ``appendfsync always`` as deploy/redis.conf ships it, and ``everysec``),
+files on the working tree's disk; the cost of ``always`` is the ratio of the two
+(``--durability`` runs only this part).
 """
 
 from __future__ import annotations
@@ -86,6 +91,53 @@ def redis_benchmark(url: str, *, requests: int, clients: int, pipeline: int) -> 
             "p99_ms": float(row.get("p99_latency_ms", 0))}
 
 
+async def durability(mode: str) -> dict:
+    """Admits per second under ``appendfsync always`` and ``everysec``, same run, same load;
+    rounds alternate so a noisy neighbour hits both alike."""
+    from chaos.servers import PrivateRedis
+
+    seconds = 2.0 if mode == "quick" else 8.0
+    rounds = 2 if mode == "quick" else 3
+    servers = {policy: PrivateRedis(f"bench-{policy}", appendfsync=policy).start()
+               for policy in ("always", "everysec")}
+    clients = {policy: create_redis(Settings(redis_url=server.url), max_connections=256)
+               for policy, server in servers.items()}
+    runs: dict[str, list[dict]] = {"always": [], "everysec": []}
+    try:
+        for _ in range(rounds):
+            for policy in ("everysec", "always"):
+                for concurrency in (8, 64):
+                    await load_sale(clients[policy])
+                    r = await run_engine(clients[policy], concurrency=concurrency,
+                                         seconds=seconds, batching=True)
+                    runs[policy].append({"concurrency": concurrency, **r})
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        for server in servers.values():
+            server.remove()
+    summary = []
+    for concurrency in (8, 64):
+        best = {policy: max((r for r in rows if r["concurrency"] == concurrency),
+                            key=lambda r: r["per_second"]) for policy, rows in runs.items()}
+        summary.append({"concurrency": concurrency,
+                        "always": best["always"], "everysec": best["everysec"],
+                        "ratio": best["always"]["per_second"] / best["everysec"]["per_second"]})
+    return {"runs": runs, "summary": summary}
+
+
+def durability_report(results: dict) -> str:
+    rows = []
+    for s in results["summary"]:
+        for policy in ("everysec", "always"):
+            r = s[policy]
+            rows.append([f"appendfsync {policy}, {s['concurrency']} callers (auto-batched)",
+                         r["per_second"], r["p50_ms"], r["p99_ms"],
+                         "1.00x" if policy == "everysec" else f"{s['ratio']:.2f}x"])
+    return table("Durability: admits/s under appendfsync always vs everysec (same run, "
+                 "ratio vs everysec)", ["what", "admits/s", "p50 ms", "p99 ms", "ratio"], rows)
+
+
 async def main_async(mode: str) -> dict:
     seconds = 2.5 if mode == "quick" else 10.0
     requests = 100_000 if mode == "quick" else 1_000_000
@@ -111,6 +163,7 @@ async def main_async(mode: str) -> dict:
     finally:
         await redis.flushdb()
         await redis.aclose()
+    results["durability"] = await durability(mode)
     return results
 
 
@@ -125,10 +178,12 @@ def report(results: dict) -> str:
                 f"{r['concurrency']} callers")
         rows.append([name, r["per_second"], r["p50_ms"], r["p99_ms"],
                      f"{r['per_second'] / ceiling:.2f}x" if ceiling else "-"])
-    return "\n\n".join([
-        table("Admission: reserve.lua on real Redis (ratio vs redis-benchmark, 50 clients)",
-              ["what", "calls/s", "p50 ms", "p99 ms", "ratio"], rows),
-        gate_cost.report(results.get("gate_cost"))])
+    parts = [table("Admission: reserve.lua on real Redis (ratio vs redis-benchmark, 50 clients)",
+                   ["what", "calls/s", "p50 ms", "p99 ms", "ratio"], rows),
+             gate_cost.report(results.get("gate_cost"))]
+    if results.get("durability"):
+        parts.append(durability_report(results["durability"]))
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="a few seconds per case (default)")
     group.add_argument("--full", action="store_true", help="longer runs, steadier numbers")
+    parser.add_argument("--durability", action="store_true",
+                        help="only the appendfsync always vs everysec comparison")
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
+    if args.durability:
+        results = {"durability": uvloop.run(durability(mode))}
+        print(durability_report(results["durability"]))
+        path = write_results("admission-durability", mode, results)
+        print(f"\nwritten: {path.relative_to(path.parents[2])}")
+        return 0
     results = uvloop.run(main_async(mode))
     print(report(results))
     path = write_results("admission", mode, results)
