@@ -30,6 +30,12 @@ from reconciler.lag import text
 
 log = logging.getLogger("flashsale.reconciler")
 
+# A connection Postgres dropped mid-query (a fast shutdown, a restart) can leave asyncpg's
+# pooled connection in a broken state that fails the next use with an interface error
+# rather than a connection error: for the reconciler that is the same outage (retry on
+# fresh connections), never a reason to exit.
+POSTGRES_BROKEN = (*POSTGRES_DOWN, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -78,12 +84,13 @@ class Consumer:
             try:
                 batch = await self._next_batch()
                 self.redis_ok = True
-            except (*REDIS_DOWN, *POSTGRES_DOWN) as exc:
+            except (*REDIS_DOWN, *POSTGRES_BROKEN) as exc:
                 redis_down = isinstance(exc, REDIS_DOWN)
                 if redis_down:
                     self.redis_ok = False
                 else:
                     self.postgres_ok = False
+                    await self.pool.expire_connections()
                 (metrics.REDIS_ERRORS if redis_down else metrics.POSTGRES_ERRORS).inc()
                 log.warning("%s unavailable (%s); retrying",
                             "redis" if redis_down else "postgres", exc)
@@ -105,8 +112,6 @@ class Consumer:
                                 self._commits)
                     os.kill(os.getpid(), signal.SIGKILL)
                 await self._ack([*batch, *self._unreadable])
-            self._raw.clear()
-            self._unreadable.clear()
             backoff.reset()
             await self._housekeeping()
 
@@ -148,9 +153,11 @@ class Consumer:
                 log.debug("applied %d events in %.1f ms", len(batch),
                           (time.perf_counter() - started) * 1000)
                 return True
-            except (*POSTGRES_DOWN, asyncpg.SerializationError,
+            except (*POSTGRES_BROKEN, asyncpg.SerializationError,
                     asyncpg.DeadlockDetectedError) as exc:
                 self.postgres_ok = False
+                if isinstance(exc, POSTGRES_BROKEN):
+                    await self.pool.expire_connections()
                 metrics.POSTGRES_ERRORS.inc()
                 log.warning("postgres write failed (%s); batch of %d kept, retrying",
                             type(exc).__name__, len(batch))

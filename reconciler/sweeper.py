@@ -40,8 +40,11 @@ class Sweeper:
         while not self.stopping.is_set():
             try:
                 await self.sweep_once()
-            except REDIS_DOWN + POSTGRES_DOWN as exc:
+            except (*REDIS_DOWN, *POSTGRES_DOWN, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError) as exc:  # see consumer.POSTGRES_BROKEN
                 log.warning("sweep skipped: %s", exc)
+                if not isinstance(exc, REDIS_DOWN):
+                    await self.pool.expire_connections()
             try:
                 await asyncio.wait_for(self.stopping.wait(), self.interval)
             except TimeoutError:
