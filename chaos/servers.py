@@ -5,6 +5,7 @@ shared ones: every fault lands on a process this module started."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -132,7 +133,13 @@ class PrivatePostgres:
     def available() -> bool:
         if not (PG_BIN / "pg_ctl").exists():
             return False
-        return os.geteuid() != 0 or shutil.which("runuser") is not None
+        if os.geteuid() != 0:
+            return True
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return False
+        return shutil.which("runuser") is not None
 
     @property
     def url(self) -> str:
