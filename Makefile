@@ -78,7 +78,7 @@ demo: install services ## migrate, seed, run a simulated flash sale and report
 test: install services browser ## run pytest against real Redis/Postgres (PYTEST_ARGS='-x -k ...')
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-chaos: install services ## fault scenarios against real processes; prints the outcome table (~6 min)
+chaos: install services ## fault scenarios against real processes; prints the outcome table (~4 min)
 	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 lint: install ## ruff check
