@@ -66,6 +66,14 @@ def _board_text(b: dict) -> str:
           if b.get("dead_letters") or b.get("conflicts") else [])])
 
 
+async def _status_of(sales, sale_id: int) -> dict:
+    """The board, plus what the reconciler set aside for the sale (dead letters and
+    reused-id conflicts: the audit fails on them until an operator deals with them)."""
+    from reconciler.report import parked
+
+    return {**to_builtins(await _board_of(sales, sale_id)), **await parked(sales, sale_id)}
+
+
 async def _board_of(sales, sale_id: int):
     from engine.errors import NotFound
     from reconciler.board import sale_board
@@ -187,7 +195,7 @@ def status(sale_id: int, watch: bool, interval: float, as_json: bool) -> None:
                                code="validation_failed")
         _watch(sale_id, interval)
         return
-    board = to_builtins(run(with_sales(lambda s: _board_of(s, sale_id))))
+    board = run(with_sales(lambda s: _status_of(s, sale_id)))
     emit(board, as_json, _board_text(board))
 
 

@@ -23,7 +23,6 @@ from redis.exceptions import ResponseError
 from engine.keys import sale_keys
 from engine.sales import Sales, from_ms, identity
 from reconciler.lag import stream_lag, text
-from reconciler.report import parked
 
 BoardStatus = Literal["scheduled", "active", "paused", "sold_out", "ended"]
 BOARD_STATUSES: tuple[str, ...] = ("scheduled", "active", "paused", "sold_out", "ended")
@@ -49,8 +48,6 @@ class SaleBoard(msgspec.Struct):
     books_balanced: bool
     books_mismatch_units: int  # 0 when balanced
     admissions_total: int  # units admitted, as applied to Postgres (monotonic)
-    dead_letters: int = 0  # events Postgres refused, parked in sale_dead_letters
-    conflicts: int = 0  # events naming a reservation id another buyer holds
     waiting_room: dict[str, Any] | None = None
 
 
@@ -153,8 +150,7 @@ async def _board(sales: Sales, sale_id: int) -> SaleBoard | None:
         reconciler_lag=lag.pending, books_balanced=mismatch == 0,
         books_mismatch_units=mismatch,
         admissions_total=(row["held_qty"] + row["confirmed_qty"] + row["released_qty"]
-                          + row["expired_qty"]),
-        **await parked(sales, sale_id))
+                          + row["expired_qty"]))
 
 
 async def sale_board(sales: Sales, sale_id: int) -> SaleBoard | None:
