@@ -9,7 +9,7 @@ import sys
 import time
 
 SUITE = ("admission", "admission_strategies", "gateway", "cluster", "reconciler", "catalog",
-         "checkout")
+         "checkout", "waiting_room")
 
 
 def main(argv: list[str] | None = None) -> int:

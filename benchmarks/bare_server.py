@@ -1,4 +1,4 @@
-"""The ceiling for the gateway benchmark: bare aiohttp + uvloop answering a JSON POST,
+"""The ceiling for the gateway benchmark: bare aiohttp + uvloop answering a JSON POST (or GET),
 with the same server settings as the gateway (no access log, SO_REUSEPORT workers).
 
     python -m benchmarks.bare_server --port 8090 --workers 2
@@ -26,6 +26,7 @@ def serve(port: int) -> None:
     uvloop.install()
     app = web.Application()
     app.router.add_post("/bare", answer)
+    app.router.add_get("/bare", answer)
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None,
                 print=None)
 

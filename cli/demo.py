@@ -100,36 +100,72 @@ async def _reserve(http, base: str, user: tuple[int, str], sale_id: int, want: i
                     tally.released[rid] = answer["quantity"]
 
 
-async def _pay(http, base: str, admin: dict, rid: str, tally: Tally,
-               gate: asyncio.Semaphore) -> None:
+async def _checkout(http, base: str, admin: dict, user_id: int, headers: dict,
+                    rid: str) -> tuple[int, dict]:
     """Pay a hold with the wallet: the admin credits it, the buyer adds an address, a
     wallet payment method, and places the order for the reservation."""
+    async with http.post(f"{base}/api/v1/admin/wallets/{user_id}/credit",
+                         json={"amount": "250.00"}, headers=admin) as r:
+        r.raise_for_status()
+    async with http.post(f"{base}/api/v1/me/addresses", headers=headers, json={
+            "line1": "1 Demo Street", "city": "Springfield", "postal_code": "12345",
+            "country": "US"}) as r:
+        address = (await r.json())["address_id"]
+    async with http.post(f"{base}/api/v1/me/payment-methods", headers=headers,
+                         json={"type": "wallet"}) as r:
+        method = (await r.json())["payment_method_id"]
+    async with http.post(f"{base}/api/v1/orders", headers=headers, json={
+            "idempotency_key": f"pay-{rid}", "reservation_id": rid,
+            "shipping_address_id": address, "payment_method_id": method}) as r:
+        return r.status, await r.json()
+
+
+async def _pay(http, base: str, admin: dict, rid: str, tally: Tally,
+               gate: asyncio.Semaphore) -> None:
     user_id, headers = tally.owners[rid]
     async with gate:
-        async with http.post(f"{base}/api/v1/admin/wallets/{user_id}/credit",
-                             json={"amount": "250.00"}, headers=admin) as r:
-            r.raise_for_status()
-        async with http.post(f"{base}/api/v1/me/addresses", headers=headers, json={
-                "line1": "1 Demo Street", "city": "Springfield", "postal_code": "12345",
-                "country": "US"}) as r:
-            address = (await r.json())["address_id"]
-        async with http.post(f"{base}/api/v1/me/payment-methods", headers=headers,
-                             json={"type": "wallet"}) as r:
-            method = (await r.json())["payment_method_id"]
         started = time.perf_counter()
-        async with http.post(f"{base}/api/v1/orders", headers=headers, json={
-                "idempotency_key": f"pay-{rid}", "reservation_id": rid,
-                "shipping_address_id": address, "payment_method_id": method}) as r:
-            order = await r.json()
-            tally.checkout_latencies.append(time.perf_counter() - started)
-            tally.checkout_answers[r.status] += 1
-            if r.status in (200, 201):
-                tally.paid[rid] = order["order_id"]
-            elif r.status < 500:  # refused: the saga released the hold
-                tally.unpaid[rid] = tally.holds[rid]
+        status, order = await _checkout(http, base, admin, user_id, headers, rid)
+        tally.checkout_latencies.append(time.perf_counter() - started)
+        tally.checkout_answers[status] += 1
+        if status in (200, 201):
+            tally.paid[rid] = order["order_id"]
+        elif status < 500:  # refused: the saga released the hold
+            tally.unpaid[rid] = tally.holds[rid]
 
 
-async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int) -> dict:
+async def _waiting_rooms(http, base: str, admin: dict, users: list[tuple[int, str]],
+                         units: int, rate: int) -> list[dict]:
+    """The same small sale twice, through a stock-aware room and through a rate-only one:
+    when did the last buyer know it was sold out? Admitted buyers pay with the wallet."""
+    from cli.room_scenario import learn_sold_out
+
+    async def pay(rid: str, user_id: int, headers: dict) -> bool:
+        status, _ = await _checkout(http, base, admin, user_id, headers, rid)
+        return status in (200, 201)
+
+    buyers = [(u, {"Authorization": f"Bearer {t}"}) for u, t in users]
+    results = []
+    for aware in (True, False):
+        async with http.post(f"{base}/api/v1/seller/products", headers=admin,
+                             json={"name": "Sneaker Drop", "brand": "Flash", "price": "199.00",
+                                   "available_qty": units}) as r:
+            product = await r.json()
+        async with http.post(f"{base}/api/v1/admin/sales", headers=admin, json={
+                "product_id": product["product_id"], "quantity": units, "price": "99.00",
+                "waiting_room": True, "admission_rate": rate, "stock_aware": aware}) as r:
+            sale = await r.json()
+        click.echo(f"waiting room ({'stock-aware' if aware else 'rate-only'}): sale "
+                   f"{sale['sale_id']}, {units} units, {len(buyers):,} buyers join at once, "
+                   f"{rate} passes/s ...")
+        result = await learn_sold_out(http, base, sale["sale_id"], buyers, poll=1.0, pay=pay)
+        results.append({"room": "stock-aware" if aware else "rate-only",
+                        "sale_id": sale["sale_id"], "units": units, "rate": rate, **result})
+    return results
+
+
+async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int,
+               room_buyers: int) -> dict:
     import aiohttp
 
     from cli.common import with_sales
@@ -142,6 +178,7 @@ async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int)
     await _ensure_catalog(2000)
     admin_token = config.admin_token or secrets.token_urlsafe(24)
     stack = Stack(env={"FLASHSALE_ADMIN_TOKEN": admin_token, "FLASHSALE_RATE_LIMIT": "0",
+                       "FLASHSALE_QUEUE_JOIN_RATE": "0",  # every buyer comes from here
                        "FLASHSALE_SECRET": config.secret}, log_dir=LOG_DIR)
     admin = {"Authorization": f"Bearer {admin_token}"}
     click.echo(f"starting gateway on {stack.base_url} and reconciler "
@@ -175,6 +212,9 @@ async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int)
             pay_gate = asyncio.Semaphore(50)
             await asyncio.gather(*(_pay(http, stack.base_url, admin, rid, tally, pay_gate)
                                    for rid in to_pay))
+            rooms = await _waiting_rooms(http, stack.base_url, admin,
+                                         await make_buyers(config, room_buyers), 30, 100
+                                         ) if room_buyers else []
         click.echo("waiting for the reconciler, then auditing ...")
         report = await with_sales(lambda s: audit_sale(s, sale["sale_id"], wait_seconds=30))
     finally:
@@ -202,7 +242,7 @@ async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int)
                                      - units),
                      "in_postgres": max(0, pg.get("held", 0) + pg.get("confirmed", 0) - units)},
         "redis": redis, "postgres": pg, "audit_ok": report.ok, "audit_problems": report.problems,
-        "stopped": stopped,
+        "stopped": stopped, "waiting_rooms": rooms,
     }
 
 
@@ -235,6 +275,12 @@ def _summary(r: dict) -> str:
         f"expired {pg.get('expired', 0)} units; audit "
         + ("OK" if r["audit_ok"] else "FAILED: " + "; ".join(r["audit_problems"])),
     ]
+    for room in r["waiting_rooms"]:
+        lines.append(
+            f"  waiting room    {room['room']:<11} {room['buyers']:,} buyers for "
+            f"{room['units']} units at {room['rate']} passes/s: the last knew it was sold out "
+            f"after {room['last_knew_s']} s (median {room['median_knew_s']} s); "
+            f"{room['passes']:,} passes, {room['bought']} paid")
     return "\n".join(lines)
 
 
@@ -245,13 +291,16 @@ def _summary(r: dict) -> str:
 @click.option("--units", type=click.IntRange(1), default=500, show_default=True)
 @click.option("--per-user-limit", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--room-buyers", type=click.IntRange(0, 100_000), default=2000, show_default=True,
+              help="Then this many buyers through a 30-unit sale's waiting room, stock-aware "
+                   "and rate-only (0: skip).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def demo(buyers: int, concurrency: int, units: int, per_user_limit: int, seed: int,
-         as_json: bool) -> None:
+         room_buyers: int, as_json: bool) -> None:
     """Run a flash sale with thousands of simulated buyers and summarise it."""
     from cli.common import run
 
-    result = run(_run(buyers, concurrency, units, per_user_limit, seed))
+    result = run(_run(buyers, concurrency, units, per_user_limit, seed, room_buyers))
     click.echo(json.dumps(result, indent=2, default=str) if as_json else _summary(result))
     if max(result["oversold"].values()) or not result["audit_ok"]:
         sys.exit(1)

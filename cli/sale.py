@@ -63,7 +63,17 @@ def _board_text(b: dict) -> str:
         f"  books:      {books}",
         *([f"  set aside:  {b['dead_letters']} events Postgres refused (sale_dead_letters), "
            f"{b['conflicts']} reused-id conflicts (sale_event_conflicts)"]
-          if b.get("dead_letters") or b.get("conflicts") else [])])
+          if b.get("dead_letters") or b.get("conflicts") else []),
+        *_room_lines(b.get("waiting_room"))])
+
+
+def _room_lines(room: dict | None) -> list[str]:
+    if not room:
+        return []
+    wait = room["estimated_wait_seconds"]
+    return [f"  waiting room: {room['waiting']} waiting  {room['passes_live']} passes live  "
+            f"{room['admitted']} admitted  {room['told_sold_out']} told sold out  last in "
+            f"line waits {'unknown' if wait is None else f'~{wait} s'}"]
 
 
 async def _status_of(sales, sale_id: int) -> dict:
@@ -103,10 +113,29 @@ def sale() -> None:
 @click.option("--idempotency-key", default=None,
               help="Repeat the command with the same key to get the same sale, never two.")
 @click.option("--allow-free", is_flag=True, help="Accept a price of 0.")
+@click.option("--waiting-room", is_flag=True,
+              help="Buyers queue for passes that follow the stock (see README).")
+@click.option("--admission-rate", type=click.IntRange(1, 100_000), default=None,
+              help="Waiting room: passes per second (default 50).")
+@click.option("--pass-seconds", type=click.IntRange(10, 3600), default=None,
+              help="Waiting room: a pass's lifetime (default 120).")
+@click.option("--pass-margin", type=click.IntRange(0, 1000), default=None,
+              help="Waiting room: percent by which unused passes may exceed the units left "
+                   "(default 0).")
 @json_option
 def create(product_id, quantity, price, per_user_limit, hold_seconds, starts_at, ends_at,
-           idempotency_key, allow_free, as_json) -> None:
+           idempotency_key, allow_free, waiting_room, admission_rate, pass_seconds,
+           pass_margin, as_json) -> None:
     """Create a sale: move its units out of stock and pre-load its tokens."""
+    from engine.waiting_room import RoomConfig
+
+    tuning = {k: v for k, v in (("admission_rate", admission_rate),
+                                ("pass_seconds", pass_seconds),
+                                ("pass_margin_percent", pass_margin)) if v is not None}
+    if tuning and not waiting_room:
+        raise CommandError("--admission-rate, --pass-seconds and --pass-margin need "
+                           "--waiting-room.", code="validation_failed")
+    room = RoomConfig(**tuning) if waiting_room else None
     if price == 0 and not allow_free:
         raise CommandError("--price is 0: the units would be given away; pass --allow-free "
                            "if that is meant.", code="validation_failed")
@@ -122,7 +151,7 @@ def create(product_id, quantity, price, per_user_limit, hold_seconds, starts_at,
         row = await sales.create(
             product_id=product_id, quantity=quantity, price=price, starts_at=starts_at,
             ends_at=ends_at, per_user_limit=per_user_limit, hold_seconds=hold_seconds,
-            idempotency_key=idempotency_key)
+            idempotency_key=idempotency_key, waiting_room=room)
         return row["replayed"], await _board_of(sales, row["sale_id"])
 
     replayed, board = run(with_sales(work))

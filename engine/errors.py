@@ -34,6 +34,10 @@ class Forbidden(FlashsaleError):
     status, code, message = 403, "forbidden", "You are not allowed to do this."
 
 
+class QueueRequired(Forbidden):
+    code, message = "queue_required", "This sale has a waiting room: a queue pass is required."
+
+
 class NotFound(FlashsaleError):
     status, code, message = 404, "not_found", "No such resource."
 

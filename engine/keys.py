@@ -103,3 +103,28 @@ def sale_of_reservation(reservation_id: str) -> int | None:
             or len(sale) > 18):
         return None
     return int(sale)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomKeys:
+    """A waiting room's keys, in its sale's slot (same hash tag)."""
+    sale_id: int
+    room: str      # hash: configuration, arrival counter, admission credit, measured rate
+    waiting: str   # zset: user -> arrival number
+    tickets: str   # hash: user -> "arrival:joined_ms"
+    passes: str    # zset: user -> pass expiry (ms), every live pass
+    fresh: str     # zset: user -> pass expiry (ms), live passes not yet used to reserve
+    throttle: str  # hash: join buckets per client address
+    for_scripts: tuple[str, ...]  # the room's keys, then the sale's meta and tokens
+
+
+@lru_cache(maxsize=4096)
+def room_keys(sale_id: int) -> RoomKeys:
+    tag = f"{PREFIX}:{{s:{sale_id}}}"
+    room, waiting, tickets, passes, fresh, throttle = (
+        f"{tag}:{name}" for name in ("room", "wq", "wt", "wp", "wf", "wrl"))
+    sale = sale_keys(sale_id)
+    return RoomKeys(sale_id=sale_id, room=room, waiting=waiting, tickets=tickets,
+                    passes=passes, fresh=fresh, throttle=throttle,
+                    for_scripts=(room, waiting, tickets, passes, fresh, throttle, sale.meta,
+                                 sale.tokens))

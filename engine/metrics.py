@@ -65,6 +65,24 @@ RESERVATION_LATENCY = Histogram(
     "flashsale_reservation_latency_seconds", "Time to answer a reservation attempt",
     buckets=LATENCY_BUCKETS, registry=GATEWAY)
 
+# -- waiting rooms (per sale, as of the last join or look) --------------------------------
+ROOM_WAITING = Gauge(
+    "flashsale_room_waiting", "Tickets waiting in line", ["sale_id"],
+    multiprocess_mode="mostrecent", registry=GATEWAY)
+ROOM_PASSES_LIVE = Gauge(
+    "flashsale_room_passes_live", "Queue passes not yet expired", ["sale_id"],
+    multiprocess_mode="mostrecent", registry=GATEWAY)
+ROOM_ADMITTED = Gauge(
+    "flashsale_room_admitted", "Queue passes issued since the room opened", ["sale_id"],
+    multiprocess_mode="mostrecent", registry=GATEWAY)
+ROOM_TOLD_SOLD_OUT = Gauge(
+    "flashsale_room_told_sold_out", "Tickets told the sale is sold out", ["sale_id"],
+    multiprocess_mode="mostrecent", registry=GATEWAY)
+ROOM_ESTIMATED_WAIT = Gauge(
+    "flashsale_room_estimated_wait_seconds",
+    "Estimated wait of the last ticket in line at the measured admission rate (NaN unknown)",
+    ["sale_id"], multiprocess_mode="mostrecent", registry=GATEWAY)
+
 # -- orders ------------------------------------------------------------------------------
 ORDERS = Counter("flashsale_orders", "Checkouts by final status", ["status"],
                  registry=GATEWAY)

@@ -38,6 +38,7 @@ from engine.errors import (
 from engine.keys import ACTIVE_SALES, sale_keys
 from engine.refusals import channel_of
 from engine.scripts import SCRIPTS
+from engine.waiting_room import RoomConfig, configure
 
 
 def to_ms(moment: datetime | None) -> int:
@@ -75,7 +76,8 @@ class SaleView:
 
 SALE_COLUMNS = ("sale_id, product_id, quantity, price, starts_at, ends_at, per_user_limit,"
                 " hold_seconds, status, held_qty, confirmed_qty, released_qty, expired_qty,"
-                " last_stream_id, created_at, paused_at")
+                " last_stream_id, created_at, paused_at, room_rate, room_pass_seconds,"
+                " room_margin_percent, room_stock_aware")
 
 SaleAction = Literal["pause", "resume", "end"]
 # What each action may start from (the checks themselves run in change_sale_state.lua).
@@ -86,6 +88,15 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
 }
 
 
+def room_of(sale: dict[str, Any]) -> RoomConfig | None:
+    """The sale's waiting room as Postgres records it, or None."""
+    if sale["room_rate"] is None:
+        return None
+    return RoomConfig(admission_rate=sale["room_rate"], pass_seconds=sale["room_pass_seconds"],
+                      pass_margin_percent=sale["room_margin_percent"],
+                      stock_aware=sale["room_stock_aware"])
+
+
 class Sales:
     def __init__(self, *, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
         self.pool = pool
@@ -94,17 +105,21 @@ class Sales:
     async def create(self, *, product_id: int, quantity: int, price: Decimal,
                      starts_at: datetime | None = None, ends_at: datetime | None = None,
                      per_user_limit: int = 1, hold_seconds: int = 600,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
+                     idempotency_key: str | None = None,
+                     waiting_room: RoomConfig | None = None) -> dict[str, Any]:
         """Create a sale and load its tokens. With ``idempotency_key``, the same key and
         request return the sale made before (``replayed`` is True; a load a crash cut
         short is finished), another request under that key is IdempotencyKeyReused."""
         if quantity < 1:
             raise ValidationFailed.at("$.quantity", "must be at least 1")
-        fingerprint = json.dumps({
+        request = {
             "product_id": product_id, "quantity": quantity, "price": str(price),
             "starts_at": starts_at and starts_at.isoformat(),
             "ends_at": ends_at and ends_at.isoformat(), "per_user_limit": per_user_limit,
-            "hold_seconds": hold_seconds}, sort_keys=True)
+            "hold_seconds": hold_seconds}
+        if waiting_room is not None:  # absent otherwise: older fingerprints still match
+            request["waiting_room"] = waiting_room.fields()
+        fingerprint = json.dumps(request, sort_keys=True)
         if idempotency_key is not None:
             made = await self._made_before(idempotency_key, fingerprint)
             if made is not None:
@@ -115,7 +130,7 @@ class Sales:
         try:
             row = await self._insert(product_id, quantity, price, starts_at, ends_at,
                                      per_user_limit, hold_seconds, idempotency_key,
-                                     fingerprint)
+                                     fingerprint, waiting_room)
         except asyncpg.UniqueViolationError:  # the same key, created concurrently
             made = await self._made_before(idempotency_key or "", fingerprint)
             if made is None:
@@ -127,7 +142,7 @@ class Sales:
     async def _insert(self, product_id: int, quantity: int, price: Decimal,
                       starts_at: datetime, ends_at: datetime | None, per_user_limit: int,
                       hold_seconds: int, idempotency_key: str | None,
-                      fingerprint: str) -> asyncpg.Record:
+                      fingerprint: str, waiting_room: RoomConfig | None) -> asyncpg.Record:
         async with self.pool.acquire() as conn, conn.transaction():
             moved = await conn.fetchval(
                 "UPDATE inventory SET available_qty = available_qty - $2,"
@@ -146,11 +161,15 @@ class Sales:
                     f"{quantity}.", details={"available_qty": have, "requested": quantity})
             return await conn.fetchrow(
                 "INSERT INTO flash_sales (product_id, quantity, price, starts_at, ends_at,"
-                " per_user_limit, hold_seconds, status, idempotency_key, request_fingerprint)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, 'loading', $8, $9)"
+                " per_user_limit, hold_seconds, status, idempotency_key, request_fingerprint,"
+                " room_rate, room_pass_seconds, room_margin_percent, room_stock_aware)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, 'loading', $8, $9, $10, $11, $12, $13)"
                 f" RETURNING {SALE_COLUMNS}",
                 product_id, quantity, price, starts_at, ends_at, per_user_limit, hold_seconds,
-                idempotency_key, fingerprint)
+                idempotency_key, fingerprint,
+                *((waiting_room.admission_rate, waiting_room.pass_seconds,
+                   waiting_room.pass_margin_percent, waiting_room.stock_aware)
+                  if waiting_room else (None, None, None, None)))
 
     async def _made_before(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
@@ -213,6 +232,9 @@ class Sales:
                 f"Sale {sale_id} is already {sale['status']}; its tokens were loaded. If Redis "
                 "lost them, use `flashsale sale recover`.")
         keys = sale_keys(sale_id)
+        room = room_of(sale)
+        if room is not None:  # before the tokens: no unit is ever sold past the room
+            await configure(self.redis, sale_id, room)
         answer = await SCRIPTS.load_tokens(self.redis, keys.for_load, (
             sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]),
             to_ms(sale["ends_at"]), sale["per_user_limit"], sale["hold_seconds"] * 1000,

@@ -26,6 +26,8 @@ class Settings:
     port: int = 8080
     # Reservation requests per second allowed per user and per client address; 0 = off.
     rate_limit: int = 50
+    # New waiting-room tickets per second per client address (burst twice that); 0 = off.
+    queue_join_rate: int = 20
     token_ttl_seconds: int = 24 * 3600
     # Seconds a gateway may act on a user's role and token version before re-reading them.
     account_cache_seconds: float = 2.0

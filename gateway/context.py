@@ -26,6 +26,7 @@ from catalog.wishlist import Wishlists
 from engine.admission import Admission
 from engine.sales import Sales
 from engine.settings import Settings
+from engine.waiting_room import WaitingRoom
 from orders.cart import Carts
 from orders.checkout import Checkout
 from orders.coupons import Coupons
@@ -47,6 +48,7 @@ class Services:
     accounts: Accounts
     admission: Admission
     sales: Sales
+    room: WaitingRoom
     products: Products
     categories: Categories
     catalog_cache: CatalogCache
@@ -77,6 +79,7 @@ class Services:
         await self.catalog_cache.stop()
         await self.orders_upkeep.stop()
         await self.admission.close()
+        await self.room.close()
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -112,6 +115,8 @@ def build_services(settings: Settings, redis: aioredis.Redis, pool: asyncpg.Pool
                           hasher=Hasher(log2_n=settings.password_cost), throttle=throttle),
         admission=admission,
         sales=sales,
+        room=WaitingRoom(redis, secret=settings.secret,
+                         join_rate=settings.queue_join_rate),
         products=products,
         categories=categories,
         catalog_cache=catalog_cache,

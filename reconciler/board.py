@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 
 from engine.keys import sale_keys
 from engine.sales import Sales, from_ms, identity
+from engine.waiting_room import room_figures
 from reconciler.lag import stream_lag, text
 
 BoardStatus = Literal["scheduled", "active", "paused", "sold_out", "ended"]
@@ -150,7 +151,8 @@ async def _board(sales: Sales, sale_id: int) -> SaleBoard | None:
         reconciler_lag=lag.pending, books_balanced=mismatch == 0,
         books_mismatch_units=mismatch,
         admissions_total=(row["held_qty"] + row["confirmed_qty"] + row["released_qty"]
-                          + row["expired_qty"]))
+                          + row["expired_qty"]),
+        waiting_room=await room_figures(sales.redis, sale_id))
 
 
 async def sale_board(sales: Sales, sale_id: int) -> SaleBoard | None:

@@ -20,8 +20,9 @@ from typing import Any
 
 from engine.errors import Conflict
 from engine.keys import ACTIVE_SALES, reservation_number, sale_keys
-from engine.sales import Sales, identity, to_ms
+from engine.sales import Sales, identity, room_of, to_ms
 from engine.scripts import SCRIPTS
+from engine.waiting_room import configure
 from reconciler.lag import stream_lag
 
 _LETTER = {"held": "h", "confirmed": "c", "released": "r", "expired": "e"}
@@ -69,6 +70,9 @@ async def recover_sale(sales: Sales, sale_id: int, *, force: bool = False,
         raise Conflict(f"Postgres holds {held + confirmed} units for a sale of "
                        f"{sale['quantity']}: refusing to rebuild an oversold sale.")
 
+    room = room_of(sale)
+    if room is not None:  # the line itself is gone with Redis; buyers join again
+        await configure(sales.redis, sale_id, room)
     seq = redis_seq
     async with sales.redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.tokens, keys.buyers, keys.idem, keys.holds, keys.res, keys.seq)

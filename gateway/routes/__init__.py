@@ -1,6 +1,6 @@
 """One routes module per domain; the app mounts every table listed here."""
 
-from gateway.routes import accounts, catalog, discovery, orders, sales
+from gateway.routes import accounts, catalog, discovery, orders, queue, sales
 
-ROUTE_TABLES = [accounts.routes, catalog.routes, sales.routes, orders.routes,
+ROUTE_TABLES = [accounts.routes, catalog.routes, sales.routes, queue.routes, orders.routes,
                 discovery.routes]

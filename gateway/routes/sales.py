@@ -10,7 +10,9 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from engine.errors import NotFound
+from engine.errors import NotFound, ValidationFailed
+from engine.sales import room_of
+from engine.waiting_room import RoomConfig
 from gateway.api import Body, Reply, RouteTable, path_int, principal
 from gateway.context import services
 from gateway.policy import Price
@@ -30,6 +32,32 @@ class NewSale(Body):
     ends_at: datetime | None = None
     per_user_limit: Annotated[int, Meta(ge=1, le=1000)] = 1
     hold_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
+    # A stock-aware waiting room (engine/waiting_room.py) and its tuning.
+    waiting_room: bool = False
+    admission_rate: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    pass_seconds: Annotated[int, Meta(ge=10, le=3600)] | None = None
+    pass_margin_percent: Annotated[int, Meta(ge=0, le=1000)] | None = None
+    # false: a rate-only room that knows nothing of the stock (for comparisons)
+    stock_aware: bool | None = None
+
+    def room(self) -> RoomConfig | None:
+        tuning = {"admission_rate": self.admission_rate, "pass_seconds": self.pass_seconds,
+                  "pass_margin_percent": self.pass_margin_percent,
+                  "stock_aware": self.stock_aware}
+        given = {k: v for k, v in tuning.items() if v is not None}
+        if not self.waiting_room:
+            if given:
+                name = next(iter(given))
+                raise ValidationFailed.at(f"$.{name}", "applies only with waiting_room: true")
+            return None
+        return RoomConfig(**given)
+
+
+class WaitingRoomSettings(msgspec.Struct):
+    admission_rate: int
+    pass_seconds: int
+    pass_margin_percent: int
+    stock_aware: bool
 
 
 class Sale(msgspec.Struct):
@@ -42,6 +70,7 @@ class Sale(msgspec.Struct):
     per_user_limit: int
     hold_seconds: int
     status: SaleStatus
+    waiting_room: WaitingRoomSettings | None = None
 
 
 class SalePublic(msgspec.Struct):
@@ -58,6 +87,8 @@ class SalePublic(msgspec.Struct):
 class ReserveRequest(Body):
     quantity: Annotated[int, Meta(ge=1, le=1000)]
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=100)]
+    # Required on a sale with a waiting room: the pass GET /sales/{id}/queue gave.
+    queue_pass: Annotated[str, Meta(max_length=200)] | None = None
 
 
 class Reservation(msgspec.Struct):
@@ -77,12 +108,17 @@ async def create_sale(request: web.Request, body: NewSale) -> Sale:
     row = await svc.sales.create(
         product_id=body.product_id, quantity=body.quantity, price=body.price,
         starts_at=body.starts_at, ends_at=body.ends_at, per_user_limit=body.per_user_limit,
-        hold_seconds=body.hold_seconds)
+        hold_seconds=body.hold_seconds, waiting_room=body.room())
     view = await svc.sales.view(row["sale_id"])
+    room = room_of(row)
     return Sale(sale_id=row["sale_id"], product_id=row["product_id"], quantity=row["quantity"],
                 price=row["price"], starts_at=row["starts_at"], ends_at=row["ends_at"],
                 per_user_limit=row["per_user_limit"], hold_seconds=row["hold_seconds"],
-                status=view.status)
+                status=view.status,
+                waiting_room=None if room is None else WaitingRoomSettings(
+                    admission_rate=room.admission_rate, pass_seconds=room.pass_seconds,
+                    pass_margin_percent=room.pass_margin_percent,
+                    stock_aware=room.stock_aware))
 
 
 @routes.get("/api/v1/sales/{sale_id}", auth="public", response=SalePublic)
@@ -101,18 +137,22 @@ async def get_sale(request: web.Request) -> SalePublic:
 
 @routes.post("/api/v1/sales/{sale_id}/reservations", auth="owner", also=(200,),
              body=ReserveRequest, response=Reservation,
-             status=201, errors=(409, 422, 429))
+             status=201, errors=(403, 409, 422, 429))
 async def reserve(request: web.Request, body: ReserveRequest) -> Reservation | Reply:
-    """Hold units of a flash sale. The same idempotency key again returns the same hold."""
+    """Hold units of a flash sale. The same idempotency key again returns the same hold.
+    A sale with a waiting room needs the caller's live queue pass (403 queue_required)."""
     svc = services(request)
     admission = svc.admission
-    sale_id = path_int(request, "sale_id")
+    sale_id, user_id = path_int(request, "sale_id"), principal(request).user_id
+    await svc.room.check_pass(sale_id, user_id, body.queue_pass)
     try:
         hold = await admission.reserve(
-            sale_id, principal(request).user_id, body.quantity, body.idempotency_key,
+            sale_id, user_id, body.quantity, body.idempotency_key,
             client=(request.remote or "") if admission.rate_limit else "")
     except NotFound:
         raise await svc.sales.missing_from_redis(sale_id) from None
+    if not hold.replayed:
+        await svc.room.pass_used(sale_id, user_id)
     reservation = Reservation(reservation_id=hold.reservation_id, sale_id=hold.sale_id,
                               quantity=hold.quantity, status=hold.status,
                               expires_at=hold.expires_at)
