@@ -27,7 +27,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from engine import metrics
-from engine.batching import ScriptBatcher
+from engine.cluster import batcher_beside
 from engine.errors import NotFound, QueueRequired, RateLimited
 from engine.keys import room_keys, sale_keys
 from engine.scripts import Script
@@ -155,7 +155,7 @@ class WaitingRoom:
         """``join_rate``: new tickets per second per client address (0 = off). Script calls
         go auto-batched on one connection of their own, as admissions do."""
         self.redis = redis
-        self._batcher = ScriptBatcher.beside(redis) if batching else None
+        self._batcher = batcher_beside(redis) if batching else None
         self.signer = PassSigner(secret)
         self.join_rate = join_rate
         self._configs: dict[int, asyncio.Future] = {}
