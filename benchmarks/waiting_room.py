@@ -40,6 +40,7 @@ from accounts.tokens import TokenSigner
 from benchmarks.common import (
     BENCH_DATABASE_URL,
     BENCH_REDIS_URL,
+    fresh_database,
     latency_summary,
     table,
     write_results,
@@ -114,7 +115,20 @@ async def closed_loop(method: str, url_of, headers_of, conns: int, seconds: floa
             "errors": bad, **latency_summary(latencies)}
 
 
-def tokens(count: int, first: int) -> list[dict[str, str]]:
+async def tokens(count: int, first: int) -> list[dict[str, str]]:
+    """Accounts ``first``.. in the benchmark's database (the gateway reads each token's
+    account) and their bearer tokens."""
+    import asyncpg
+
+    conn = await asyncpg.connect(BENCH_DATABASE_URL)
+    try:
+        await conn.execute(
+            "INSERT INTO users (user_id, email, name, password_hash)"
+            " SELECT g, 'room-' || g || '@bench.flashsale', 'Buyer ' || g, 'unused'"
+            " FROM generate_series($1::bigint, $2::bigint) g ON CONFLICT DO NOTHING",
+            first, first + count - 1)
+    finally:
+        await conn.close()
     signer = TokenSigner(secret=SECRET, ttl_seconds=3600)
     return [{"Authorization": f"Bearer {signer.issue(first + i, 'customer')}"}
             for i in range(count)]
@@ -126,7 +140,7 @@ async def throughput(redis, cfg: dict, gw_port: int, bare_port: int) -> list[dic
     await redis.flushdb()
     await load_sale(redis, sale_id, 10**9, RoomConfig(admission_rate=100))
     # Enough distinct buyers that no join repeats (a join is a new user each time).
-    joiners = tokens(int(seconds * 8000), first=1)
+    joiners = await tokens(int(seconds * 8000), first=1)
     gw = f"http://127.0.0.1:{gw_port}/api/v1/sales/{sale_id}/queue"
     bare = f"http://127.0.0.1:{bare_port}/bare"
     rows = []
@@ -173,7 +187,7 @@ async def sell_out(redis, cfg: dict, gw_port: int, sale_id: int, aware: bool) ->
         return True
 
     first = sale_id * 1_000_000
-    buyers = [(first + i, h) for i, h in enumerate(tokens(cfg["buyers"], first=first))]
+    buyers = [(first + i, h) for i, h in enumerate(await tokens(cfg["buyers"], first=first))]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
                                      timeout=aiohttp.ClientTimeout(total=30)) as http:
         result = await learn_sold_out(http, f"http://127.0.0.1:{gw_port}", sale_id, buyers,
@@ -188,6 +202,7 @@ async def main_async(mode: str) -> dict:
     env = {"FLASHSALE_REDIS_URL": BENCH_REDIS_URL, "FLASHSALE_DATABASE_URL": BENCH_DATABASE_URL,
            "FLASHSALE_SECRET": SECRET, "FLASHSALE_RATE_LIMIT": "0",
            "FLASHSALE_QUEUE_JOIN_RATE": "0"}
+    await fresh_database(BENCH_DATABASE_URL)  # the buyers' accounts live there
     bare_port, gw_port = free_port(), free_port()
     bare = Server(["benchmarks.bare_server", "--port", str(bare_port)], {}, bare_port)
     gateway = Server(["cli.main", "serve", "--port", str(gw_port), "--workers", "1"], env,

@@ -40,8 +40,13 @@ async def gateways(database) -> AsyncIterator[list[Api]]:
         await client.close()
 
 
-def buyer_headers(count: int, first: int = 1000) -> list[dict]:
-    """Bearer tokens for ``count`` buyers (the reservation path needs no account row)."""
+async def buyer_headers(pool, count: int, first: int = 1000) -> list[dict]:
+    """Accounts ``first``.. and their bearer tokens (one insert; they never log in)."""
+    await pool.execute(
+        "INSERT INTO users (user_id, email, name, password_hash)"
+        " SELECT g, 'room-' || g || '@example.com', 'Buyer ' || g, 'unused'"
+        " FROM generate_series($1::bigint, $2::bigint) g ON CONFLICT DO NOTHING",
+        first, first + count - 1)
     signer = TokenSigner(secret=SECRET, ttl_seconds=3600)
     return [{"Authorization": f"Bearer {signer.issue(first + i, 'customer')}"}
             for i in range(count)]
@@ -76,13 +81,13 @@ def arrival(ticket: dict) -> int:
     return int(ticket["ticket"].rsplit("-", 1)[1])
 
 
-async def test_two_hundred_buyers_for_thirty_units(gateways, redis):
+async def test_two_hundred_buyers_for_thirty_units(gateways, redis, pool):
     api = gateways[0]
     sale = await create_sale(api, quantity=UNITS, waiting_room=True, admission_rate=20)
     sale_id = sale["sale_id"]
     assert sale["waiting_room"] == {"admission_rate": 20, "pass_seconds": 120,
                                     "pass_margin_percent": 0, "stock_aware": True}
-    buyers = buyer_headers(BUYERS)
+    buyers = await buyer_headers(pool, BUYERS)
     tickets = await join_all(gateways, sale_id, buyers)
     # One ticket each, numbered in arrival order (Redis's clock), no number given twice.
     assert sorted(arrival(t) for t in tickets) == list(range(1, BUYERS + 1))
@@ -154,7 +159,7 @@ async def test_two_hundred_buyers_for_thirty_units(gateways, redis):
     assert all(t["pass"] is None and t["estimated_wait_seconds"] is None for t in looks)
     # A latecomer is told at once too, and a sold-out room queues nobody.
     _, late = await api.call("POST", f"/api/v1/sales/{sale_id}/queue",
-                             headers=buyer_headers(1, first=9000)[0], expect=201)
+                             headers=(await buyer_headers(pool, 1, first=9000))[0], expect=201)
     assert late["status"] == "sold_out"
     metrics = (await (await api.client.get("/metrics")).text())
     assert f'flashsale_room_told_sold_out{{sale_id="{sale_id}"}} {BUYERS - UNITS + 1}.0' \
@@ -174,7 +179,7 @@ async def _owner(admission: Admission, reservation_id: str) -> int:
     return hold.user_id
 
 
-async def test_a_paused_sale_holds_the_line_and_an_ended_one_tells_it(gateways):
+async def test_a_paused_sale_holds_the_line_and_an_ended_one_tells_it(gateways, pool):
     api = gateways[0]
     sale = await create_sale(api, quantity=5, waiting_room=True)
     sale_id = sale["sale_id"]
@@ -184,14 +189,14 @@ async def test_a_paused_sale_holds_the_line_and_an_ended_one_tells_it(gateways):
     assert board["waiting_room"] is None
     await api.call("POST", f"/api/v1/admin/sales/{sale_id}/pause", headers=api.admin,
                    expect=200)
-    buyers = buyer_headers(3)
+    buyers = await buyer_headers(pool, 3)
     tickets = await join_all(gateways, sale_id, buyers)
     assert {t["status"] for t in tickets} == {"waiting"}  # paused: nobody admitted
     await api.call("POST", f"/api/v1/admin/sales/{sale_id}/resume", headers=api.admin,
                    expect=200)
     looks = await look_all(gateways, sale_id, buyers)
     assert {t["status"] for t in looks} == {"admitted"}
-    later = buyer_headers(2, first=7000)
+    later = await buyer_headers(pool, 2, first=7000)
     await join_all(gateways, sale_id, later[:1])
     await api.call("POST", f"/api/v1/admin/sales/{sale_id}/end", headers=api.admin,
                    expect=200)
@@ -202,12 +207,12 @@ async def test_a_paused_sale_holds_the_line_and_an_ended_one_tells_it(gateways):
     assert late["status"] == "sold_out"
 
 
-async def test_expired_holds_reopen_the_room(gateways, redis):
+async def test_expired_holds_reopen_the_room(gateways, redis, pool):
     api = gateways[0]
     sale = await create_sale(api, quantity=5, hold_seconds=1, waiting_room=True,
                              admission_rate=1000)
     sale_id = sale["sale_id"]
-    buyers = buyer_headers(12)
+    buyers = await buyer_headers(pool, 12)
     tickets = await join_all(gateways, sale_id, buyers)
     buyers = [h for _, h in sorted(zip(map(arrival, tickets), buyers, strict=True))]
     looks = await look_all(gateways, sale_id, buyers)
@@ -228,12 +233,12 @@ async def test_expired_holds_reopen_the_room(gateways, redis):
     assert [t["position"] for t in looks[10:]] == [1, 2]
 
 
-async def test_a_pass_is_bound_to_its_user_sale_and_lifetime(gateways):
+async def test_a_pass_is_bound_to_its_user_sale_and_lifetime(gateways, pool):
     api = gateways[0]
     sale = await create_sale(api, quantity=3, waiting_room=True)
     other = await create_sale(api, quantity=3, waiting_room=True)
     plain = await create_sale(api, quantity=3)
-    alice, bob = buyer_headers(2)
+    alice, bob = await buyer_headers(pool, 2)
     for sale_id in (sale["sale_id"], other["sale_id"]):
         await join_all(gateways, sale_id, [alice])
     _, ticket = await api.call("GET", f"/api/v1/sales/{sale['sale_id']}/queue", headers=alice,
@@ -269,7 +274,7 @@ async def test_a_pass_is_bound_to_its_user_sale_and_lifetime(gateways):
     assert_error(body, "not_found")
 
 
-async def test_joins_are_throttled_per_address(database):
+async def test_joins_are_throttled_per_address(database, pool):
     client = TestClient(TestServer(create_app(make_settings(queue_join_rate=1))))
     await client.start_server()
     try:
@@ -277,7 +282,7 @@ async def test_joins_are_throttled_per_address(database):
         sale = await create_sale(api, quantity=3, waiting_room=True)
         path = f"/api/v1/sales/{sale['sale_id']}/queue"
         statuses = []
-        for headers in buyer_headers(4):  # burst of two, then one a second
+        for headers in await buyer_headers(pool, 4):  # burst of two, then one a second
             status, body = await api.call("POST", path, headers=headers)
             statuses.append(status)
         assert statuses[:2] == [201, 201] and 429 in statuses[2:]
@@ -286,10 +291,10 @@ async def test_joins_are_throttled_per_address(database):
         await client.close()
 
 
-async def test_the_estimate_comes_from_the_measured_rate(gateways):
+async def test_the_estimate_comes_from_the_measured_rate(gateways, pool):
     api = gateways[0]
     sale = await create_sale(api, quantity=100, waiting_room=True, admission_rate=4)
-    buyers = buyer_headers(30)
+    buyers = await buyer_headers(pool, 30)
     tickets = await join_all(gateways, sale["sale_id"], buyers)
     # Nothing measured yet: no estimate rather than a guess.
     assert all(t["estimated_wait_seconds"] is None for t in tickets if t["status"] == "waiting")
@@ -306,11 +311,11 @@ async def test_the_estimate_comes_from_the_measured_rate(gateways):
     assert last["position"] // 8 <= last["estimated_wait_seconds"] <= last["position"]
 
 
-async def test_the_stream_tells_a_waiting_buyer_it_is_sold_out(gateways, redis):
+async def test_the_stream_tells_a_waiting_buyer_it_is_sold_out(gateways, redis, pool):
     api = gateways[0]
     sale = await create_sale(api, quantity=1, waiting_room=True)
     sale_id = sale["sale_id"]
-    first, second = buyer_headers(2)
+    first, second = await buyer_headers(pool, 2)
     await join_all(gateways, sale_id, [first])  # in this order: the first gets the unit
     await join_all(gateways, sale_id, [second])
     _, ticket = await api.call("GET", f"/api/v1/sales/{sale_id}/queue", headers=first,
@@ -329,12 +334,13 @@ async def test_the_stream_tells_a_waiting_buyer_it_is_sold_out(gateways, redis):
     assert rest.startswith(b"event: ticket\ndata: ") and b'"status":"sold_out"' in rest
     # Without a ticket there is no stream, and the error has the contract's shape.
     status, body = await api.call("GET", f"/api/v1/sales/{sale_id}/queue/events",
-                                  headers=buyer_headers(1, first=5000)[0])
+                                  headers=(await buyer_headers(pool, 1, first=5000))[0])
     assert status == 404
     assert_error(body, "not_found")
 
 
-async def test_cli_creates_a_sale_with_a_waiting_room(settings, product_factory, gateways):
+async def test_cli_creates_a_sale_with_a_waiting_room(settings, product_factory, gateways,
+                                                      pool):
     product = await product_factory(stock=10)
     env = {**os.environ, "FLASHSALE_DATABASE_URL": settings.database_url,
            "FLASHSALE_REDIS_URL": settings.redis_url}
@@ -355,7 +361,7 @@ async def test_cli_creates_a_sale_with_a_waiting_room(settings, product_factory,
     room = row["waiting_room"]
     assert (room["admission_rate"], room["pass_seconds"], room["pass_margin_percent"],
             room["stock_aware"], room["waiting"]) == (7, 120, 0, True, 0)
-    alice = buyer_headers(1)[0]
+    alice = (await buyer_headers(pool, 1))[0]
     status, body = await reserve(gateways[0], row["sale_id"], alice, None)
     assert status == 403 and body["error"]["code"] == "queue_required"
     _, ticket = await gateways[0].call("POST", f"/api/v1/sales/{row['sale_id']}/queue",
@@ -371,7 +377,8 @@ async def test_cli_creates_a_sale_with_a_waiting_room(settings, product_factory,
     assert "waiting room: 0 waiting  1 passes live  1 admitted  0 told sold out" in out.decode()
 
 
-async def test_a_recovered_sale_keeps_its_room(sales, product_factory, redis, gateways):
+async def test_a_recovered_sale_keeps_its_room(sales, product_factory, redis, gateways,
+                                              pool):
     """Redis lost everything: `sale recover` configures the room before the tokens, so the
     sale never sells past it; the line itself is gone and buyers join again."""
     from engine.keys import room_keys, sale_keys
@@ -382,7 +389,7 @@ async def test_a_recovered_sale_keeps_its_room(sales, product_factory, redis, ga
     sale = await sales.create(product_id=product, quantity=4, price=Decimal("3.00"),
                               waiting_room=RoomConfig(admission_rate=9, pass_seconds=30))
     sale_id = sale["sale_id"]
-    alice = buyer_headers(1)[0]
+    alice = (await buyer_headers(pool, 1))[0]
     await join_all(gateways, sale_id, [alice])
     await redis.delete(*sale_keys(sale_id).all, *room_keys(sale_id).for_scripts)
     await recover_sale(sales, sale_id)
@@ -404,7 +411,8 @@ async def test_a_recovered_sale_keeps_its_room(sales, product_factory, redis, ga
 
 
 @pytest.mark.slow
-async def test_two_worker_processes_share_one_room(settings, sales, product_factory) -> None:
+async def test_two_worker_processes_share_one_room(settings, sales, product_factory,
+                                                  pool) -> None:
     """`flashsale serve --workers 2`: buyers spread over both processes (a new connection
     each) still get one line in arrival order, and passes within the stock."""
     import aiohttp
@@ -425,7 +433,7 @@ async def test_two_worker_processes_share_one_room(settings, sales, product_fact
                              "--workers", "2"], cwd=ROOT_DIR, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/api/v1/sales/{sale['sale_id']}/queue"
-    buyers = buyer_headers(150)
+    buyers = await buyer_headers(pool, 150)
     try:
         async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True, limit=50)) as http:

@@ -49,8 +49,8 @@ def _answer(request: web.Request, ticket: Ticket) -> QueueTicket:
         if queue_pass else None)
 
 
-@routes.post("/api/v1/sales/{sale_id}/queue", response=QueueTicket, status=201,
-             errors=(429,))
+@routes.post("/api/v1/sales/{sale_id}/queue", auth="owner", also=(200,),
+             response=QueueTicket, status=201, errors=(429,))
 async def join_queue(request: web.Request) -> QueueTicket | Reply:
     """Join a sale's waiting room (one ticket per user: joining again returns it, 200)."""
     room = services(request).room
@@ -60,7 +60,7 @@ async def join_queue(request: web.Request) -> QueueTicket | Reply:
     return answer if ticket.created else Reply(answer, 200)
 
 
-@routes.get("/api/v1/sales/{sale_id}/queue", response=QueueTicket)
+@routes.get("/api/v1/sales/{sale_id}/queue", auth="owner", response=QueueTicket)
 async def look_at_queue(request: web.Request) -> QueueTicket:
     """Your ticket: position and estimated wait, or the pass once admitted."""
     room = services(request).room
@@ -68,7 +68,7 @@ async def look_at_queue(request: web.Request) -> QueueTicket:
                                             principal(request).user_id))
 
 
-@routes.get("/api/v1/sales/{sale_id}/queue/events")
+@routes.get("/api/v1/sales/{sale_id}/queue/events", auth="owner")
 async def stream_queue(request: web.Request) -> web.StreamResponse:
     """Your ticket as Server-Sent Events (text/event-stream): an event `ticket` whenever it
     changes, ending once it is admitted, sold out or expired."""
