@@ -127,6 +127,9 @@ async def tokens(count: int, first: int) -> list[dict[str, str]]:
             " SELECT g, 'room-' || g || '@bench.flashsale', 'Buyer ' || g, 'unused'"
             " FROM generate_series($1::bigint, $2::bigint) g ON CONFLICT DO NOTHING",
             first, first + count - 1)
+        await conn.execute(  # later sign-ups must not meet these ids
+            "SELECT setval(pg_get_serial_sequence('users', 'user_id'),"
+            " (SELECT max(user_id) FROM users))")
     finally:
         await conn.close()
     signer = TokenSigner(secret=SECRET, ttl_seconds=3600)

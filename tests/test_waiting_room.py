@@ -47,6 +47,9 @@ async def buyer_headers(pool, count: int, first: int = 1000) -> list[dict]:
         " SELECT g, 'room-' || g || '@example.com', 'Buyer ' || g, 'unused'"
         " FROM generate_series($1::bigint, $2::bigint) g ON CONFLICT DO NOTHING",
         first, first + count - 1)
+    await pool.execute(  # later sign-ups must not meet these ids
+        "SELECT setval(pg_get_serial_sequence('users', 'user_id'),"
+        " (SELECT max(user_id) FROM users))")
     signer = TokenSigner(secret=SECRET, ttl_seconds=3600)
     return [{"Authorization": f"Bearer {signer.issue(first + i, 'customer')}"}
             for i in range(count)]
