@@ -32,12 +32,13 @@ import msgspec
 import redis.asyncio as aioredis
 
 from catalog.records import Product
+from engine.connections import db_of
 from engine.errors import REDIS_DOWN, NotFound
+from engine.keys import catalog_changes_channel
 
 log = logging.getLogger("flashsale.catalog")
 
-# Key names of the catalog, in one place.
-CHANNEL = "fs:catalog:changes"
+# Key names of the catalog, in one place (the change channel: engine.keys).
 GENERATION_KEY = "fs:catalog:generation"
 RESULT_PREFIX = "fs:catalog:result"
 
@@ -49,6 +50,7 @@ class CatalogCache:
     def __init__(self, *, redis: aioredis.Redis, product_ttl: float = 1.0,
                  result_ttl: int = 60, max_products: int = 50_000) -> None:
         self._redis = redis
+        self._channel = catalog_changes_channel(db_of(redis))
         self.product_ttl = product_ttl
         self.result_ttl = result_ttl
         self._max_products = max_products
@@ -149,7 +151,7 @@ class CatalogCache:
                 parts.append(f"g{self._generation}")
             parts.extend(f"p{i}" for i in ids)
             if parts:
-                await self._redis.publish(CHANNEL, " ".join(parts))
+                await self._redis.publish(self._channel, " ".join(parts))
         except REDIS_DOWN:
             # The write is committed; the other workers catch up when entries expire.
             log.warning("catalog change not broadcast: Redis is unavailable")
@@ -187,7 +189,7 @@ class CatalogCache:
         while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self._channel)
                 # Messages may have been missed while not subscribed: start afresh.
                 self._products.clear()
                 self._generation = None

@@ -77,3 +77,10 @@ def with_database(url: str, name: str) -> str:
     """The same server URL pointing at another database."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def db_of(redis: aioredis.Redis | aioredis.RedisCluster) -> int:
+    """The db number ``redis`` talks to (a cluster has only db 0): pub/sub channel names
+    are global across a server's dbs, so channels carry it."""
+    pool = getattr(redis, "connection_pool", None)
+    return int(pool.connection_kwargs.get("db") or 0) if pool is not None else 0

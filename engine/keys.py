@@ -20,6 +20,11 @@ def tokens_returned_channel(db: int) -> str:
     return f"{PREFIX}:tokens-returned:{db}"
 
 
+def catalog_changes_channel(db: int) -> str:
+    """Pub/sub channel of catalog cache invalidations (db in the name, as above)."""
+    return f"{PREFIX}:catalog:changes:{db}"
+
+
 def cart_key(user_id: int) -> str:
     return f"{PREFIX}:cart:{{u:{user_id}}}"
 

@@ -39,6 +39,7 @@ from collections import OrderedDict
 
 import redis.asyncio as aioredis
 
+from engine.connections import db_of
 from engine.errors import REDIS_DOWN, SaleNotActive, SoldOut
 from engine.keys import ACTIVE_SALES, sale_keys, tokens_returned_channel
 
@@ -48,9 +49,7 @@ log = logging.getLogger(__name__)
 def channel_of(redis: aioredis.Redis | aioredis.RedisCluster) -> str:
     """The token-return channel of the server and db ``redis`` talks to (a cluster has
     only db 0; PUBLISH reaches the subscribers of every node)."""
-    pool = getattr(redis, "connection_pool", None)
-    db = int(pool.connection_kwargs.get("db") or 0) if pool is not None else 0
-    return tokens_returned_channel(db)
+    return tokens_returned_channel(db_of(redis))
 
 
 class SaleRefusals:
