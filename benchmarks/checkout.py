@@ -33,12 +33,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
-import msgspec
 import uvloop
 
 from accounts.tokens import TokenSigner
 from benchmarks.common import latency_summary, percentile, table, write_results
 from engine.admission import Admission
+from engine.codec import encode
 from engine.connections import create_pool, create_redis, with_database
 from engine.keys import cart_key
 from engine.migrate import migrate
@@ -51,7 +51,6 @@ REDIS_DB = 11
 SECRET = "checkout-benchmark-secret-0123456789abcdef01"
 PRODUCTS = 20_000  # a catalog big enough that plans look like production's
 MODES = {"quick": {"seconds": 20.0, "warmup": 3.0}, "full": {"seconds": 120.0, "warmup": 10.0}}
-_encode_line = msgspec.json.Encoder(decimal_format="string").encode
 
 
 def bench_settings() -> Settings:
@@ -247,7 +246,7 @@ async def seed(settings: Settings, buyers: int, rng: random.Random) -> list[dict
                 for n in lines:
                     line = CartLine(q=rng.randint(1, 3), p=prices[n], n=f"Product {n}",
                                     at=now_ms)
-                    pipe.hset(cart_key(user), str(product_ids[n]), _encode_line(line))
+                    pipe.hset(cart_key(user), str(product_ids[n]), encode(line))
                 pipe.expire(cart_key(user), CART_TTL_SECONDS)
                 if rng.random() < 0.1:
                     body["coupon_code"] = "BENCH10"

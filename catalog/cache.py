@@ -32,6 +32,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from catalog.records import Product
+from engine.codec import text
 from engine.connections import db_of
 from engine.errors import REDIS_DOWN, NotFound
 from engine.keys import catalog_changes_channel
@@ -159,8 +160,7 @@ class CatalogCache:
                 self._generation = None
 
     def _apply(self, message: bytes | str) -> None:
-        text = message.decode() if isinstance(message, bytes) else message
-        for part in text.split():
+        for part in text(message).split():
             kind, value = part[:1], part[1:]
             if not value.isdigit():
                 continue

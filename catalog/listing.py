@@ -25,6 +25,7 @@ import msgspec
 from catalog.cache import CatalogCache
 from catalog.records import ProductPage
 from engine.errors import ValidationFailed
+from engine.sql import Params
 
 MAX_WINDOW = 10_000  # deepest result reachable by page number (as search engines do)
 
@@ -57,17 +58,6 @@ class Filters:
     def key(self) -> tuple:
         return (self.categories, self.brands, str(self.price_min), str(self.price_max),
                 str(self.rating_min))
-
-
-class Params:
-    """Positional SQL parameters collected while a statement is assembled."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any, cast: str = "") -> str:
-        self.values.append(value)
-        return f"${len(self.values)}{cast}"
 
 
 def filter_clauses(f: Filters, arg: Params, *, skip: str = "", alias: str = "p"

@@ -17,6 +17,7 @@ from catalog.categories import Categories
 from catalog.records import Product
 from catalog.terms import apply_term_counts, product_terms, term_delta
 from engine.errors import NotFound, ValidationFailed
+from engine.sql import Params
 
 __all__ = ["PRODUCT_COLUMNS", "Categories", "Products", "product_from"]
 
@@ -105,10 +106,11 @@ class Products:
             if "category_id" in changes:
                 await self._check_category(conn, changes["category_id"])
             if changes:
-                sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
+                arg = Params()
+                sets = ", ".join(f"{k} = {arg(v)}" for k, v in changes.items())
                 await conn.execute(
-                    f"UPDATE products SET {sets}, updated_at = now() WHERE product_id = $1",
-                    product_id, *changes.values())
+                    f"UPDATE products SET {sets}, updated_at = now()"
+                    f" WHERE product_id = {arg(product_id)}", *arg.values)
                 after = {**dict(before), **changes}
                 await apply_term_counts(conn, term_delta(
                     _active_terms(before), _active_terms(after)))

@@ -27,10 +27,11 @@ import msgspec
 
 from catalog import hot_terms, relevance
 from catalog.cache import CatalogCache
-from catalog.listing import MAX_WINDOW, Filters, Params
+from catalog.listing import MAX_WINDOW, Filters
 from catalog.records import Facets, FacetValue, PriceBucket, RatingBucket, SearchPage
 from catalog.terms import Suggestions
 from engine.errors import ValidationFailed
+from engine.sql import Params
 
 PRICE_EDGES = tuple(Decimal(e) for e in (25, 50, 100, 250, 500, 1000, 2500))
 RATING_FLOORS = (4, 3, 2, 1)

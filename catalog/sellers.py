@@ -23,6 +23,7 @@ from catalog.records import (
     TopProduct,
 )
 from engine.errors import NotFound, ValidationFailed
+from engine.sql import Params
 
 LOW_STOCK = 5
 TOP_PRODUCTS = 5
@@ -38,22 +39,19 @@ class Sellers:
         """The seller's products, newest first (all sellers' for an admin without one)."""
         if page * page_size > 10_000:
             raise ValidationFailed.at("query.page", "pages reach the first 10000 products")
-        where, args = ["true"], []
+        arg, where = Params(), ["true"]
         if seller_id is not None:
-            args.append(seller_id)
-            where.append(f"p.seller_id = ${len(args)}")
+            where.append(f"p.seller_id = {arg(seller_id)}")
         if status is not None:
-            args.append(status)
-            where.append(f"p.status = ${len(args)}")
+            where.append(f"p.status = {arg(status)}")
         condition = " AND ".join(where)
         async with self._pool.acquire() as conn:
             total = await conn.fetchval(
-                f"SELECT count(*) FROM products p WHERE {condition}", *args)
+                f"SELECT count(*) FROM products p WHERE {condition}", *arg.values)
             rows = await conn.fetch(
                 f"SELECT {PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i"
-                f" USING (product_id) WHERE {condition}"
-                f" ORDER BY p.product_id DESC LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
-                *args, page_size, (page - 1) * page_size)
+                f" USING (product_id) WHERE {condition} ORDER BY p.product_id DESC"
+                f" LIMIT {arg(page_size)} OFFSET {arg((page - 1) * page_size)}", *arg.values)
         return ProductPage(items=[product_from(r) for r in rows], page=page,
                            page_size=page_size, total=total)
 

@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import metrics
 from engine.cluster import batcher_beside
+from engine.codec import text
 from engine.errors import (
     Conflict,
     IdempotencyKeyReused,
@@ -49,10 +50,6 @@ class Hold:
     @property
     def expires_at(self) -> datetime:
         return datetime.fromtimestamp(self.expires_ms / 1000, UTC)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class _Outcomes:
@@ -141,8 +138,8 @@ class Admission:
                         sent_at: float) -> tuple[str, Hold]:
         tag = answer[0]
         if tag == b"ok" or tag == b"replay":
-            hold = Hold(reservation_id=_text(answer[1]), sale_id=sale_id, quantity=answer[2],
-                        status=_text(answer[4]), expires_ms=answer[3], user_id=user_id,
+            hold = Hold(reservation_id=text(answer[1]), sale_id=sale_id, quantity=answer[2],
+                        status=text(answer[4]), expires_ms=answer[3], user_id=user_id,
                         replayed=tag == b"replay")
             if tag == b"ok":
                 self.refusals.admitted(sale_id, user_id, sent_at=sent_at,
@@ -153,7 +150,7 @@ class Admission:
             self.refusals.sold_out(sale_id, sent_at=sent_at)
             raise SoldOut(details={"sale_id": sale_id})
         if tag == b"not_active":
-            why = _text(answer[1])
+            why = text(answer[1])
             self.refusals.not_active(sale_id, why, sent_at=sent_at,
                                      starts_in=answer[2] / 1000 if len(answer) > 2 else None)
             raise SaleNotActive(f"The sale is not active ({why}).",
@@ -183,7 +180,7 @@ class Admission:
         tag = answer[0]
         if tag == b"ok":
             return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=answer[2],
-                        status=_text(answer[1]), expires_ms=answer[3], user_id=user_id)
+                        status=text(answer[1]), expires_ms=answer[3], user_id=user_id)
         if tag == b"invalid":
             raise InvalidTransition("A confirmed reservation is released by cancelling its order.")
         raise NotFound("No such reservation.")

@@ -6,6 +6,8 @@ from typing import Literal
 
 import msgspec
 
+from engine.codec import text
+
 EventType = Literal["reserved", "released", "confirmed", "expired", "loaded"]
 
 
@@ -33,7 +35,7 @@ class SaleEvent(msgspec.Struct, frozen=True):
         key = get(b"k")
         origin = get(b"f")
         return cls(
-            stream_id=stream_id.decode() if isinstance(stream_id, bytes) else stream_id,
+            stream_id=text(stream_id),
             sale_id=sale_id,
             type=get(b"t", b"").decode(),
             reservation_id=get(b"r", b"").decode(),

@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from accounts.tokens import Principal
+from engine.codec import encode
 from engine.errors import (
     Forbidden,
     InvalidJSON,
@@ -37,17 +38,12 @@ from gateway.policy import check_text, decode_hook, has_control, might_hold_cont
 Auth = Literal["public", "user", "owner", "admin"]
 PRINCIPAL = web.RequestKey("principal", Principal)
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
 _AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
-
-
-def encode(value: Any) -> bytes:
-    return _encoder.encode(value)
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None
                   ) -> web.Response:
-    return web.Response(body=_encoder.encode(value), status=status,
+    return web.Response(body=encode(value), status=status,
                         content_type="application/json", headers=headers)
 
 

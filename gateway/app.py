@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from engine import metrics
+from engine.codec import encode, error_document
 from engine.connections import close_pool, create_pool, create_redis
+from engine.errors import Unavailable
 from engine.settings import Settings
 from gateway import api
 from gateway.context import SERVICES, SETTINGS, build_services
@@ -35,7 +37,7 @@ def create_app(settings: Settings) -> web.Application:
     for route in routes:
         app.router.add_route(route.method, route.path,
                              api.bind(route, verify=verify, limits=limits))
-    openapi = api.encode(build_openapi(routes))
+    openapi = encode(build_openapi(routes))
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.Response(body=openapi, content_type="application/json")
@@ -93,8 +95,8 @@ async def readyz(request: web.Request) -> web.Response:
     if ready:
         return api.json_response({"status": "ready", "checks": checks})
     return api.json_response(
-        {"error": {"code": "unavailable", "message": "A backing service is unavailable.",
-                   "details": checks}}, 503, {"Retry-After": "1"})
+        error_document(Unavailable.code, "A backing service is unavailable.", checks), 503,
+        {"Retry-After": "1"})
 
 
 async def check_dependencies(svc) -> dict[str, str]:

@@ -19,21 +19,31 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web, web_protocol
 
 from engine import metrics
-from engine.errors import FlashsaleError, RateLimited, Unavailable, as_unavailable
+from engine.codec import error_document
+from engine.errors import (
+    FlashsaleError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    as_unavailable,
+)
 from gateway.api import json_response
 
 log = logging.getLogger("flashsale.gateway")
 access = logging.getLogger("flashsale.access")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
+# aiohttp's own errors (no route, wrong method, body too large) in the contract's words;
+# the codes and messages that engine.errors has are taken from there.
 _HTTP_CODES = {
     400: ("bad_request", "The request is malformed."),
     408: ("request_timeout", "The request came too slowly."),
-    401: ("unauthorized", "A valid bearer token is required."),
-    403: ("forbidden", "You are not allowed to do this."),
-    404: ("not_found", "No such resource."),
-    405: ("method_not_allowed", "Method not allowed on this path."),
-    413: ("payload_too_large", "The request body is too large."),
+    **{e.status: (e.code, e.message)
+       for e in (Unauthorized, Forbidden, NotFound, MethodNotAllowed, PayloadTooLarge)},
     415: ("unsupported_media_type", "Send JSON."),
     431: ("headers_too_large", "The request headers are too large."),
     500: ("internal_error", "Something went wrong on our side."),
@@ -60,7 +70,7 @@ def _parser_error_as_json(self: web_protocol.RequestHandler, request: web.BaseRe
     if request.writer.output_size > 0:  # as aiohttp: a response is under way already
         raise ConnectionError("a response was being sent; cannot send an error")
     code, text = _HTTP_CODES.get(status, ("http_error", "The request could not be served."))
-    response = json_response(error_body(code, text), status)
+    response = json_response(error_document(code, text), status)
     response.force_close()
     return response
 
@@ -69,15 +79,11 @@ def install_parser_errors() -> None:
     web_protocol.RequestHandler.handle_error = _parser_error_as_json  # type: ignore[method-assign]
 
 
-def error_body(code: str, message: str, details: object = None) -> dict:
-    return {"error": {"code": code, "message": message, "details": details}}
-
-
 def error_response(exc: FlashsaleError) -> web.Response:
     headers = None
     if isinstance(exc, (RateLimited, Unavailable)):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-    response = json_response(error_body(exc.code, exc.message, exc.details), exc.status,
+    response = json_response(error_document(exc.code, exc.message, exc.details), exc.status,
                              headers)
     if exc.close_connection:
         response.force_close()
@@ -130,7 +136,7 @@ def edge_middleware(*, access_log: bool = False) -> Callable:
             if exc.status < 400:
                 raise
             code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
-            response = json_response(error_body(code, message), exc.status)
+            response = json_response(error_document(code, message), exc.status)
             if exc.status == 405:
                 response.headers["Allow"] = exc.headers.get("Allow", "")
         except Exception as exc:
@@ -145,7 +151,7 @@ def edge_middleware(*, access_log: bool = False) -> Callable:
                           request.method, _route_label(request), type(exc).__name__,
                           "".join(traceback.format_tb(exc.__traceback__)).rstrip())
                 response = json_response(
-                    error_body("internal_error", "Something went wrong on our side.",
+                    error_document("internal_error", "Something went wrong on our side.",
                                {"request_id": request_id}), 500,
                     {"X-Request-ID": request_id})
         elapsed = time.perf_counter() - started

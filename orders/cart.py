@@ -28,6 +28,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from engine.codec import encode
 from engine.errors import Conflict, InsufficientStock, NotFound, ValidationFailed
 from engine.keys import cart_key
 from engine.scripts import Script
@@ -50,7 +51,6 @@ class CartLine(msgspec.Struct, frozen=True):
     at: int  # added, ms (keeps the lines in the order the shopper added them)
 
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 _decode = msgspec.json.Decoder(CartLine).decode
 
 
@@ -172,7 +172,7 @@ class Carts:
                             pipe.hdel(key, str(pid))
                             lines.pop(pid, None)
                         else:
-                            pipe.hset(key, str(pid), _encode(line))
+                            pipe.hset(key, str(pid), encode(line))
                             lines[pid] = line
                     pipe.expire(key, CART_TTL_SECONDS)
                     await pipe.execute()

@@ -38,6 +38,7 @@ import msgspec
 
 from engine import metrics
 from engine.admission import Admission
+from engine.codec import encode, error_body
 from engine.errors import (
     Conflict,
     FlashsaleError,
@@ -60,8 +61,6 @@ from orders.views import (
     OrderItemView,
     OrderView,
     PaymentView,
-    encode,
-    error_body,
     load_view,
 )
 

@@ -26,13 +26,14 @@ import aiohttp
 import asyncpg
 import msgspec
 
+from engine.codec import encode
+
 log = logging.getLogger("flashsale.notify")
 
 TOPICS = ("order.confirmed", "order.shipped", "order.delivered", "order.cancelled",
           "order.refunded", "order.returned",
           # written by triggers (migrations/0017_discovery.sql), for a user, not an order
           "wishlist.price_drop", "wishlist.back_in_stock")
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
 async def enqueue(conn: asyncpg.Connection, topic: str, *, order_id: int, user_id: int,
@@ -67,7 +68,7 @@ class Notification(msgspec.Struct, frozen=True):
     data: dict[str, Any]
 
     def body(self) -> bytes:
-        return _encode(self)
+        return encode(self)
 
 
 class DeliveryFailed(Exception):

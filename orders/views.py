@@ -5,23 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import msgspec
-
-from engine.errors import FlashsaleError
-
-_encoder = msgspec.json.Encoder(decimal_format="string")
-
-
-def encode(value: Any) -> bytes:
-    return _encoder.encode(value)
-
-
-def error_body(exc: FlashsaleError) -> bytes:
-    """The contract's error shape, as the gateway's error middleware writes it."""
-    return encode({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
 
 
 class OrderItemView(msgspec.Struct):

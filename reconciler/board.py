@@ -20,10 +20,11 @@ from typing import Any, Literal
 import msgspec
 from redis.exceptions import ResponseError
 
+from engine.codec import text
 from engine.keys import sale_keys
 from engine.sales import Sales, from_ms, identity
 from engine.waiting_room import room_figures
-from reconciler.lag import stream_lag, text
+from reconciler.lag import stream_lag
 
 BoardStatus = Literal["scheduled", "active", "paused", "sold_out", "ended"]
 BOARD_STATUSES: tuple[str, ...] = ("scheduled", "active", "paused", "sold_out", "ended")

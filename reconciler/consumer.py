@@ -19,6 +19,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from engine.codec import text
 from engine.errors import POSTGRES_DOWN, REDIS_DOWN
 from engine.events import SaleEvent
 from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys
@@ -26,7 +27,6 @@ from engine.settings import Settings
 from reconciler import metrics
 from reconciler.apply import BatchResult, apply_batch, stream_id_key
 from reconciler.deadletter import DeadLetter, apply_isolating, is_permanent, park, raw_json
-from reconciler.lag import text
 
 log = logging.getLogger("flashsale.reconciler")
 
@@ -260,8 +260,7 @@ class Consumer:
                 sale_keys(sale_id).events, CONSUMER_GROUP, self.name,
                 min_idle_time=self.settings.claim_idle_ms, start_id=cursor,
                 count=self.settings.reconcile_batch)
-            self._claim_cursor[sale_id] = (next_cursor.decode() if isinstance(next_cursor, bytes)
-                                           else next_cursor)
+            self._claim_cursor[sale_id] = text(next_cursor)
             for stream_id, fields in entries:
                 if fields:  # None: the entry was trimmed meanwhile (cannot happen below acks)
                     event = self._read(sale_id, stream_id, fields)
@@ -275,7 +274,7 @@ class Consumer:
     def _events(self, reply) -> list[SaleEvent]:
         events = []
         for stream, entries in reply or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
+            name = text(stream)
             sale_id = int(name.split("{s:", 1)[1].split("}", 1)[0])
             for sid, fields in entries:
                 event = self._read(sale_id, sid, fields)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from engine.codec import text
 from engine.keys import CONSUMER_GROUP, sale_keys
 from reconciler.apply import stream_id_key
 
@@ -20,11 +21,6 @@ class Lag:
 
     def as_dict(self) -> dict:
         return {"pending": self.pending, "oldest_age_seconds": round(self.oldest_age_seconds, 3)}
-
-
-def text(value: bytes | str) -> str:
-    """A stream id or name as str, whether Redis answered bytes or str."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _age(stream_id: str) -> float:

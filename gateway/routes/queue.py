@@ -14,11 +14,11 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from engine.codec import encode, error_body
 from engine.errors import FlashsaleError, as_unavailable
 from engine.waiting_room import Ticket
-from gateway.api import Reply, RouteTable, encode, path_int, principal
+from gateway.api import Reply, RouteTable, path_int, principal
 from gateway.context import services
-from gateway.middleware import error_body
 
 routes = RouteTable("queue")
 
@@ -99,7 +99,6 @@ async def stream_queue(request: web.Request) -> web.StreamResponse:
                 error = exc if isinstance(exc, FlashsaleError) else as_unavailable(exc)
                 if error is None:
                     raise
-                await response.write(b"event: error\ndata: " + encode(
-                    error_body(error.code, error.message, error.details)) + b"\n\n")
+                await response.write(b"event: error\ndata: " + error_body(error) + b"\n\n")
                 break
     return response
