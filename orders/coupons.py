@@ -10,6 +10,7 @@ checkout or a cancelled order gives its redemption back (``release``), once.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,14 @@ from orders.pricing import Discount
 CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,31}$")
 COLUMNS = ("coupon_id, code, percent_off, amount_off, min_subtotal, max_redemptions,"
            " per_user_limit, expires_at, redeemed, active, created_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Applicable:
+    """A coupon that applies to an order about to be priced."""
+    coupon_id: int
+    code: str
+    discount: Discount
 
 
 def invalid(reason: str, message: str) -> CouponInvalid:
@@ -70,8 +79,8 @@ class Coupons:
 
     @staticmethod
     async def applicable(conn: asyncpg.Connection, code: str, *, user_id: int,
-                         subtotal: Decimal) -> tuple[int, str, Discount]:
-        """Check a coupon against an order about to be priced: (coupon id, code, discount).
+                         subtotal: Decimal) -> Applicable:
+        """Check a coupon against an order about to be priced.
         Limits are checked again, exactly, when the coupon is redeemed."""
         row = await conn.fetchrow(
             f"SELECT {COLUMNS}, now() AS now, coalesce((SELECT uses FROM coupon_usage u"
@@ -88,8 +97,8 @@ class Coupons:
             raise invalid("exhausted", "The coupon has been used up.")
         if row["per_user_limit"] is not None and row["used"] >= row["per_user_limit"]:
             raise invalid("per_user_limit", "You have already used this coupon.")
-        return row["coupon_id"], row["code"], Discount(percent_off=row["percent_off"],
-                                                       amount_off=row["amount_off"])
+        return Applicable(row["coupon_id"], row["code"],
+                          Discount(percent_off=row["percent_off"], amount_off=row["amount_off"]))
 
     @staticmethod
     async def redeem(conn: asyncpg.Connection, *, coupon_id: int, user_id: int,

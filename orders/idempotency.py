@@ -26,12 +26,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from engine.errors import CartCheckoutInProgress, IdempotencyKeyInUse, IdempotencyKeyReused
+from engine.sql import Params
 
 ONE_CART_CHECKOUT = "checkouts_one_cart_key"  # migrations/0011_hostile_clients.sql
 
@@ -52,6 +54,15 @@ def fingerprint(request: CheckoutRequest) -> str:
     return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
 
+class Step(StrEnum):
+    """``checkouts.step``: the last step recorded (the saga runs what follows it)."""
+    STARTED = "started"  # claimed, not reserved (never committed on its own)
+    RESERVED = "reserved"  # priced, stock or hold taken, ids allocated
+    ORDERED = "ordered"  # authorized, hold confirmed, order written
+    COMPENSATING = "compensating"  # failed: undoing, the response to give is stored
+    DONE = "done"  # the response is stored; the lease is gone
+
+
 class LeaseLost(IdempotencyKeyInUse):
     """Another executor took this checkout over (ours looked dead): stop, touch nothing."""
     message = "This checkout is being completed by another request."
@@ -66,18 +77,18 @@ class Stored:
 
 @dataclass(slots=True)
 class Record:
-    """A running checkout this process holds the lease of."""
+    """A running checkout this process holds the lease of. ``plan`` is the JSON the saga
+    stored with its reserve step; the store keeps it and never reads it."""
     checkout_id: int
     user_id: int
     request: CheckoutRequest
-    step: str
+    step: Step
     lease: uuid.UUID
     executions: int
     order_id: int | None = None
     payment_id: int | None = None
-    plan: Any = None  # the priced plan: JSON from the row, or orders.checkout.Plan
+    plan: dict[str, Any] | None = None
     response: Stored | None = None  # set when the checkout ends
-    view: Any = None  # the order as this executor wrote it (orders.views.OrderView)
 
 
 _RECORD = "checkout_id, user_id, request, step, lease_token, executions, order_id, payment_id, plan"
@@ -85,9 +96,10 @@ _RECORD = "checkout_id, user_id, request, step, lease_token, executions, order_i
 
 def _record(row: asyncpg.Record) -> Record:
     return Record(checkout_id=row["checkout_id"], user_id=row["user_id"],
-                  request=msgspec.convert(row["request"], CheckoutRequest), step=row["step"],
-                  lease=row["lease_token"], executions=row["executions"],
-                  order_id=row["order_id"], payment_id=row["payment_id"], plan=row["plan"])
+                  request=msgspec.convert(row["request"], CheckoutRequest),
+                  step=Step(row["step"]), lease=row["lease_token"],
+                  executions=row["executions"], order_id=row["order_id"],
+                  payment_id=row["payment_id"], plan=row["plan"])
 
 
 class IdempotencyStore:
@@ -134,7 +146,8 @@ class IdempotencyStore:
                 return Stored(found["response_status"], found["response_body"].encode())
             if not found["lapsed"]:
                 raise IdempotencyKeyInUse()
-            taken = await self._take(conn, "checkout_id = $1", found["checkout_id"])
+            arg = Params()
+            taken = await self._take(conn, arg, f"checkout_id = {arg(found['checkout_id'])}")
             if not taken:
                 raise IdempotencyKeyInUse()
             return taken[0]
@@ -142,69 +155,72 @@ class IdempotencyStore:
 
     async def take_lapsed(self, conn: asyncpg.Connection, limit: int) -> list[Record]:
         """Take over running checkouts whose lease ran out (recovery)."""
+        arg = Params()
         return await self._take(
-            conn, "checkout_id IN (SELECT checkout_id FROM checkouts WHERE state = 'running'"
-            " AND (lease_until IS NULL OR lease_until <= now()) ORDER BY lease_until"
-            f" LIMIT {int(limit)} FOR UPDATE SKIP LOCKED)")
+            conn, arg, "checkout_id IN (SELECT checkout_id FROM checkouts"
+            " WHERE state = 'running' AND (lease_until IS NULL OR lease_until <= now())"
+            f" ORDER BY lease_until LIMIT {arg(limit)} FOR UPDATE SKIP LOCKED)")
 
-    async def _take(self, conn: asyncpg.Connection, where: str, *args: Any) -> list[Record]:
-        n = len(args)
+    async def _take(self, conn: asyncpg.Connection, arg: Params, where: str) -> list[Record]:
+        """A new lease on the running, lapsed checkouts ``where`` selects (its parameters
+        already in ``arg``)."""
         rows = await conn.fetch(
             "UPDATE checkouts SET lease_token = gen_random_uuid(), lease_until = now()"
-            f" + make_interval(secs => ${n + 1}), executions = executions + 1,"
-            f" updated_at = now() WHERE {where} AND state = 'running'"
+            f" + make_interval(secs => {arg(self.lease_seconds)}),"
+            " executions = executions + 1, updated_at = now()"
+            f" WHERE {where} AND state = 'running'"
             " AND (lease_until IS NULL OR lease_until <= now())"
-            f" RETURNING {_RECORD}", *args, self.lease_seconds)
+            f" RETURNING {_RECORD}", *arg.values)
         return [_record(r) for r in rows]
 
-    async def advance(self, conn: asyncpg.Connection, record: Record, step: str,
-                      sets: str = "", *args: Any) -> None:
-        """Record the next step (inside the caller's transaction), renewing the lease;
-        LeaseLost when another executor holds the checkout now."""
-        n = len(args)
-        done = await conn.fetchval(
-            f"UPDATE checkouts SET step = ${n + 3}, lease_until = now()"
-            f" + make_interval(secs => ${n + 4}), updated_at = now(){sets}"
-            f" WHERE checkout_id = ${n + 1} AND lease_token = ${n + 2} AND state = 'running'"
-            " RETURNING 1", *args, record.checkout_id, record.lease, step, self.lease_seconds)
-        if done is None:
+    async def advance(self, conn: asyncpg.Connection, record: Record, step: Step,
+                      **columns: Any) -> None:
+        """Record the next step and ``columns`` (inside the caller's transaction), renewing
+        the lease; LeaseLost when another executor holds the checkout now."""
+        arg = Params()
+        sets = "".join(f", {name} = {arg(value)}" for name, value in columns.items())
+        if not await conn.fetchval(f"WITH {self.advance_cte(record, step, arg, sets)}"
+                                   " SELECT count(*) FROM c", *arg.values):
             raise LeaseLost()
         record.step = step
 
-    def advance_cte(self, record: Record, step: str, first: int) -> tuple[str, list[Any]]:
-        """``advance`` as a CTE named ``c`` (parameters from ``$first``), for a statement
-        whose other parts must happen only if it does (``... FROM c``)."""
-        n = first
-        return (f"c AS (UPDATE checkouts SET step = ${n}, lease_until = now()"
-                f" + make_interval(secs => ${n + 1}), updated_at = now()"
-                f" WHERE checkout_id = ${n + 2} AND lease_token = ${n + 3}"
-                " AND state = 'running' RETURNING checkout_id)",
-                [step, self.lease_seconds, record.checkout_id, record.lease])
+    def advance_cte(self, record: Record, step: Step, arg: Params, sets: str = "") -> str:
+        """``advance`` as a CTE named ``c``, for a statement whose other parts must happen
+        only if it does (``... FROM c``); call ``advanced`` once it committed."""
+        return (f"c AS (UPDATE checkouts SET step = {arg(step.value)}, lease_until = now()"
+                f" + make_interval(secs => {arg(self.lease_seconds)}), updated_at = now()"
+                f"{sets} WHERE checkout_id = {arg(record.checkout_id)}"
+                f" AND lease_token = {arg(record.lease)}"
+                " AND state = 'running' RETURNING checkout_id)")
 
-    def finish_cte(self, record: Record, *, status: int, body: bytes, cart_pending: bool,
-                   first: int) -> tuple[str, list[Any]]:
+    @staticmethod
+    def advanced(record: Record, step: Step) -> None:
+        record.step = step
+
+    @staticmethod
+    def finish_cte(record: Record, arg: Params, *, status: int, body: bytes,
+                   cart_pending: bool) -> str:
         """``finish`` as a CTE named ``c``; call ``finished`` once it committed."""
-        n = first
-        return (f"c AS (UPDATE checkouts SET state = ${n}, step = 'done',"
-                f" response_status = ${n + 1}, response_body = ${n + 2},"
-                f" cart_pending = ${n + 3}, lease_token = NULL, lease_until = NULL,"
-                " finished_at = now(), updated_at = now()"
-                f" WHERE checkout_id = ${n + 4} AND lease_token = ${n + 5}"
-                " AND state = 'running' RETURNING checkout_id)",
-                ["completed" if status < 400 else "failed", status, body.decode(), cart_pending,
-                 record.checkout_id, record.lease])
+        state = "completed" if status < 400 else "failed"
+        return (f"c AS (UPDATE checkouts SET state = {arg(state)}, step = 'done',"
+                f" response_status = {arg(status)}, response_body = {arg(body.decode())},"
+                f" cart_pending = {arg(cart_pending)}, lease_token = NULL,"
+                " lease_until = NULL, finished_at = now(), updated_at = now()"
+                f" WHERE checkout_id = {arg(record.checkout_id)}"
+                f" AND lease_token = {arg(record.lease)}"
+                " AND state = 'running' RETURNING checkout_id)")
 
     @staticmethod
     def finished(record: Record, status: int, body: bytes) -> None:
-        record.step = "done"
+        record.step = Step.DONE
         record.response = Stored(status, body)
 
     async def finish(self, conn: asyncpg.Connection, record: Record, *, status: int,
                      body: bytes, cart_pending: bool = False) -> None:
         """Store the response and end the checkout (inside the caller's transaction)."""
-        cte, args = self.finish_cte(record, status=status, body=body,
-                                    cart_pending=cart_pending, first=1)
-        if not await conn.fetchval(f"WITH {cte} SELECT count(*) FROM c", *args):
+        arg = Params()
+        cte = self.finish_cte(record, arg, status=status, body=body, cart_pending=cart_pending)
+        if not await conn.fetchval(f"WITH {cte} SELECT count(*) FROM c", *arg.values):
             raise LeaseLost()
         self.finished(record, status, body)
 
@@ -221,3 +237,19 @@ class IdempotencyStore:
         await conn.execute(
             "UPDATE checkouts SET lease_until = now() WHERE checkout_id = $1"
             " AND lease_token = $2 AND state = 'running'", record.checkout_id, record.lease)
+
+    async def cart_done(self, conn: asyncpg.Connection | asyncpg.Pool, checkout_id: int
+                        ) -> None:
+        """The ordered units have left the cart: nothing is pending for this checkout."""
+        await conn.execute("UPDATE checkouts SET cart_pending = false WHERE checkout_id = $1",
+                           checkout_id)
+
+    async def carts_pending(self, conn: asyncpg.Connection | asyncpg.Pool, limit: int
+                            ) -> list[Record]:
+        """Finished checkouts whose ordered units may still be in the cart (Redis was down
+        when they ended), past the lease so that a live executor is not raced."""
+        rows = await conn.fetch(
+            f"SELECT {_RECORD} FROM checkouts WHERE cart_pending"
+            " AND finished_at < now() - make_interval(secs => $2) ORDER BY finished_at"
+            " LIMIT $1", limit, self.lease_seconds)
+        return [_record(r) for r in rows]

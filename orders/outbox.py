@@ -27,6 +27,7 @@ import asyncpg
 import msgspec
 
 from engine.codec import encode
+from engine.sql import Params
 
 log = logging.getLogger("flashsale.notify")
 
@@ -46,17 +47,15 @@ async def enqueue(conn: asyncpg.Connection, topic: str, *, order_id: int, user_i
         topic, order_id, user_id, msgspec.to_builtins(data))
 
 
-def enqueue_cte(topic: str, *, order_id: int, user_id: int, data: dict[str, Any], first: int,
-                after: str) -> tuple[str, list[Any]]:
-    """``enqueue`` as a CTE named ``x`` (parameters from ``$first``) that writes the
-    notification only if the CTE ``after`` returned a row: one statement for a change
-    and its notification."""
+def enqueue_cte(topic: str, arg: Params, *, order_id: int, user_id: int,
+                data: dict[str, Any], after: str) -> str:
+    """``enqueue`` as a CTE named ``x`` that writes the notification only if the CTE
+    ``after`` returned a row: one statement for a change and its notification."""
     if topic not in TOPICS:
         raise ValueError(f"unknown topic {topic!r}")
-    n = first
-    return (f"x AS (INSERT INTO outbox (topic, order_id, user_id, payload)"
-            f" SELECT ${n}, ${n + 1}, ${n + 2}, ${n + 3} FROM {after})",
-            [topic, order_id, user_id, msgspec.to_builtins(data)])
+    return ("x AS (INSERT INTO outbox (topic, order_id, user_id, payload)"
+            f" SELECT {arg(topic)}, {arg(order_id)}, {arg(user_id)},"
+            f" {arg(msgspec.to_builtins(data))} FROM {after})")
 
 
 class Notification(msgspec.Struct, frozen=True):

@@ -17,14 +17,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal, Protocol
 
 import asyncpg
 
 from engine.errors import PaymentDeclined, Unavailable
+from engine.sql import Params
 
 VoidResult = Literal["voided", "captured", "absent"]
+PaymentMethod = Literal["card", "wallet", "cod"]
 
 
 class ProviderUnavailable(Unavailable):
@@ -237,13 +240,18 @@ class CashOnDelivery:
 class Payment:
     """A row of ``payments`` as the saga and the order tasks see it."""
     payment_id: int
-    method: str
+    method: PaymentMethod
     amount: Decimal
     user_id: int
 
     @property
     def reference(self) -> str:
         return f"pay_{self.payment_id}"
+
+
+_OPEN = ("INSERT INTO payments (checkout_id, order_id, user_id, payment_method_id, method,"
+         " amount) VALUES ($1, nextval(pg_get_serial_sequence('orders', 'order_id')), $2, $3,"
+         " $4, $5) RETURNING order_id, payment_id")
 
 
 class Payments:
@@ -253,11 +261,55 @@ class Payments:
     def __init__(self, *, pool: asyncpg.Pool, card: PaymentProvider, wallet: PaymentProvider,
                  cod: PaymentProvider, timeout: float = 5.0) -> None:
         self._pool = pool
-        self._providers: dict[str, PaymentProvider] = {"card": card, "wallet": wallet,
+        self._providers: dict[PaymentMethod, PaymentProvider] = {"card": card, "wallet": wallet,
                                                        "cod": cod}
         self.timeout = timeout
 
-    def provider(self, method: str) -> PaymentProvider:
+    @staticmethod
+    async def open(conn: asyncpg.Connection, *, checkout_id: int, user_id: int,
+                   payment_method_id: int, method: PaymentMethod, amount: Decimal
+                   ) -> tuple[int, int]:
+        """The checkout's payment row (``pending``), with the order id allocated beside it
+        (inside the reserve step's transaction): (order_id, payment_id)."""
+        row = await conn.fetchrow(_OPEN, checkout_id, user_id, payment_method_id, method,
+                                  amount)
+        return row["order_id"], row["payment_id"]
+
+    @staticmethod
+    def status_cte(arg: Params, *, payment_id: int, status: str, at: datetime, after: str
+                   ) -> str:
+        """A CTE ``p`` that moves the payment to ``status`` (authorized, pending,
+        captured) only if the CTE ``after`` returned a row: one statement with the step
+        that did it."""
+        return (f"p AS (UPDATE payments SET status = {arg(status)}, updated_at = {arg(at)}"
+                f" WHERE payment_id = {arg(payment_id)} AND EXISTS (SELECT 1 FROM {after}))")
+
+    @staticmethod
+    def reversed_cte(arg: Params, *, payment_id: int, status: str) -> str:
+        """A CTE ``p`` recording the checkout's payment as reversed (``reverse``'s answer:
+        voided or refunded); a declined payment stays declined."""
+        return (f"p AS (UPDATE payments SET status = {arg(status)}, updated_at = now()"
+                f" WHERE payment_id = {arg(payment_id)} AND status <> 'declined')")
+
+    @staticmethod
+    async def record_refund(conn: asyncpg.Connection, *, payment_id: int, reference: str,
+                            amount: Decimal, reason: str) -> bool:
+        """Record a refund made at the provider (inside the caller's transaction), once
+        per reference: True when this call recorded it. The payment is ``refunded`` once
+        all of it is."""
+        new = await conn.fetchval(
+            "INSERT INTO payment_refunds (payment_id, reference, amount, reason)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (reference) DO NOTHING RETURNING 1",
+            payment_id, reference, amount, reason)
+        if new:
+            await conn.execute(
+                "UPDATE payments SET refunded_amount = refunded_amount + $2,"
+                " status = CASE WHEN refunded_amount + $2 = amount THEN 'refunded'"
+                " ELSE status END, updated_at = now() WHERE payment_id = $1",
+                payment_id, amount)
+        return bool(new)
+
+    def provider(self, method: PaymentMethod) -> PaymentProvider:
         return self._providers[method]
 
     async def _call(self, operation: Awaitable):

@@ -23,7 +23,7 @@ import asyncpg
 
 from engine.admission import Admission
 from engine.errors import FlashsaleError, NotFound, as_unavailable
-from orders import outbox
+from orders import inventory, outbox
 from orders.payments import Payments
 
 log = logging.getLogger("flashsale.orders")
@@ -63,29 +63,12 @@ class TaskReport:
     failed: int = 0
 
 
-async def restock(conn: asyncpg.Connection, units: dict[int, int]) -> None:
-    """Put units this process counted sold back into regular stock, rows locked in
-    product order."""
-    for product_id in sorted(units):
-        await conn.execute(
-            "UPDATE inventory SET available_qty = available_qty + $2,"
-            " sold_qty = sold_qty - $2, version = version + 1, updated_at = now()"
-            " WHERE product_id = $1", product_id, units[product_id])
-
-
-async def _restock_counted(conn: asyncpg.Connection, product_id: int, quantity: int) -> bool:
-    return await conn.fetchval(
-        "UPDATE inventory SET available_qty = available_qty + $2,"
-        " sold_qty = sold_qty - $2, version = version + 1, updated_at = now()"
-        " WHERE product_id = $1 AND sold_qty >= $2 RETURNING 1", product_id, quantity) is not None
-
-
 async def restock_or_defer(conn: asyncpg.Connection, order_id: int,
                            units: dict[int, int]) -> None:
     """Put sold units back into regular stock in the caller's transaction; a unit whose
     sale the reconciler has not counted yet becomes a ``restock`` task instead."""
     for product_id in sorted(units):
-        if not await _restock_counted(conn, product_id, units[product_id]):
+        if not await inventory.put_back_counted(conn, product_id, units[product_id]):
             await add(conn, order_id, "restock",
                       {"product_id": product_id, "quantity": units[product_id]})
 
@@ -132,16 +115,9 @@ class OrderTasks:
             payment = await self._payments.get(conn, p["payment_id"])
         await self._payments.refund(payment, reference=p["reference"], amount=amount)
         async with self._pool.acquire() as conn, conn.transaction():
-            new = await conn.fetchval(
-                "INSERT INTO payment_refunds (payment_id, reference, amount, reason)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (reference) DO NOTHING RETURNING 1",
-                payment.payment_id, p["reference"], amount, p["reason"])
-            if new:
-                await conn.execute(
-                    "UPDATE payments SET refunded_amount = refunded_amount + $2,"
-                    " status = CASE WHEN refunded_amount + $2 = amount THEN 'refunded'"
-                    " ELSE status END, updated_at = now() WHERE payment_id = $1",
-                    payment.payment_id, amount)
+            if await Payments.record_refund(conn, payment_id=payment.payment_id,
+                                            reference=p["reference"], amount=amount,
+                                            reason=p["reason"]):
                 await conn.execute(
                     "INSERT INTO order_events (order_id, status, note) VALUES ($1, 'refunded', $2)",
                     task["order_id"], f"{amount} refunded ({p['reason']})")
@@ -166,7 +142,7 @@ class OrderTasks:
     async def _restock(self, task: asyncpg.Record) -> None:
         p = task["payload"]
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await _restock_counted(conn, p["product_id"], p["quantity"]):
+            if not await inventory.put_back_counted(conn, p["product_id"], p["quantity"]):
                 raise NotYetCounted(f"product {p['product_id']}: the reconciler has not "
                                     "counted these units sold yet")
             await self._done(conn, task["task_id"])
