@@ -31,8 +31,9 @@ from orders.cart import Carts
 from orders.checkout import Checkout
 from orders.coupons import Coupons
 from orders.orders import Orders
-from orders.payments import CashOnDelivery, Payments, SimulatedCardProvider, WalletProvider
+from orders.payments import Payments
 from orders.pricing import PricingRules
+from orders.providers import CashOnDelivery, SimulatedCardProvider, WalletProvider
 from orders.returns import Returns
 from orders.tasks import OrderTasks
 from orders.upkeep import Upkeep

@@ -3,7 +3,7 @@
 A line is keyed by its product id (the line's ``item_id``: one line per product) and keeps
 the quantity, and the unit price and name the shopper saw when adding it. That snapshot
 is what the cart shows; checkout prices the order from Postgres again and reports any
-difference instead of charging it (see orders/checkout.py).
+difference instead of charging it (see orders/checkout/plan.py).
 
 Writes are optimistic Redis transactions (WATCH the cart, read, MULTI/EXEC), retried with
 a random, growing backoff when a concurrent write to the same cart got in first, so

@@ -18,6 +18,7 @@ from engine.errors import Conflict, InvalidTransition, NotFound, ValidationFaile
 from engine.sales import Sales
 from orders import outbox, tasks
 from orders.coupons import Coupons
+from orders.payments import Payments
 from orders.tasks import OrderTasks
 from orders.txn import retrying
 from orders.views import ORDER_COLUMNS, OrderView, load_view, load_views
@@ -115,9 +116,7 @@ class Orders:
                     raise refuse(current, target, why)
                 await record_move(conn, order, target)
                 if target == "delivered" and method == "cod":  # cash collected at the door
-                    await conn.execute(
-                        "UPDATE payments SET status = 'captured', updated_at = now()"
-                        " WHERE order_id = $1 AND status = 'pending'", order_id)
+                    await Payments.collected(conn, order_id=order_id)
             return await load_view(conn, order_id)
 
     async def cancel(self, order_id: int, *, user_id: int, is_admin: bool = False) -> OrderView:
@@ -174,8 +173,5 @@ class Orders:
                     payment_id=order["payment_id"], amount=left,
                     reference=f"cancel:{order_id}", reason="order_cancelled"))
         elif order["payment_id"] is not None:
-            await conn.execute(
-                "UPDATE payments SET status = 'voided', updated_at = now()"
-                " WHERE payment_id = $1 AND status IN ('pending', 'authorized')",
-                order["payment_id"])
+            await Payments.voided(conn, payment_id=order["payment_id"])
 

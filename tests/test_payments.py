@@ -11,13 +11,12 @@ import pytest
 
 from accounts.cards import simulated_outcome
 from engine.errors import PaymentDeclined
-from orders.payments import (
+from orders.payments import Payment, Payments
+from orders.providers import (
     CaptureFailed,
     CashOnDelivery,
     Charge,
     Faults,
-    Payment,
-    Payments,
     ProviderUnavailable,
     SimulatedCardProvider,
     WalletProvider,
