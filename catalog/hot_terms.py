@@ -32,8 +32,9 @@ from typing import Any
 
 import asyncpg
 
-from catalog.listing import Filters, Params
+from catalog.query import SEARCH_SORTS, Filters, filter_parts
 from catalog.relevance import RECENCY_FACTOR
+from engine.sql import Params
 
 HOT_MIN_PRODUCTS = 20_000  # a word used by at least this many products gets its own rows
 # GROUPING(brand, category_id, bucket, stars) of the grand total, as in catalog/search.py
@@ -56,7 +57,7 @@ async def rebuild(conn: asyncpg.Connection, *, min_products: int = HOT_MIN_PRODU
 
 
 async def search(conn: asyncpg.Connection, lexeme: str, f: Filters, sort: str, offset: int,
-                 limit: int, order_by: dict[str, str]) -> list[Any] | None:
+                 limit: int) -> list[Any] | None:
     """The rows catalog/search.py reads of its statement (facet rows, part 0; the page's
     ids, part 1), or None when a price or rating bound splits a cell."""
     # Small index ranges: a parallel plan only adds its start-up.
@@ -67,24 +68,13 @@ async def search(conn: asyncpg.Connection, lexeme: str, f: Filters, sort: str, o
         return None
     if not next((r["n_all"] for r in facet_rows if r["grp"] == _ALL), 0):
         return list(facet_rows)
-    page_sql, page_args = _page_statement(lexeme, f, sort, offset, limit, order_by)
+    page_sql, page_args = _page_statement(lexeme, f, sort, offset, limit)
     ids = await conn.fetch(page_sql, *page_args)
     return [*facet_rows, *({"part": 1, "product_id": r["product_id"]} for r in ids)]
 
 
 def _row_filters(f: Filters, arg: Params) -> list[str]:
-    out = []
-    if f.brands:
-        out.append(f"p.brand = ANY({arg(list(f.brands), '::text[]')})")
-    if f.categories is not None:
-        out.append(f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})")
-    if f.price_min is not None:
-        out.append(f"p.price >= {arg(f.price_min)}")
-    if f.price_max is not None:
-        out.append(f"p.price <= {arg(f.price_max)}")
-    if f.rating_min is not None:
-        out.append(f"p.rating_avg >= {arg(f.rating_min)}")
-    return out
+    return [c for conditions in filter_parts(f, arg).values() for c in conditions]
 
 
 def _all(conditions: list[str]) -> str:
@@ -135,13 +125,14 @@ GROUP BY GROUPING SETS ((brand), (category_id), (bucket), (stars), ())"""
     return sql, arg.values
 
 
-def _page_statement(lexeme: str, f: Filters, sort: str, offset: int, limit: int,
-                    order_by: dict[str, str]) -> tuple[str, list]:
+def _page_statement(lexeme: str, f: Filters, sort: str, offset: int, limit: int
+                    ) -> tuple[str, list]:
     arg = Params()
     where = " AND ".join([f"p.lexeme = {arg(lexeme)}", *_row_filters(f, arg)])
     if sort != "relevance":
         return (f"SELECT p.product_id FROM search_hot_hits p WHERE {where}"
-                f" ORDER BY {order_by[sort]} LIMIT {arg(limit)} OFFSET {arg(offset)}",
+                f" ORDER BY {SEARCH_SORTS[sort].order_by()}"
+                f" LIMIT {arg(limit)} OFFSET {arg(offset)}",
                 arg.values)
     window = arg(offset + limit)
     score = f"p.static * {RECENCY_FACTOR}"

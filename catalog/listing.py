@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -23,67 +22,10 @@ import asyncpg
 import msgspec
 
 from catalog.cache import CatalogCache
+from catalog.query import MAX_WINDOW, SORTS, Filters, Sort, filter_clauses
 from catalog.records import ProductPage
 from engine.errors import ValidationFailed
 from engine.sql import Params
-
-MAX_WINDOW = 10_000  # deepest result reachable by page number (as search engines do)
-
-
-@dataclass(frozen=True, slots=True)
-class Sort:
-    name: str
-    columns: tuple[str, ...]  # all in one direction, the last is product_id
-    descending: bool
-
-
-SORTS = {
-    "newest": Sort("newest", ("created_at", "product_id"), True),
-    "price_asc": Sort("price_asc", ("price", "product_id"), False),
-    "price_desc": Sort("price_desc", ("price", "product_id"), True),
-    "rating": Sort("rating", ("rating_avg", "rating_count", "product_id"), True),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """What a shopper narrowed the catalog to. ``categories`` is already expanded to
-    descendants; None means any category."""
-    categories: tuple[int, ...] | None = None
-    brands: tuple[str, ...] = ()
-    price_min: Decimal | None = None
-    price_max: Decimal | None = None
-    rating_min: Decimal | None = None
-
-    def key(self) -> tuple:
-        return (self.categories, self.brands, str(self.price_min), str(self.price_max),
-                str(self.rating_min))
-
-
-def filter_clauses(f: Filters, arg: Params, *, skip: str = "", alias: str = "p"
-                   ) -> list[str]:
-    """SQL conditions for ``f`` (``skip`` one of brand/category/price/rating)."""
-    out = [f"{alias}.status = 'active'"]
-    if f.categories is not None and skip != "category":
-        out.append(_any_of(f"{alias}.category_id", f.categories, "bigint", arg))
-    if f.brands and skip != "brand":
-        out.append(_any_of(f"{alias}.brand", f.brands, "text", arg))
-    if skip != "price":
-        if f.price_min is not None:
-            out.append(f"{alias}.price >= {arg(f.price_min)}")
-        if f.price_max is not None:
-            out.append(f"{alias}.price <= {arg(f.price_max)}")
-    if f.rating_min is not None and skip != "rating":
-        out.append(f"{alias}.rating_avg >= {arg(f.rating_min)}")
-    return out
-
-
-def _any_of(column: str, values: tuple, sql_type: str, arg: Params) -> str:
-    # One value is spelled `=`: with `= ANY(array)` the planner cannot see that a single
-    # (category_id, price) index range is ordered and sorts the whole category instead.
-    if len(values) == 1:
-        return f"{column} = {arg(values[0], '::' + sql_type)}"
-    return f"{column} = ANY({arg(list(values), '::' + sql_type + '[]')})"
 
 
 class Cursor(msgspec.Struct, array_like=True):
@@ -186,9 +128,8 @@ class Browse:
     def _page_sql(filters: Filters, order: Sort, offset: int, limit: int,
                   after: list | None) -> tuple:
         arg = Params()
-        direction = "DESC" if order.descending else "ASC"
         cols = ", ".join(f"p.{c}" for c in order.columns)
-        order_by = ", ".join(f"{c} {direction}" for c in order.columns)
+        order_by = order.order_by()
         merge = filters.categories is not None and len(filters.categories) > 1
         # The category condition moves into the per-category scan when merging.
         where = filter_clauses(filters, arg, skip="category" if merge else "")

@@ -15,7 +15,7 @@ import asyncpg
 from catalog.cache import CatalogCache
 from catalog.categories import Categories
 from catalog.records import Product
-from catalog.terms import apply_term_counts, product_terms, term_delta
+from catalog.suggest import apply_term_counts, product_terms, term_delta
 from engine.errors import NotFound, ValidationFailed
 from engine.sql import Params
 

@@ -3,9 +3,10 @@
     text rank x rating factor x recency factor
 
 The rating factor is 1 + up to 0.2 for a high, well-reviewed rating (the average rating,
-damped while reviews are few); the recency factor is 1 + up to 0.2, halving about every
-month (a future ``created_at`` counts as new, so the factor never exceeds 1.2, and it
-only falls with age: bounds the very-common-word path relies on). All in float8 from
+damped while reviews are few); the recency factor is 1 + 0.2 / (1 + age in 30-day
+months): its boost is 0.2 when new, 0.1 at one month, 0.05 at three, fading without
+reaching zero (a future ``created_at`` counts as new, so the factor never exceeds 1.2,
+and it only falls with age: bounds the very-common-word path relies on). All in float8 from
 integers and times: converting the numeric ``rating_avg`` or doing numeric arithmetic on
 every hit of a common word cost more than the rest of the statement.
 

@@ -27,24 +27,16 @@ import msgspec
 
 from catalog import hot_terms, relevance
 from catalog.cache import CatalogCache
-from catalog.listing import MAX_WINDOW, Filters
+from catalog.query import MAX_WINDOW, SEARCH_SORTS, TEXT_CONFIG, Filters, filter_parts
 from catalog.records import Facets, FacetValue, PriceBucket, RatingBucket, SearchPage
-from catalog.terms import Suggestions
+from catalog.suggest import Suggestions
 from engine.errors import ValidationFailed
 from engine.sql import Params
 
 PRICE_EDGES = tuple(Decimal(e) for e in (25, 50, 100, 250, 500, 1000, 2500))
 RATING_FLOORS = (4, 3, 2, 1)
 FACET_SIZE = 20
-TEXT_CONFIG = "english"
 
-ORDER_BY = {
-    "relevance": "score DESC, product_id DESC",
-    "price_asc": "price ASC, product_id ASC",
-    "price_desc": "price DESC, product_id DESC",
-    "rating": "rating_avg DESC, rating_count DESC, product_id DESC",
-    "newest": "created_at DESC, product_id DESC",
-}
 # GROUPING(brand, category_id, bucket, stars) of each grouping set.
 _BY_BRAND, _BY_CATEGORY, _BY_PRICE, _BY_RATING, _ALL = 0b0111, 0b1011, 0b1101, 0b1110, 0b1111
 
@@ -98,7 +90,7 @@ class Search:
             rows = None
             if hot is not None:  # None again when a price or rating filter splits a cell
                 rows = await hot_terms.search(conn, hot, filters, sort,
-                                              (page - 1) * page_size, page_size, ORDER_BY)
+                                              (page - 1) * page_size, page_size)
             if rows is None:
                 sql, args = _statement(text, filters, sort, (page - 1) * page_size, page_size,
                                        hot_lexeme=hot)
@@ -151,12 +143,7 @@ def _statement(text: str, f: Filters, sort: str, offset: int, limit: int, *,
     lexeme) the hits come from its rows in ``search_hot_hits`` (same columns, the static
     part of the score stored) instead of from the products heap."""
     arg = Params()
-    by_brand = [f"p.brand = ANY({arg(list(f.brands), '::text[]')})"] if f.brands else []
-    by_category = ([f"p.category_id = ANY({arg(list(f.categories), '::bigint[]')})"]
-                   if f.categories is not None else [])
-    by_price = ([f"p.price >= {arg(f.price_min)}"] if f.price_min is not None else []) + (
-        [f"p.price <= {arg(f.price_max)}"] if f.price_max is not None else [])
-    by_rating = [f"p.rating_avg >= {arg(f.rating_min)}"] if f.rating_min is not None else []
+    by = filter_parts(f, arg)
     if hot_lexeme is None:
         query = f"websearch_to_tsquery('{TEXT_CONFIG}', {arg(text)})"
         source = (f"products p, {query} AS query"
@@ -172,8 +159,8 @@ def _statement(text: str, f: Filters, sort: str, offset: int, limit: int, *,
 WITH hits AS MATERIALIZED (
     SELECT p.product_id, p.brand, p.category_id, p.price, p.rating_avg, p.rating_count,
            p.created_at, {score} AS score,
-           {_flag(by_brand)} AS fb, {_flag(by_category)} AS fc,
-           {_flag(by_price)} AS fp, {_flag(by_rating)} AS fr
+           {_flag(by["brand"])} AS fb, {_flag(by["category"])} AS fc,
+           {_flag(by["price"])} AS fp, {_flag(by["rating"])} AS fr
     FROM {source}
 )
 SELECT 0 AS part, brand, category_id, bucket, stars,
@@ -192,5 +179,5 @@ GROUP BY GROUPING SETS ((brand), (category_id), (bucket), (stars), ())
 UNION ALL
 (SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, product_id
  FROM hits WHERE fb AND fc AND fp AND fr
- ORDER BY {ORDER_BY[sort]} LIMIT {arg(limit)} OFFSET {arg(offset)})"""
+ ORDER BY {SEARCH_SORTS[sort].order_by()} LIMIT {arg(limit)} OFFSET {arg(offset)})"""
     return sql, arg.values

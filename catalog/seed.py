@@ -22,9 +22,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from catalog import hot_terms
-from catalog import vocabulary as vocab
-from catalog.terms import apply_term_counts, words
+from catalog import hot_terms, seed_words
+from catalog.suggest import apply_term_counts, words
 
 MASK = (1 << 64) - 1
 SELLERS = 50
@@ -60,7 +59,7 @@ def _mix(x: int) -> int:
 @dataclass(frozen=True, slots=True)
 class _Leaf:
     category_id: int
-    leaf: vocab.Leaf
+    leaf: seed_words.Leaf
     brand_terms: tuple[frozenset[str], ...]
     noun_terms: tuple[frozenset[str], ...]
     spec_terms: tuple[frozenset[str], ...]
@@ -69,7 +68,7 @@ class _Leaf:
 class CatalogGenerator:
     """Rows of products ``index .. index+count`` of one seed, as COPY text lines."""
 
-    def __init__(self, *, seed: int, leaves: list[tuple[int, vocab.Leaf]], sellers: list[int],
+    def __init__(self, *, seed: int, leaves: list[tuple[int, seed_words.Leaf]], sellers: list[int],
                  first_id: int, total: int, now: datetime) -> None:
         self.seed = seed
         self.sellers = sellers
@@ -80,9 +79,9 @@ class CatalogGenerator:
                              tuple(frozenset(words(n.word)) for n in leaf.nouns),
                              tuple(frozenset(words(s)) for s in leaf.specs))
                        for cid, leaf in leaves]
-        self.series_terms = tuple(frozenset(words(s)) for s in vocab.SERIES)
-        self.color_terms = tuple(frozenset(words(c)) for c in vocab.COLORS)
-        self.edition_terms = tuple(frozenset(words(e)) for e in vocab.EDITIONS)
+        self.series_terms = tuple(frozenset(words(s)) for s in seed_words.SERIES)
+        self.color_terms = tuple(frozenset(words(c)) for c in seed_words.COLORS)
+        self.edition_terms = tuple(frozenset(words(e)) for e in seed_words.EDITIONS)
         self.terms: Counter[str] = Counter()
         self.stock: list[str] = []
         # Rows are written grouped by category (ids stay spread over all categories): the
@@ -102,8 +101,8 @@ class CatalogGenerator:
         terms = self.terms
         leaves, n_leaves = self.leaves, len(self.leaves)
         sellers, n_sellers = self.sellers, len(self.sellers)
-        series, colors, editions = vocab.SERIES, vocab.COLORS, vocab.EDITIONS
-        qualities, benefits, uses = vocab.QUALITIES, vocab.BENEFITS, vocab.USES
+        series, colors, editions = seed_words.SERIES, seed_words.COLORS, seed_words.EDITIONS
+        qualities, benefits, uses = seed_words.QUALITIES, seed_words.BENEFITS, seed_words.USES
         span = HISTORY.total_seconds()
         base = self.seed * 0x100000001B3
         for i in self.order[start:stop]:
@@ -159,9 +158,9 @@ class CatalogGenerator:
         return "".join(out).encode()
 
 
-async def _ensure_categories(conn: asyncpg.Connection) -> list[tuple[int, vocab.Leaf]]:
+async def _ensure_categories(conn: asyncpg.Connection) -> list[tuple[int, seed_words.Leaf]]:
     leaves = []
-    for department, children in vocab.DEPARTMENTS.items():
+    for department, children in seed_words.DEPARTMENTS.items():
         parent = await _category(conn, department, None)
         for leaf in children:
             leaves.append((await _category(conn, leaf.name, parent), leaf))

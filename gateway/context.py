@@ -21,7 +21,7 @@ from catalog.products import Categories, Products
 from catalog.reviews import Reviews
 from catalog.search import Search
 from catalog.sellers import Sellers
-from catalog.terms import Suggestions
+from catalog.suggest import Suggestions
 from catalog.wishlist import Wishlists
 from engine.admission import Admission
 from engine.sales import Sales

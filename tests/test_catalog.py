@@ -3,11 +3,13 @@ computed independently in Python (tests/test_catalog_data.py)."""
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from decimal import Decimal
 
 import pytest
 
+from catalog.query import TEXT_CONFIG
 from tests.conftest import assert_error
 from tests.test_catalog_data import (
     expected_facets,
@@ -236,3 +238,13 @@ async def test_no_match_offers_did_you_mean(api, catalog) -> None:
     assert body["did_you_mean"] == "laptop"
     _, body = await api.call("GET", "/api/v1/search?q=laptop", expect=200)
     assert body["total"] > 0 and body["did_you_mean"] is None
+
+
+async def test_search_parses_queries_with_the_configuration_products_are_indexed_with(
+        pool) -> None:
+    """TEXT_CONFIG and the search_vector column's expression must name one configuration,
+    or stemmed words stop matching (a migration that changes one must change the other)."""
+    expression = await pool.fetchval(
+        "SELECT generation_expression FROM information_schema.columns"
+        " WHERE table_name = 'products' AND column_name = 'search_vector'")
+    assert set(re.findall(r"to_tsvector\('(\w+)'", expression)) == {TEXT_CONFIG}

@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import asyncpg
 
-from catalog.terms import apply_term_counts, count_terms
+from catalog.suggest import apply_term_counts, count_terms
 
 BRANDS = ("Dell", "HP", "Apple", "Lenovo", "Acme")
 COLORS = ("black", "silver", "white")

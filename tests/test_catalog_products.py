@@ -7,7 +7,7 @@ from collections import Counter
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from catalog.terms import product_terms
+from catalog.suggest import product_terms
 from gateway.app import create_app
 from gateway.context import SERVICES
 from tests.conftest import Api, assert_error

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 
 from catalog import hot_terms
-from catalog.listing import Filters
-from catalog.search import ORDER_BY, PRICE_EDGES, TEXT_CONFIG, Search, _statement
+from catalog.query import TEXT_CONFIG, Filters
+from catalog.search import PRICE_EDGES, Search, _statement
 from tests import test_catalog as reference
 from tests.test_catalog_data import BRANDS, load_catalog
 from tests.test_orders_support import services_of
@@ -98,7 +98,7 @@ async def test_hot_rows_answer_like_the_heap_for_generated_queries_and_after_wri
                 assert got == want, (text, f, sort, page)
                 cells = await hot_terms.search(
                     conn, await hot_terms.hot_lexeme(conn, text, TEXT_CONFIG), f, sort,
-                    (page - 1) * 10, 10, ORDER_BY)
+                    (page - 1) * 10, 10)
                 paths["rows" if cells is None else "cells"] += 1
 
     await compare(60)

@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
-from catalog.listing import Filters
+from catalog.query import Filters
 from catalog.records import Category, Dashboard, Product, ProductPage, Review, ReviewPage
 from catalog.records import SearchPage as SearchResponse
 from engine.errors import Forbidden, ValidationFailed
