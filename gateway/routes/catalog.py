@@ -18,17 +18,15 @@ from engine.money import check_amount
 from gateway.api import Body, RouteTable, path_int, principal
 from gateway.context import services
 from gateway.policy import Money, Price
+from gateway.types import NO_NUL, Id, PageSize
 
 routes = RouteTable("catalog")
 
-_NO_NUL = r"^[^\x00]*$"  # Postgres text cannot hold NUL: refused here, not a 500 later
-Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=_NO_NUL)]
-Description = Annotated[str, Meta(max_length=10_000, pattern=_NO_NUL)]
-Brand = Annotated[str, Meta(max_length=100, pattern=_NO_NUL)]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Description = Annotated[str, Meta(max_length=10_000, pattern=NO_NUL)]
+Brand = Annotated[str, Meta(max_length=100, pattern=NO_NUL)]
 Qty = Annotated[int, Meta(ge=0, le=1_000_000_000)]
-Id = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 Page = Annotated[int, Meta(ge=1, le=10_000)]
-PageSize = Annotated[int, Meta(ge=1, le=100)]
 Rating = Annotated[Decimal, Meta(description="0 to 5")]
 MAX_CHOICES = 20  # values of one repeatable filter (brand=A&brand=B...)
 
@@ -70,8 +68,8 @@ class NewCategory(Body):
 
 class NewReview(Body):
     rating: Annotated[int, Meta(ge=1, le=5)]
-    title: Annotated[str, Meta(max_length=200, pattern=_NO_NUL)] = ""
-    body: Annotated[str, Meta(max_length=5000, pattern=_NO_NUL)] = ""
+    title: Annotated[str, Meta(max_length=200, pattern=NO_NUL)] = ""
+    body: Annotated[str, Meta(max_length=5000, pattern=NO_NUL)] = ""
 
 
 class BrowseQuery(msgspec.Struct):

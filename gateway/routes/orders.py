@@ -14,6 +14,7 @@ from msgspec import Meta
 from gateway.api import Body, RouteTable, path_int, principal
 from gateway.context import services
 from gateway.policy import Money, Price
+from gateway.types import NO_NUL, Id, Key, PageSize
 from orders.cart import MAX_QUANTITY, Cart
 from orders.idempotency import CheckoutRequest
 from orders.returns import ReturnView
@@ -21,9 +22,7 @@ from orders.views import OrderView
 
 routes = RouteTable("orders")
 
-Id = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
-Key = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00]*$")]
 
 
 def shopper(request: web.Request) -> int:
@@ -80,7 +79,7 @@ class CheckoutBody(Body):
 class OrdersQuery(msgspec.Struct):
     status: Literal["placed", "paid", "shipped", "delivered", "cancelled", "returned"] | None = None
     page: Annotated[int, Meta(ge=1, le=100_000)] = 1
-    page_size: Annotated[int, Meta(ge=1, le=100)] = 20
+    page_size: PageSize = 20
 
 
 class OrderPage(msgspec.Struct):
@@ -161,7 +160,7 @@ class ReturnLine(Body):
 
 class ReturnRequest(Body):
     items: Annotated[list[ReturnLine], Meta(min_length=1, max_length=100)]
-    reason: Annotated[str, Meta(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")]
+    reason: Annotated[str, Meta(min_length=1, max_length=1000, pattern=NO_NUL)]
 
 
 class ReturnDecision(Body):

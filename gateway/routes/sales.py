@@ -1,4 +1,5 @@
-"""Flash-sale endpoints. The reservation path touches Redis only."""
+"""Flash-sale endpoints. Reserving touches Redis only (admission's Lua gate); reading a
+reservation falls back to Postgres once the sale's Redis state is gone."""
 
 from __future__ import annotations
 
