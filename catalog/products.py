@@ -31,7 +31,8 @@ _LISTING_FIELDS = frozenset(_EDITABLE) - {"description"}
 
 
 def product_from(row: asyncpg.Record) -> Product:
-    return Product(*row.values())
+    """A row selected with PRODUCT_COLUMNS, matched to the fields by name."""
+    return Product(**dict(row.items()))
 
 
 class Products:

@@ -48,7 +48,8 @@ def _read(name: str) -> str:
 class Scripts:
     """Every script of ``lua/``, loaded once per process."""
 
-    NAMES = ("reserve", "release", "confirm", "expire_holds", "load_tokens", "change_sale_state")
+    NAMES = ("reserve", "release", "confirm", "expire_holds", "load_tokens", "change_sale_state",
+             "take_from_cart")
 
     def __init__(self) -> None:
         for name in self.NAMES:
@@ -60,6 +61,7 @@ class Scripts:
     expire_holds: Script
     load_tokens: Script
     change_sale_state: Script
+    take_from_cart: Script  # orders/cart.py: a checkout's units leave the cart
 
     async def load_all(self, redis: aioredis.Redis) -> None:
         for name in self.NAMES:

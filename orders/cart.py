@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -31,14 +30,12 @@ from redis.exceptions import WatchError
 from engine.codec import encode
 from engine.errors import Conflict, InsufficientStock, NotFound, ValidationFailed
 from engine.keys import cart_key
-from engine.scripts import Script
+from engine.scripts import SCRIPTS
 from orders.pricing import ZERO, line_subtotal
 
 CART_TTL_SECONDS = 30 * 24 * 3600
 DONE = "done:"  # marker fields: checkouts whose units already left this cart
 DONE_KEPT_MS = 24 * 3600 * 1000  # a marker outlives by far any checkout it guards
-TAKE_FROM_CART = Script("take_from_cart", resources.files("lua").joinpath(
-    "take_from_cart.lua").read_text(encoding="utf-8"))
 MAX_LINES = 50
 MAX_QUANTITY = 99
 _RETRIES = 20
@@ -151,7 +148,7 @@ class Carts:
                               CART_TTL_SECONDS]
         for pid, qty in ordered.items():
             args += [pid, qty]
-        return bool(await TAKE_FROM_CART(self._redis, [cart_key(user_id)], args))
+        return bool(await SCRIPTS.take_from_cart(self._redis, [cart_key(user_id)], args))
 
     # -- internals -----------------------------------------------------------------------
     async def _update(self, user_id: int, change: Change) -> Lines:

@@ -8,7 +8,7 @@ import asyncio
 from engine.keys import cart_key
 from orders.cart import CART_TTL_SECONDS
 from tests.conftest import assert_error
-from tests.test_orders_support import add_to_cart, product, shopper
+from tests.orders_support import add_to_cart, product, shopper
 
 
 async def test_add_view_update_remove(api, redis) -> None:
@@ -109,7 +109,7 @@ async def test_concurrent_adds_lose_no_unit(api) -> None:
 
 
 async def test_a_checkouts_units_leave_the_cart_once(api, redis) -> None:
-    from tests.test_orders_support import services_of
+    from tests.orders_support import services_of
 
     buyer = await shopper(api)
     odd = await product(api, price="2.50", name='Mug "Ünïcode" {q:1}')

@@ -8,7 +8,7 @@ import collections
 from decimal import Decimal
 
 from tests.conftest import assert_error, create_sale
-from tests.test_orders_support import (
+from tests.orders_support import (
     add_to_cart,
     order_body,
     place,

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from engine.keys import sale_keys
 from tests.conftest import assert_error, create_sale
-from tests.test_orders_support import order_body, place, services_of, shopper, stock, wallet
+from tests.orders_support import order_body, place, services_of, shopper, stock, wallet
 
 
 async def reserve(api, user: dict, sale: dict, key: str = "hold-1") -> dict:

@@ -16,7 +16,7 @@ import pytest
 
 from orders.idempotency import CheckoutRequest
 from tests.conftest import assert_error, create_sale
-from tests.test_orders_support import (
+from tests.orders_support import (
     add_to_cart,
     order_body,
     product,
@@ -72,6 +72,7 @@ async def test_killed_after_authorization_recovery_completes_the_flash_order(
                              json={"quantity": 1, "idempotency_key": "h"})
     body = order_body(buyer, pm="wallet", reservation_id=hold["reservation_id"])
     await interrupted(svc, buyer, body, "after_authorize")
+    # the sale's 9.99 + 8% tax 0.80 + shipping 5.00 = 15.79 held of the 30.00
     assert await wallet(pool, buyer) == Decimal("14.21")  # authorized: the money is held
     assert await pool.fetchval("SELECT step FROM checkouts") == "reserved"
     # while the lease runs, the same key is in use
@@ -100,6 +101,7 @@ async def test_the_clients_retry_resumes_a_dead_checkout(api, svc, pool) -> None
     assert await stock(pool, item) == (3, 2)
     await lapse_leases(pool)
     status, order = await api.call("POST", "/api/v1/orders", headers=buyer["headers"], json=body)
+    # 2 x 40.00 + 8% tax 6.40, shipping free over 50.00
     assert status == 201 and order["status"] == "paid" and order["total"] == "86.40"
     assert await stock(pool, item) == (3, 2)
     assert await pool.fetchval("SELECT count(*) FROM sim_card_charges") == 1
@@ -138,6 +140,7 @@ async def test_recovery_completes_from_every_step(api, svc, pool, point) -> None
     report = await svc.checkout.recover_incomplete()
     assert report.completed == 1, report
     order = await pool.fetchrow("SELECT status, total FROM orders")
+    # 10.00 + 8% tax 0.80 + shipping 5.00
     assert (order["status"], order["total"]) == ("paid", Decimal("15.80"))
     assert await stock(pool, item) == (4, 1)
     assert await pool.fetchval("SELECT status FROM sim_card_charges") == "captured"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from tests.conftest import assert_error, create_sale
-from tests.test_orders_support import add_to_cart, place, product, shopper, stock
+from tests.orders_support import add_to_cart, place, product, shopper, stock
 
 
 async def coupon(api, **fields) -> dict:

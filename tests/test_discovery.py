@@ -15,7 +15,7 @@ import pytest
 
 from catalog.wishlist import WISHLIST_CAP
 from tests.conftest import assert_error
-from tests.test_orders_support import add_to_cart, admin_move, place, product, shopper
+from tests.orders_support import add_to_cart, admin_move, place, product, shopper
 
 
 async def _items(api, user) -> list[dict]:

@@ -13,8 +13,8 @@ from catalog import hot_terms
 from catalog.query import TEXT_CONFIG, Filters
 from catalog.search import PRICE_EDGES, Search, _statement
 from tests import test_catalog as reference
+from tests.orders_support import services_of
 from tests.test_catalog_data import BRANDS, load_catalog
-from tests.test_orders_support import services_of
 
 HOT_MIN = 20  # of the test catalog's 150 products: colours, brands and nouns get hot
 

@@ -239,7 +239,7 @@ async def test_a_slow_body_is_timed_out_and_slow_senders_are_capped(database) ->
 
 
 async def test_owner_routes_answer_for_owners_only_and_staff_use_admin_routes(api) -> None:
-    from tests.test_orders_support import add_to_cart, place, product, shopper
+    from tests.orders_support import add_to_cart, place, product, shopper
 
     buyer = await shopper(api)
     await add_to_cart(api, buyer, await product(api, price="5.00"))

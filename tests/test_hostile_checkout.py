@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from tests.conftest import Api, assert_error
-from tests.test_orders_support import add_to_cart, place, product, shopper, stock
+from tests.orders_support import add_to_cart, place, product, shopper, stock
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ async def test_a_declined_checkout_frees_the_cart_for_the_next_one(api, pool) ->
 
 
 async def test_one_key_repeated_and_other_keys_at_once_still_make_one_order(api, pool) -> None:
-    from tests.test_orders_support import order_body
+    from tests.orders_support import order_body
 
     buyer = await shopper(api)
     await add_to_cart(api, buyer, await product(api, price="8.00", stock=10), 1)

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from tests.conftest import assert_error, create_sale
-from tests.test_orders_support import CARD_OK, order_body, shopper
+from tests.orders_support import CARD_OK, order_body, shopper
 
 # Every C0 and C1 control except tab, newline and carriage return, and DEL.
 CONTROLS = [chr(c) for c in [*range(0x00, 0x20), *range(0x7f, 0xa0)] if chr(c) not in "\t\n\r"]

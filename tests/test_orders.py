@@ -7,7 +7,7 @@ import asyncio
 from decimal import Decimal
 
 from tests.conftest import assert_error, create_sale
-from tests.test_orders_support import (
+from tests.orders_support import (
     add_to_cart,
     admin_move,
     place,
@@ -184,7 +184,7 @@ async def test_restock_waits_for_the_reconciler_to_count_the_sale(api, pool) -> 
     been counted sold; until then the restock is a pending task, retried."""
     from datetime import UTC, datetime, timedelta
 
-    from tests.test_orders_support import services_of
+    from tests.orders_support import services_of
 
     ends = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
     sale = await create_sale(api, quantity=1, ends_at=ends)

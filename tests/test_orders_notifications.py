@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from orders.outbox import Dispatcher, LogFileSink, Notification, WebhookSink
 from tests.conftest import TEST_DATABASE_URL
-from tests.test_orders_support import add_to_cart, admin_move, place, product, shopper
+from tests.orders_support import add_to_cart, admin_move, place, product, shopper
 
 
 async def two_orders_shipped(api) -> list[int]:

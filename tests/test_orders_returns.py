@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from tests.conftest import assert_error
-from tests.test_orders_support import add_to_cart, admin_move, place, product, shopper, stock
+from tests.orders_support import add_to_cart, admin_move, place, product, shopper, stock
 
 
 async def delivered_order(api, buyer: dict, *, pm: str = "card") -> tuple[dict, int, int]:

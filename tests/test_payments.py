@@ -134,7 +134,7 @@ async def test_injected_latency_and_failures(pool) -> None:
 
 
 async def test_card_numbers_are_never_stored(api, pool) -> None:
-    from tests.test_orders_support import CARD_OK, add_to_cart, place, product, shopper
+    from tests.orders_support import CARD_OK, add_to_cart, place, product, shopper
 
     buyer = await shopper(api)
     await add_to_cart(api, buyer, await product(api, price="5.00"))
