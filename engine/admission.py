@@ -30,10 +30,9 @@ from engine.errors import (
     ValidationFailed,
 )
 from engine.keys import sale_keys, sale_of_reservation
+from engine.records import ReservationRecord
 from engine.refusals import SaleRefusals, channel_of
 from engine.scripts import SCRIPTS, Scripts
-
-STATES = {b"h": "held", b"c": "confirmed", b"r": "released", b"e": "expired"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,13 +218,13 @@ class Admission:
         raw = await self.redis.hget(sale_keys(sale_id).res, reservation_id)
         if raw is None:
             return None
-        user, qty, state, expires, order = raw.split(b":", 4)
-        status = STATES[state]
-        if status == "held" and int(expires) <= time.time() * 1000:
+        record = ReservationRecord.parse(raw)
+        status = record.state
+        if status == "held" and record.expires_ms <= time.time() * 1000:
             status = "expired"
-        return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=int(qty),
-                    status=status, expires_ms=int(expires), user_id=int(user),
-                    order_id=int(order) if order else None)
+        return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=record.quantity,
+                    status=status, expires_ms=record.expires_ms, user_id=record.user_id,
+                    order_id=record.order_id)
 
     @staticmethod
     def _sale_of(reservation_id: str) -> int:

@@ -1,5 +1,8 @@
 """Lua scripts: read from the installed ``lua`` package once, called by SHA.
 
+Each script is sent with ``lua/prelude.lua`` in front (the Redis clock in milliseconds,
+the reservation record's parse and format), the way Redis lets scripts share code.
+
 ``Script.__call__`` runs EVALSHA and, when Redis answers NOSCRIPT (a restart or a
 ``SCRIPT FLUSH``), loads the source again and retries once. engine/batching.py does the
 same for calls sent in batches.
@@ -45,6 +48,16 @@ def _read(name: str) -> str:
     return resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
+# Shared helpers (the Redis clock, the reservation record), sent in front of each script:
+# Redis runs every script alone, so this is how scripts share code.
+PRELUDE = _read("prelude")
+
+
+def script(name: str) -> Script:
+    """``lua/<name>.lua`` with the prelude in front."""
+    return Script(name, PRELUDE + _read(name))
+
+
 class Scripts:
     """Every script of ``lua/``, loaded once per process."""
 
@@ -53,7 +66,7 @@ class Scripts:
 
     def __init__(self) -> None:
         for name in self.NAMES:
-            setattr(self, name, Script(name, _read(name)))
+            setattr(self, name, script(name))
 
     reserve: Script
     release: Script

@@ -12,7 +12,7 @@ local rec = redis.call("HGET", KEYS[3], rid)
 if not rec then
   return {"not_found"}
 end
-local u, q, s, x, o = string.match(rec, "^([^:]*):([^:]*):([^:]*):([^:]*):(.*)$")
+local u, q, s, x, o = parse_record(rec)
 if u ~= ARGV[2] then
   return {"not_found"}
 end
@@ -28,8 +28,7 @@ end
 if s == "e" then
   return {"expired"}
 end
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if tonumber(x) <= now then
   return {"expired"}
 end
@@ -38,7 +37,7 @@ local qty = tonumber(q)
 redis.call("ZREM", KEYS[2], rid)
 redis.call("HINCRBY", KEYS[1], "held", -qty)
 redis.call("HINCRBY", KEYS[1], "confirmed", qty)
-redis.call("HSET", KEYS[3], rid, u .. ":" .. q .. ":c:" .. x .. ":" .. ARGV[3])
+redis.call("HSET", KEYS[3], rid, format_record(u, q, "c", x, ARGV[3]))
 redis.call("XADD", KEYS[4], "*", "t", "confirmed", "r", rid, "u", u, "q", qty, "x", x,
   "ts", now, "o", ARGV[3])
 return {"ok", qty, tonumber(x)}

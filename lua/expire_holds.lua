@@ -8,8 +8,7 @@
 -- Returns {holds_expired, units_returned, holds_still_due}. Idempotent: a hold is expired
 -- once; a second call finds nothing due.
 
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local limit = tonumber(ARGV[1])
 local due = redis.call("ZRANGEBYSCORE", KEYS[4], "-inf", now, "LIMIT", 0, limit)
 local holds, units = 0, 0
@@ -17,13 +16,13 @@ for _, rid in ipairs(due) do
   local rec = redis.call("HGET", KEYS[5], rid)
   redis.call("ZREM", KEYS[4], rid)
   if rec then
-    local u, q, s, x, o = string.match(rec, "^([^:]*):([^:]*):([^:]*):([^:]*):(.*)$")
+    local u, q, s, x, o = parse_record(rec)
     if s == "h" then
       local qty = tonumber(q)
       redis.call("INCRBY", KEYS[2], qty)
       redis.call("HINCRBY", KEYS[3], u, -qty)
       redis.call("HINCRBY", KEYS[1], "held", -qty)
-      redis.call("HSET", KEYS[5], rid, u .. ":" .. q .. ":e:" .. x .. ":" .. o)
+      redis.call("HSET", KEYS[5], rid, format_record(u, q, "e", x, o))
       redis.call("XADD", KEYS[6], "*", "t", "expired", "r", rid, "u", u, "q", qty, "x", x,
         "ts", now)
       holds = holds + 1

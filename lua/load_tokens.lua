@@ -19,8 +19,7 @@ if redis.call("EXISTS", KEYS[1]) == 1 then
   end
   return {"exists", tonumber(redis.call("GET", KEYS[2]) or "0")}
 end
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call("HSET", KEYS[1], "product_id", ARGV[1], "price", ARGV[2], "starts_ms", ARGV[3],
   "ends_ms", ARGV[4], "per_user_limit", ARGV[5], "hold_ms", ARGV[6], "initial", ARGV[8],
   "held", ARGV[9], "confirmed", ARGV[10], "state", "ready", "loaded_ms", now,

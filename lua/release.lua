@@ -19,7 +19,7 @@ local rec = redis.call("HGET", KEYS[5], rid)
 if not rec then
   return {"not_found"}
 end
-local u, q, s, x, o = string.match(rec, "^([^:]*):([^:]*):([^:]*):([^:]*):(.*)$")
+local u, q, s, x, o = parse_record(rec)
 if ARGV[2] ~= "" and ARGV[2] ~= u then
   return {"not_found"}
 end
@@ -34,8 +34,7 @@ if s == "c" and ARGV[3] ~= "1" then
   return {"invalid", "confirmed"}
 end
 
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call("INCRBY", KEYS[2], qty)
 redis.call("HINCRBY", KEYS[3], u, -qty)
 if ARGV[5] and ARGV[5] ~= "" then
@@ -47,7 +46,7 @@ if s == "h" then
 else
   redis.call("HINCRBY", KEYS[1], "confirmed", -qty)
 end
-redis.call("HSET", KEYS[5], rid, u .. ":" .. q .. ":r:" .. x .. ":" .. o)
+redis.call("HSET", KEYS[5], rid, format_record(u, q, "r", x, o))
 redis.call("XADD", KEYS[6], "*", "t", "released", "r", rid, "u", u, "q", qty, "x", x,
   "ts", now, "f", s, "why", ARGV[4], "o", o)
 return {"ok", "released", qty, tonumber(x)}

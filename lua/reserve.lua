@@ -6,8 +6,7 @@
 -- KEYS[3] buyers  hash: user_id -> units the user holds or bought in this sale
 -- KEYS[4] idem    hash: "<user_id>:<idempotency key>" -> reservation id
 -- KEYS[5] holds   zset: reservation id -> expiry (ms)
--- KEYS[6] res     hash: reservation id -> "user:qty:state:expires_ms:order_id"
---                 (state h=held c=confirmed r=released e=expired)
+-- KEYS[6] res     hash: reservation id -> its record (format in prelude.lua)
 -- KEYS[7] seq     string: the number of the last reservation id issued (see below)
 -- KEYS[8] events  stream: one entry per state change, read by the reconciler
 -- KEYS[9] rl      hash: rate-limit buckets "u:<user>" / "a:<address>" -> "millitokens:ms"
@@ -32,8 +31,7 @@ local qty = tonumber(ARGV[3])
 local idem_field = user .. ":" .. ARGV[4]
 local rate = tonumber(ARGV[5])
 
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now, now_us = clock()
 
 local meta = redis.call("HMGET", KEYS[1], "state", "starts_ms", "ends_ms", "per_user_limit",
   "hold_ms")
@@ -74,7 +72,7 @@ end
 local previous = redis.call("HGET", KEYS[4], idem_field)
 if previous then
   local rec = redis.call("HGET", KEYS[6], previous)
-  local u, q, s, x = string.match(rec, "^([^:]*):([^:]*):([^:]*):([^:]*)")
+  local _, q, s, x = parse_record(rec)
   if tonumber(q) ~= qty then
     return {"idem_reused"}
   end
@@ -114,14 +112,13 @@ redis.call("HINCRBY", KEYS[3], user, qty)
 redis.call("HINCRBY", KEYS[1], "held", qty)
 -- Reservation ids are "<sale_id>-<n>", n = max(last n + 1, Redis clock in microseconds):
 -- never reissued even when Redis forgets its last writes (engine/keys.py says why).
-local n = math.max(tonumber(redis.call("GET", KEYS[7]) or "0") + 1,
-  tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local n = math.max(tonumber(redis.call("GET", KEYS[7]) or "0") + 1, now_us)
 n = string.format("%d", n)
 redis.call("SET", KEYS[7], n)
 local rid = sale_id .. "-" .. n
 local expires = now + tonumber(meta[5])
 redis.call("ZADD", KEYS[5], expires, rid)
-redis.call("HSET", KEYS[6], rid, user .. ":" .. qty .. ":h:" .. expires .. ":")
+redis.call("HSET", KEYS[6], rid, format_record(user, qty, "h", expires, ""))
 redis.call("HSET", KEYS[4], idem_field, rid)
 redis.call("XADD", KEYS[8], "*", "t", "reserved", "r", rid, "u", user, "q", qty,
   "x", expires, "ts", now, "k", ARGV[4])

@@ -16,9 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.admission import STATES
 from engine.errors import NotFound
 from engine.keys import ACTIVE_SALES, sale_keys
+from engine.records import ReservationRecord
 from engine.sales import Sales
 from reconciler.lag import stream_lag
 from reconciler.report import parked, postgres_books
@@ -59,11 +59,11 @@ async def _records(sales: Sales, sale_id: int
     per_buyer: Counter = Counter()
     records: dict[str, Record] = {}
     async for rid, raw in sales.redis.hscan_iter(sale_keys(sale_id).res, count=1000):
-        user, qty, state, _expires, _order = raw.split(b":", 4)
-        units[STATES[state]] += int(qty)
-        if state in (b"h", b"c"):
-            per_buyer[int(user)] += int(qty)
-        records[rid.decode()] = (int(user), int(qty), STATES[state])
+        record = ReservationRecord.parse(raw)
+        units[record.state] += record.quantity
+        if record.state in ("held", "confirmed"):
+            per_buyer[record.user_id] += record.quantity
+        records[rid.decode()] = (record.user_id, record.quantity, record.state)
     return units, per_buyer, records
 
 
@@ -109,8 +109,8 @@ async def _settle(sales: Sales, sale_id: int, redis: dict[str, Record],
     raws = await sales.redis.hmget(sale_keys(sale_id).res, suspects)
     for rid, raw in zip(suspects, raws, strict=True):
         if raw is not None:
-            user, qty, state, _expires, _order = raw.split(b":", 4)
-            redis[rid] = (int(user), int(qty), STATES[state])
+            record = ReservationRecord.parse(raw)
+            redis[rid] = (record.user_id, record.quantity, record.state)
 
 
 def _report_parked(report: SaleAudit, conflicts: int, dead_letters: int) -> None:

@@ -20,12 +20,11 @@ from typing import Any
 
 from engine.errors import Conflict
 from engine.keys import ACTIVE_SALES, reservation_number, sale_keys
+from engine.records import ReservationRecord
 from engine.sales import Sales, identity, room_of, to_ms
 from engine.scripts import SCRIPTS
 from engine.waiting_room import configure
 from reconciler.lag import stream_lag
-
-_LETTER = {"held": "h", "confirmed": "c", "released": "r", "expired": "e"}
 
 
 async def _stop_and_drain(sales: Sales, sale_id: int, wait_seconds: float) -> dict[str, Any]:
@@ -80,9 +79,9 @@ async def recover_sale(sales: Sales, sale_id: int, *, force: bool = False,
             pipe.delete(keys.meta)  # load_tokens.lua writes it again, last
         for r in rows:
             expires = to_ms(r["expires_at"])
-            pipe.hset(keys.res, r["reservation_id"],
-                      f"{r['user_id']}:{r['quantity']}:{_LETTER[r['status']]}:{expires}:"
-                      f"{r['order_id'] or ''}")
+            pipe.hset(keys.res, r["reservation_id"], ReservationRecord(
+                user_id=r["user_id"], quantity=r["quantity"], state=r["status"],
+                expires_ms=expires, order_id=r["order_id"]).format())
             if r["status"] == "held":
                 pipe.zadd(keys.holds, {r["reservation_id"]: expires})
             if r["status"] in ("held", "confirmed"):
