@@ -23,255 +23,22 @@ import gc
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections import Counter
-from decimal import Decimal
 from typing import NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import uvloop
 
-from accounts.tokens import TokenSigner
+from benchmarks.checkout_seed import DATABASE, SECRET, bench_settings, reset, seed
 from benchmarks.common import latency_summary, percentile, table, write_results
-from engine.admission import Admission
-from engine.codec import encode
-from engine.connections import create_pool, create_redis, with_database
-from engine.keys import cart_key
-from engine.migrate import migrate
-from engine.sales import Sales
+from benchmarks.machine import Autovacuum, CpuWatch, cpu_seconds
+from cli.stack import free_port
 from engine.settings import Settings
-from orders.cart import CART_TTL_SECONDS, CartLine
 
-DATABASE = "flashsale_bench_orders"
-REDIS_DB = 11
-SECRET = "checkout-benchmark-secret-0123456789abcdef01"
-PRODUCTS = 20_000  # a catalog big enough that plans look like production's
 MODES = {"quick": {"seconds": 20.0, "warmup": 3.0}, "full": {"seconds": 120.0, "warmup": 10.0}}
-
-
-def bench_settings() -> Settings:
-    base = Settings.from_env()
-    parts = urlsplit(base.redis_url)
-    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_DB}", "", ""))
-    return Settings.from_env(database_url=with_database(base.database_url, DATABASE),
-                             redis_url=redis_url, secret=SECRET, rate_limit=0, db_pool_max=20)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuWatch:
-    """Once a second: how busy the machine was, and how much of that was this benchmark
-    (load generator, gateway, the Postgres backends of its database). On a shared machine
-    the rest ("others") explains a stall that is not the system's doing."""
-
-    def __init__(self, gateway_pid: int) -> None:
-        self.gateway_pid = gateway_pid
-        self.samples: list[dict] = []
-        self._task: asyncio.Task | None = None
-
-    @staticmethod
-    def _machine() -> tuple[int, int]:
-        values = list(map(int, open("/proc/stat").readline().split()[1:]))
-        return sum(values) - values[3] - values[4], sum(values)  # busy, total (jiffies)
-
-    def _ours(self) -> dict[int, float]:
-        """CPU seconds so far of each process of this benchmark."""
-        mine = {os.getpid(): cpu_seconds(os.getpid()),
-                self.gateway_pid: cpu_seconds(self.gateway_pid)}
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    if DATABASE in open(f"/proc/{pid}/cmdline").read():
-                        mine[int(pid)] = cpu_seconds(int(pid))
-                except OSError:
-                    continue
-        return mine
-
-    async def _run(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
-        busy, total, ours = *self._machine(), self._ours()
-        while True:
-            await asyncio.sleep(1.0)
-            busy2, total2, ours2 = *self._machine(), self._ours()
-            span = (total2 - total) / tick  # CPU-seconds available in the interval
-            used = (busy2 - busy) / tick
-            mine = sum(t - ours.get(pid, 0.0) for pid, t in ours2.items())  # new pids: all
-            self.samples.append({"busy_pct": round(min(100.0, 100 * used / span), 1),
-                                 "others_pct": round(min(100.0, 100 * max(0.0, used - mine)
-                                                         / span), 1)})
-            busy, total, ours = busy2, total2, ours2
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
-class Autovacuum:
-    """Autovacuum's policy, applied to the benchmark's database every minute: VACUUM a
-    table once dead rows pass 50 + 20% of its rows, ANALYZE it once changes pass 50 + 10%,
-    throttled by the same cost delay. The shared development server runs with autovacuum
-    off; without this, dead rows and plans made on empty tables pile up over a long run."""
-
-    VACUUM_BASE, VACUUM_SCALE, ANALYZE_BASE, ANALYZE_SCALE = 50, 0.2, 50, 0.1
-
-    def __init__(self, settings: Settings, *, every: float = 60.0) -> None:
-        self.url = settings.database_url
-        self.every = every  # autovacuum_naptime's default
-        self.vacuums = self.analyzes = 0
-        self._task: asyncio.Task | None = None
-
-    async def once(self, *, analyze_all: bool = False, pause: float = 0.0) -> None:
-        conn = await asyncpg.connect(self.url)
-        try:
-            await conn.execute("SET vacuum_cost_delay = '2ms'; SET vacuum_cost_limit = 200")
-            if analyze_all:
-                await conn.execute("ANALYZE")
-                self.analyzes += 1
-            rows = await conn.fetch(
-                "SELECT relname, n_live_tup, n_dead_tup, n_mod_since_analyze"
-                " FROM pg_stat_user_tables")
-            for r in rows:
-                table = '"' + r["relname"].replace('"', '""') + '"'
-                if r["n_dead_tup"] > self.VACUUM_BASE + self.VACUUM_SCALE * r["n_live_tup"]:
-                    await conn.execute(f"VACUUM (ANALYZE) {table}")
-                    self.vacuums += 1
-                    self.analyzes += 1
-                elif (r["n_mod_since_analyze"]
-                      > self.ANALYZE_BASE + self.ANALYZE_SCALE * r["n_live_tup"]):
-                    await conn.execute(f"ANALYZE {table}")
-                    self.analyzes += 1
-                else:
-                    continue
-                await asyncio.sleep(pause)  # one table at a time, as one worker would
-        finally:
-            await conn.close()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            await self.once(pause=1.0)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# -- seeding -----------------------------------------------------------------------------
-async def reset(settings: Settings) -> None:
-    admin = await asyncpg.connect(with_database(settings.database_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    await migrate(settings.database_url)
-    redis = create_redis(settings)
-    await redis.flushdb()
-    await redis.aclose()
-
-
-async def seed(settings: Settings, buyers: int, rng: random.Random) -> list[dict]:
-    """Every buyer's checkout request, ready to send."""
-    pool = await create_pool(settings, min_size=1, max_size=4)
-    redis = create_redis(settings)
-    signer = TokenSigner(secret=SECRET, ttl_seconds=24 * 3600)
-    try:
-        prices = [Decimal(rng.randrange(199, 9999)) / 100 for _ in range(PRODUCTS)]
-        await pool.copy_records_to_table(
-            "products", columns=["name", "price"],
-            records=[(f"Product {n}", p) for n, p in enumerate(prices)])
-        product_ids = [r[0] for r in await pool.fetch(
-            "SELECT product_id FROM products ORDER BY product_id")]
-        await pool.execute("INSERT INTO inventory (product_id, available_qty)"
-                           " SELECT product_id, 1000000 FROM products")
-        await pool.execute("INSERT INTO coupons (code, percent_off) VALUES ('BENCH10', 10)")
-        await pool.copy_records_to_table(
-            "users", columns=["email", "name", "password_hash", "wallet_balance"],
-            records=[(f"buyer{n}@bench.example", f"Buyer {n}", "x", Decimal("100000.00"))
-                     for n in range(buyers)])
-        users = [r[0] for r in await pool.fetch("SELECT user_id FROM users ORDER BY user_id")]
-        await pool.copy_records_to_table(
-            "addresses", columns=["user_id", "line1", "city", "postal_code", "country"],
-            records=[(u, "1 Bench Way", "Loadtown", "00000", "US") for u in users])
-        await pool.copy_records_to_table(
-            "payment_methods", columns=["user_id", "type", "brand", "last4", "exp_month",
-                                        "exp_year", "provider_token"],
-            records=[rec for u in users for rec in (
-                (u, "card", "visa", "4242", 12, 2099, f"tok_sim_approved_bench{u}"),
-                (u, "wallet", None, None, None, None, None))])
-        address = dict(await pool.fetch("SELECT user_id, address_id FROM addresses"))
-        methods = {(r["user_id"], r["type"]): r["payment_method_id"] for r in await pool.fetch(
-            "SELECT user_id, type, payment_method_id FROM payment_methods")}
-
-        kinds = [rng.choices(("card", "wallet", "flash"), weights=(70, 20, 10))[0]
-                 for _ in users]
-        flash_users = [u for u, k in zip(users, kinds, strict=True) if k == "flash"]
-        holds = await _flash_holds(pool, redis, product_ids[0], flash_users)
-
-        requests = []
-        pipe = redis.pipeline(transaction=False)
-        now_ms = int(time.time() * 1000)
-        for user, kind in zip(users, kinds, strict=True):
-            body = {"idempotency_key": f"bench-{user}", "shipping_address_id": address[user],
-                    "payment_method_id": methods[(user, "wallet" if kind == "wallet"
-                                                  else "card")]}
-            if kind == "flash":
-                body["reservation_id"] = holds[user]
-            else:
-                lines = rng.sample(range(1, PRODUCTS), rng.randint(1, 3))
-                for n in lines:
-                    line = CartLine(q=rng.randint(1, 3), p=prices[n], n=f"Product {n}",
-                                    at=now_ms)
-                    pipe.hset(cart_key(user), str(product_ids[n]), encode(line))
-                pipe.expire(cart_key(user), CART_TTL_SECONDS)
-                if rng.random() < 0.1:
-                    body["coupon_code"] = "BENCH10"
-            requests.append({"kind": kind, "body": body, "headers": {
-                "Authorization": f"Bearer {signer.issue(user, 'customer')}"}})
-        await pipe.execute()
-        await pool.execute("ANALYZE")  # planner statistics, as a live database has them
-        return requests
-    finally:
-        await redis.aclose()
-        await pool.close()
-
-
-async def _flash_holds(pool: asyncpg.Pool, redis, product_id: int,
-                       users: list[int]) -> dict[int, str]:
-    if not users:
-        return {}
-    sales = Sales(pool=pool, redis=redis)
-    sale = await sales.create(product_id=product_id, quantity=len(users), price=Decimal("9.99"),
-                              per_user_limit=1, hold_seconds=3600)
-    admission = Admission(redis)
-    holds = await asyncio.gather(*(admission.reserve(sale["sale_id"], u, 1, f"h{u}")
-                                   for u in users))
-    await admission.close()
-    return {u: h.reservation_id for u, h in zip(users, holds, strict=True)}
 
 
 # -- the gateway -------------------------------------------------------------------------
@@ -423,7 +190,7 @@ async def run(mode: str, rate: float, seconds: float | None, seed_value: int,
         warm += await drive(url, requests[warm_n:warm_n + settle_n], rate)
         upkeep.start()
         cpu_before = cpu_seconds(proc.pid)
-        watch = CpuWatch(proc.pid)
+        watch = CpuWatch(proc.pid, DATABASE)
         watch.start()
         results = await drive(url, requests[warm_n + settle_n:], rate)
         await watch.stop()

@@ -39,6 +39,7 @@ from benchmarks.common import (
     table,
     write_results,
 )
+from benchmarks.machine import cpu_seconds as process_cpu_seconds
 from cli.stack import free_port
 from engine.connections import create_redis
 from engine.keys import sale_keys
@@ -52,25 +53,17 @@ SALE = 1
 # nothing there: a worker that admitted a buyer lets that buyer's attempts reach the script.
 SOLD_OUT_SALE = 2
 ROUNDS = 3
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time of a process and its children still alive (workers), from /proc."""
-    total = 0.0
     pids = [pid]
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         pids += [int(c) for c in children]
     except OSError:
         pass
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+    return sum(process_cpu_seconds(p) for p in pids)
 
 
 class Server:
