@@ -21,8 +21,7 @@ local meta = redis.call("HMGET", KEYS[1], "state", "starts_ms", "ends_ms")
 if not meta[1] then
   return {"no_sale"}
 end
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local state, starts, ends = meta[1], tonumber(meta[2]), tonumber(meta[3])
 
 local status
