@@ -30,7 +30,7 @@ from engine.errors import (
     ValidationFailed,
 )
 from engine.keys import sale_keys, sale_of_reservation
-from engine.records import ReservationRecord
+from engine.records import ReservationRecord, State
 from engine.refusals import SaleRefusals, channel_of
 from engine.scripts import SCRIPTS, Scripts
 
@@ -40,7 +40,7 @@ class Hold:
     reservation_id: str
     sale_id: int
     quantity: int
-    status: str
+    status: State
     expires_ms: int
     user_id: int | None = None
     order_id: int | None = None

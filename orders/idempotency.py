@@ -182,11 +182,11 @@ class IdempotencyStore:
         if not await conn.fetchval(f"WITH {self.advance_cte(record, step, arg, sets)}"
                                    " SELECT count(*) FROM c", *arg.values):
             raise LeaseLost()
-        record.step = step
+        self.committed_step(record, step)
 
     def advance_cte(self, record: Record, step: Step, arg: Params, sets: str = "") -> str:
         """``advance`` as a CTE named ``c``, for a statement whose other parts must happen
-        only if it does (``... FROM c``); call ``advanced`` once it committed."""
+        only if it does (``... FROM c``); call ``committed_step`` once it committed."""
         return (f"c AS (UPDATE checkouts SET step = {arg(step.value)}, lease_until = now()"
                 f" + make_interval(secs => {arg(self.lease_seconds)}), updated_at = now()"
                 f"{sets} WHERE checkout_id = {arg(record.checkout_id)}"
@@ -194,13 +194,14 @@ class IdempotencyStore:
                 " AND state = 'running' RETURNING checkout_id)")
 
     @staticmethod
-    def advanced(record: Record, step: Step) -> None:
+    def committed_step(record: Record, step: Step) -> None:
+        """The record follows a statement with ``advance_cte`` that committed."""
         record.step = step
 
     @staticmethod
     def finish_cte(record: Record, arg: Params, *, status: int, body: bytes,
                    cart_pending: bool) -> str:
-        """``finish`` as a CTE named ``c``; call ``finished`` once it committed."""
+        """``finish`` as a CTE named ``c``; call ``committed_finish`` once it committed."""
         state = "completed" if status < 400 else "failed"
         return (f"c AS (UPDATE checkouts SET state = {arg(state)}, step = 'done',"
                 f" response_status = {arg(status)}, response_body = {arg(body.decode())},"
@@ -211,7 +212,8 @@ class IdempotencyStore:
                 " AND state = 'running' RETURNING checkout_id)")
 
     @staticmethod
-    def finished(record: Record, status: int, body: bytes) -> None:
+    def committed_finish(record: Record, status: int, body: bytes) -> None:
+        """The record follows a statement with ``finish_cte`` that committed."""
         record.step = Step.DONE
         record.response = Stored(status, body)
 
@@ -222,7 +224,7 @@ class IdempotencyStore:
         cte = self.finish_cte(record, arg, status=status, body=body, cart_pending=cart_pending)
         if not await conn.fetchval(f"WITH {cte} SELECT count(*) FROM c", *arg.values):
             raise LeaseLost()
-        self.finished(record, status, body)
+        self.committed_finish(record, status, body)
 
     async def drop(self, conn: asyncpg.Connection, record: Record) -> None:
         """Forget a checkout recorded as ``started``: nothing was done for it (claims

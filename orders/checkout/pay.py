@@ -93,7 +93,7 @@ async def capture_and_settle(svc: Services, saga: Saga) -> None:
             " SELECT count(*) FROM c", *arg.values)
     if not settled:
         raise LeaseLost()
-    svc.store.finished(record, 201, body)
+    svc.store.committed_finish(record, 201, body)
     metrics.ORDERS.labels("paid").inc()
 
 
@@ -137,7 +137,7 @@ async def _write_order(svc: Services, conn: asyncpg.Connection, saga: Saga) -> O
         " WHERE EXISTS (SELECT 1 FROM o) RETURNING order_item_id, product_id", *arg.values)
     if not written:
         raise LeaseLost()
-    svc.store.advanced(record, Step.ORDERED)
+    svc.store.committed_step(record, Step.ORDERED)
     item_of = {r["product_id"]: r["order_item_id"] for r in written}
     items = sorted((OrderItemView(order_item_id=item_of[ln.product_id],
                                   product_id=ln.product_id, name=ln.name,
