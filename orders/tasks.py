@@ -23,18 +23,21 @@ import asyncpg
 
 from engine.admission import Admission
 from engine.errors import FlashsaleError, NotFound, as_unavailable
+from engine.sql import Params
 from orders import inventory, outbox
 from orders.payments import Payments
 
 log = logging.getLogger("flashsale.orders")
 
-_CLAIM = (
-    "UPDATE order_tasks SET locked_until = now() + interval '60 seconds',"
-    " attempts = attempts + 1 WHERE task_id IN ("
-    " SELECT task_id FROM order_tasks WHERE state = 'pending' AND next_attempt_at <= now()"
-    " AND (locked_until IS NULL OR locked_until < now()) {extra}"
-    " ORDER BY task_id LIMIT {limit} FOR UPDATE SKIP LOCKED)"
-    " RETURNING task_id, order_id, kind, payload, attempts")
+def _claim(arg: Params, *, limit: int, order_id: int | None = None) -> str:
+    """Lock up to ``limit`` due tasks (of one order, or of all) for 60 seconds."""
+    of_order = f" AND order_id = {arg(order_id)}" if order_id is not None else ""
+    return ("UPDATE order_tasks SET locked_until = now() + interval '60 seconds',"
+            " attempts = attempts + 1 WHERE task_id IN ("
+            " SELECT task_id FROM order_tasks WHERE state = 'pending'"
+            " AND next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())"
+            f"{of_order} ORDER BY task_id LIMIT {arg(limit)} FOR UPDATE SKIP LOCKED)"
+            " RETURNING task_id, order_id, kind, payload, attempts")
 
 
 async def add(conn: asyncpg.Connection, order_id: int, kind: str, payload: dict[str, Any]) -> None:
@@ -80,14 +83,16 @@ class OrderTasks:
         self._admission = admission
 
     async def run_for_order(self, order_id: int) -> TaskReport:
-        return await self._run(_CLAIM.format(extra="AND order_id = $1", limit=100), order_id)
+        arg = Params()
+        return await self._run(_claim(arg, limit=100, order_id=order_id), arg)
 
     async def run_due(self, limit: int = 100) -> TaskReport:
-        return await self._run(_CLAIM.format(extra="", limit=int(limit)))
+        arg = Params()
+        return await self._run(_claim(arg, limit=limit), arg)
 
-    async def _run(self, claim: str, *args: Any) -> TaskReport:
+    async def _run(self, claim: str, arg: Params) -> TaskReport:
         report = TaskReport()
-        for task in await self._pool.fetch(claim, *args):
+        for task in await self._pool.fetch(claim, *arg.values):
             try:
                 if task["kind"] == "refund":
                     await self._refund(task)
