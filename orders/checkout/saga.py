@@ -49,11 +49,13 @@ from orders.txn import retrying
 
 log = logging.getLogger("flashsale.checkout")
 
-# recorded step -> the step that runs next (each records the step after it)
+# recorded step -> the step that runs next (each records the step after it), and what
+# undoes it when a later business failure sends the checkout to compensation
 NEXT: dict[Step, Callable[[Services, Saga], Awaitable[None]]] = {
-    Step.RESERVED: pay.authorize_and_order,
-    Step.ORDERED: pay.capture_and_settle,
-    Step.COMPENSATING: compensate.unwind,
+    # (reserve, in the claim: undone by stock put back, coupon released, payment voided)
+    Step.RESERVED: pay.authorize_and_order,  # undone by: void, hold released, order cancelled
+    Step.ORDERED: pay.capture_and_settle,  # undone by: refund, order cancelled
+    Step.COMPENSATING: compensate.unwind,  # the undoing itself: retried, never compensated
 }
 
 
