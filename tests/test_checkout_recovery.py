@@ -57,6 +57,14 @@ async def interrupted(svc, user: dict, body: dict, point: str) -> None:
         svc.checkout.fault = None
 
 
+async def hold_one(api, buyer: dict, sale: dict) -> dict:
+    """The buyer's hold of one unit of the sale."""
+    _, hold = await api.call("POST", f"/api/v1/sales/{sale['sale_id']}/reservations",
+                             headers=buyer["headers"], expect=201,
+                             json={"quantity": 1, "idempotency_key": "h"})
+    return hold
+
+
 async def lapse_leases(pool: asyncpg.Pool) -> None:
     """Time passes: the dead executor's lease runs out."""
     await pool.execute("UPDATE checkouts SET lease_until = now() - interval '1 second'"
@@ -67,9 +75,7 @@ async def test_killed_after_authorization_recovery_completes_the_flash_order(
         api, svc, pool) -> None:
     sale = await create_sale(api, quantity=3)
     buyer = await shopper(api, wallet="30.00")
-    _, hold = await api.call("POST", f"/api/v1/sales/{sale['sale_id']}/reservations",
-                             headers=buyer["headers"], expect=201,
-                             json={"quantity": 1, "idempotency_key": "h"})
+    hold = await hold_one(api, buyer, sale)
     body = order_body(buyer, pm="wallet", reservation_id=hold["reservation_id"])
     await interrupted(svc, buyer, body, "after_authorize")
     # the sale's 9.99 + 8% tax 0.80 + shipping 5.00 = 15.79 held of the 30.00
@@ -113,9 +119,7 @@ async def test_a_hold_that_expired_while_the_saga_was_dead_is_compensated(
         api, svc, pool) -> None:
     sale = await create_sale(api, quantity=1, hold_seconds=1)
     buyer = await shopper(api, wallet="30.00")
-    _, hold = await api.call("POST", f"/api/v1/sales/{sale['sale_id']}/reservations",
-                             headers=buyer["headers"], expect=201,
-                             json={"quantity": 1, "idempotency_key": "h"})
+    hold = await hold_one(api, buyer, sale)
     body = order_body(buyer, pm="wallet", reservation_id=hold["reservation_id"])
     await interrupted(svc, buyer, body, "after_authorize")
     await asyncio.sleep(1.1)
@@ -273,9 +277,7 @@ async def test_a_process_killed_after_authorization_is_completed_after_restart(
         api, svc, pool) -> None:
     sale = await create_sale(api, quantity=2)
     buyer = await shopper(api)
-    _, hold = await api.call("POST", f"/api/v1/sales/{sale['sale_id']}/reservations",
-                             headers=buyer["headers"], expect=201,
-                             json={"quantity": 1, "idempotency_key": "h"})
+    hold = await hold_one(api, buyer, sale)
     body = order_body(buyer, reservation_id=hold["reservation_id"])
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _KILLED_CHECKOUT, str(buyer["user_id"]), json.dumps(body),
