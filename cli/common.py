@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from engine.codec import error_document
 from engine.settings import Settings
 
 _json_errors = False  # set by --json: errors go to stderr as the API's error object
@@ -27,8 +28,8 @@ class CommandError(click.ClickException):
     def show(self, file=None) -> None:
         out = file or sys.stderr
         if _json_errors:
-            click.echo(json.dumps({"error": {"code": self.code, "message": self.message,
-                                             "details": self.details}}), file=out)
+            click.echo(json.dumps(error_document(self.code, self.message, self.details)),
+                       file=out)
         else:
             click.echo(f"Error: {self.message}", file=out)
 
