@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.batching import ScriptBatcher
+from engine.codec import text
 from engine.scripts import Script
 
 SLOTS = 16384
@@ -164,8 +165,7 @@ class ClusterScriptBatcher:
                     await client.aclose()
                 slots: list[Node | None] = [None] * SLOTS
                 for start, end, master, *_replicas in ranges:
-                    host_name = master[0].decode() if isinstance(master[0], bytes) else master[0]
-                    slots[start:end + 1] = [(host_name, int(master[1]))] * (end - start + 1)
+                    slots[start:end + 1] = [(text(master[0]), int(master[1]))] * (end - start + 1)
                 self._slots = slots
                 self._seeds = list(dict.fromkeys([*self._seeds, *(n for n in slots if n)]))
                 return
