@@ -10,7 +10,9 @@ import time
 
 from aiohttp import web
 
+from engine.codec import error_document
 from engine.connections import close_pool, create_pool, create_redis
+from engine.errors import Unavailable
 from engine.metrics import DEPENDENCY_UP, exposition
 from engine.settings import Settings
 from reconciler.consumer import Consumer
@@ -54,8 +56,8 @@ def _status_app(consumer: Consumer) -> web.Application:
         if consumer.redis_ok and consumer.postgres_ok:
             return web.json_response({"status": "ready", "checks": checks})
         return web.json_response(
-            {"error": {"code": "unavailable", "message": "A backing service is unavailable.",
-                       "details": checks}}, status=503, headers={"Retry-After": "1"})
+            error_document(Unavailable.code, "A backing service is unavailable.", checks),
+            status=503, headers={"Retry-After": "1"})
 
     async def metrics_text(_: web.Request) -> web.Response:
         body, content_type = exposition(RECONCILER)
