@@ -21,6 +21,7 @@ from chaos.servers import PrivatePostgres
 from chaos.stack import Buyers, Ledger, Stack
 from engine.connections import create_redis
 from engine.keys import sale_keys
+from engine.records import ReservationRecord
 from engine.sales import Sales
 from engine.settings import Settings
 from reconciler.audit import audit_sale
@@ -336,7 +337,7 @@ async def _new_sale(sales: Sales) -> int:
 async def _check(outcome: Outcome, sales: Sales, sale_id: int, ledger: Ledger,
                  scenario: Scenario) -> None:
     keys = sale_keys(sale_id)
-    in_redis = {rid.decode(): int(raw.split(b":", 1)[0])
+    in_redis = {rid.decode(): ReservationRecord.parse(raw).user_id
                 for rid, raw in (await sales.redis.hgetall(keys.res)).items()}
     in_postgres = {r["reservation_id"]: r["user_id"] for r in await sales.pool.fetch(
         "SELECT reservation_id, user_id FROM sale_reservations WHERE sale_id = $1", sale_id)}

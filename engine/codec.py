@@ -32,7 +32,8 @@ def error_body(error: FlashsaleError) -> bytes:
     return encode(error_document(error.code, error.message, error.details))
 
 
-def text(value: bytes | str) -> str:
+def text(value: bytes | str, errors: str = "strict") -> str:
     """A Redis answer (stream id, name, message, state) as str, whether the client was
-    built with ``decode_responses`` or not."""
-    return value.decode() if isinstance(value, bytes) else value
+    built with ``decode_responses`` or not; ``errors`` as ``bytes.decode`` takes it
+    ("backslashreplace" keeps bytes that are no UTF-8 readable)."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else value

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
+from engine.codec import text
 from engine.events import SaleEvent
 from reconciler.apply import BatchResult, apply_batch
 
@@ -41,10 +42,8 @@ def is_permanent(exc: BaseException) -> bool:
 
 def raw_json(fields: dict) -> str:
     """A stream entry's fields as ASCII JSON: storable whatever bytes they hold."""
-    def text(value: bytes | str) -> str:
-        return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-    return json.dumps({text(k): text(v) for k, v in fields.items()}, ensure_ascii=True,
-                      sort_keys=True)
+    return json.dumps({text(k, "backslashreplace"): text(v, "backslashreplace")
+                       for k, v in fields.items()}, ensure_ascii=True, sort_keys=True)
 
 
 async def apply_isolating(conn: asyncpg.Connection, events: list[SaleEvent],
