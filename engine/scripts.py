@@ -53,9 +53,10 @@ def _read(name: str) -> str:
 PRELUDE = _read("prelude")
 
 
-def script(name: str) -> Script:
-    """``lua/<name>.lua`` with the prelude in front."""
-    return Script(name, PRELUDE + _read(name))
+def script(name: str, *shared: str) -> Script:
+    """``lua/<name>.lua`` with the prelude in front, and the ``shared`` parts of one family
+    of scripts (the waiting room's ``room_advance``) between them."""
+    return Script(name, "\n".join([PRELUDE, *(_read(part) for part in shared), _read(name)]))
 
 
 class Scripts:

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -30,7 +29,7 @@ from engine import metrics
 from engine.cluster import batcher_beside
 from engine.errors import NotFound, QueueRequired, RateLimited
 from engine.keys import room_keys, sale_keys
-from engine.scripts import Script
+from engine.scripts import Script, script
 
 TicketStatus = Literal["waiting", "admitted", "sold_out", "expired"]
 
@@ -118,14 +117,8 @@ class PassSigner:
                                 details={"reason": "expired"})
 
 
-def _script(name: str) -> Script:
-    lua = resources.files("lua")
-    prelude = lua.joinpath("room_advance.lua").read_text(encoding="utf-8")
-    return Script(name, prelude + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8"))
-
-
-JOIN = _script("join_queue")
-READ = _script("read_queue")
+JOIN = script("join_queue", "room_advance")
+READ = script("read_queue", "room_advance")
 
 
 class _Gauges:

@@ -16,7 +16,7 @@ end
 local user = ARGV[1]
 local tokens = tonumber(redis.call("GET", KEYS[8]) or "0")
 local held = tonumber(redis.call("HGET", KEYS[7], "held") or "0")
-local now = clock()
+local now = now_ms()
 
 local live = redis.call("ZSCORE", KEYS[2], user)
 if not live then

@@ -7,6 +7,6 @@
 if redis.call("EXISTS", KEYS[1]) == 0 then
   return {"no_room"}
 end
-local now = clock()
+local now = now_ms()
 local s = advance(now)
 return answer("read", ARGV[1], now, s)

@@ -1,5 +1,5 @@
--- room_advance.lua: the part every waiting-room script shares (join_queue.lua and
--- read_queue.lua are each loaded with this text in front of them).
+-- room_advance.lua: the part every waiting-room script shares (engine/scripts.py loads
+-- join_queue.lua and read_queue.lua with prelude.lua and this text in front of them).
 --
 -- KEYS[1] room     hash: rate (passes per second), pass_ms, margin (percent of the tokens
 --                  left that live unused passes may reach), aware (1 = stock-aware, 0 =
@@ -27,11 +27,6 @@
 -- Times in milliseconds, Redis clock.
 
 local MEASURE_WINDOW_MS = 2000
-
-local function clock()
-  local t = redis.call("TIME")
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 local function advance(now)
   local tokens = tonumber(redis.call("GET", KEYS[8]) or "0")
