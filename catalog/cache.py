@@ -36,6 +36,7 @@ from engine.codec import text
 from engine.connections import db_of
 from engine.errors import REDIS_DOWN, NotFound
 from engine.keys import catalog_changes_channel
+from engine.pubsub import ChannelListener
 
 log = logging.getLogger("flashsale.catalog")
 
@@ -58,8 +59,9 @@ class CatalogCache:
         self._products: dict[int, tuple[float, Product | None]] = {}
         self._loading: dict[int, asyncio.Future[Product | None]] = {}
         self._generation: int | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._stopping = False
+        # The TTLs are the fallback while the listener is away.
+        self._listener = ChannelListener(redis, self._channel, name="catalog-changes",
+                                         on_message=self._apply, on_subscribed=self._subscribed)
         self.hits = self.misses = 0
 
     # -- product page --------------------------------------------------------------------
@@ -170,43 +172,12 @@ class CatalogCache:
                 self._generation = max(self._generation or 0, int(value))
 
     async def start(self) -> None:
-        if self._listener is None:
-            self._stopping = False
-            self._listener = asyncio.create_task(self._listen(), name="catalog-changes")
+        await self._listener.start()
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._stopping = True
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await self._listener.stop()
 
-    async def _listen(self) -> None:
-        backoff = 0.1
-        # The flag as well as the cancellation: a cancel that lands while redis-py connects
-        # can come back as a connection error.
-        while not self._stopping:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                # Messages may have been missed while not subscribed: start afresh.
-                self._products.clear()
-                self._generation = None
-                backoff = 0.1
-                while not self._stopping:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._apply(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let the listener die: the TTL is the fallback
-                if self._stopping:
-                    break
-                if not isinstance(exc, (*REDIS_DOWN, ConnectionError, OSError)):
-                    log.exception("catalog change listener failed; restarting")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())
+    async def _subscribed(self) -> None:
+        """Messages may have been missed while not subscribed: start afresh."""
+        self._products.clear()
+        self._generation = None

@@ -40,8 +40,9 @@ from collections import OrderedDict
 import redis.asyncio as aioredis
 
 from engine.connections import db_of
-from engine.errors import REDIS_DOWN, SaleNotActive, SoldOut
+from engine.errors import SaleNotActive, SoldOut
 from engine.keys import ACTIVE_SALES, sale_keys, tokens_returned_channel
+from engine.pubsub import ChannelListener
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ class SaleRefusals:
         self._returned_at: dict[int, float] = {}  # sale id -> monotonic time of last message
         self._buyers: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._remember_buyers = remember_buyers
-        self._listener: asyncio.Task | None = None
-        self._stopping = False
+        self._listener = ChannelListener(redis, channel, name="tokens-returned",
+                                         on_message=self._heard,
+                                         on_subscribed=self._subscribed, on_lost=self._lost)
         self.listening = False
         self._since = float("inf")  # when the listener last subscribed (monotonic)
         self.on_return = None  # optional callback(sale_id), for measurements
@@ -137,19 +139,11 @@ class SaleRefusals:
 
     # -- the listener --------------------------------------------------------------------
     async def start(self) -> None:
-        if self._listener is None:
-            self._stopping = False
-            self._listener = asyncio.create_task(self._listen(), name="tokens-returned")
+        await self._listener.start()
 
     async def stop(self) -> None:
-        self.listening = False
-        self.forget()
-        if self._listener is not None:
-            self._stopping = True
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        self._lost()
+        await self._listener.stop()
 
     async def wait_listening(self, timeout: float = 5.0) -> bool:
         """For tests and benchmarks: True once the listener is subscribed."""
@@ -176,38 +170,21 @@ class SaleRefusals:
             if left is not None and int(left) <= 0:
                 self._sold_out[sale_id] = asked_at + self.ttl
 
-    async def _listen(self) -> None:
-        backoff = 0.1
-        while not self._stopping:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                self.forget()  # messages may have been missed while not subscribed
-                self._since = time.monotonic()
-                await self._seed()
-                self.listening = True  # messages that came meanwhile are read next, in order
-                backoff = 0.1
-                while not self._stopping:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        with contextlib.suppress(ValueError):
-                            sale_id = int(message["data"])
-                            if sale_id < 0:
-                                self.sold_out_heard(-sale_id)
-                            else:
-                                self.tokens_returned(sale_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let the listener die: flags just stop
-                self.listening = False
-                self.forget()
-                if self._stopping:
-                    break
-                if not isinstance(exc, (*REDIS_DOWN, ConnectionError, OSError)):
-                    log.exception("token-return listener failed; restarting")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                self.listening = False
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())
+    async def _subscribed(self) -> None:
+        self.forget()  # messages may have been missed while not subscribed
+        self._since = time.monotonic()
+        await self._seed()
+        self.listening = True  # messages that came meanwhile are read next, in order
+
+    def _heard(self, data: bytes | str) -> None:
+        with contextlib.suppress(ValueError):
+            sale_id = int(data)
+            if sale_id < 0:
+                self.sold_out_heard(-sale_id)
+            else:
+                self.tokens_returned(sale_id)
+
+    def _lost(self) -> None:
+        """Flags are trusted only while subscribed."""
+        self.listening = False
+        self.forget()

@@ -180,3 +180,22 @@ async def product_factory(pool: asyncpg.Pool):
                            product_id, stock)
         return product_id
     return make
+
+
+@pytest.fixture
+async def admission(redis: aioredis.Redis):
+    """The engine's admission on the test Redis (tests/test_admission.py has its own,
+    parametrized over batching)."""
+    from engine.admission import Admission
+    adm = Admission(redis)
+    yield adm
+    await adm.close()
+
+
+@pytest.fixture
+def procs():
+    """Subprocesses a test starts (reconcilers), stopped after it."""
+    started = []
+    yield started
+    for p in started:
+        p.stop()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from engine.settings import Settings
@@ -85,3 +86,10 @@ async def wait_drained(redis, pool, sale_id: int, *, rows: int | None = None,
         if time.monotonic() > deadline:
             raise AssertionError(f"not drained: lag {lag}, rows {count}, want {rows}")
         await asyncio.sleep(0.1)
+
+
+async def new_sale(sales, product_factory, quantity: int, **kw) -> int:
+    """A sale of ``quantity`` units at 5.00 on a new product that holds just those units."""
+    product = await product_factory(stock=quantity)
+    return (await sales.create(product_id=product, quantity=quantity, price=Decimal("5.00"),
+                               **kw))["sale_id"]

@@ -10,42 +10,18 @@ import json
 import os
 import subprocess
 import sys
-from decimal import Decimal
 
-import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from chaos.servers import PrivateRedis
-from engine.admission import Admission
 from engine.connections import create_redis
 from engine.events import SaleEvent
 from engine.keys import reservation_number, sale_keys
 from reconciler.apply import apply_batch
 from tests.conftest import assert_error, create_sale, make_settings
-from tests.reconciler_proc import ROOT, ReconcilerProcess, wait_drained
-
-
-@pytest.fixture
-async def admission(redis):
-    adm = Admission(redis)
-    yield adm
-    await adm.close()
-
-
-@pytest.fixture
-def procs():
-    started: list[ReconcilerProcess] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
-async def _new_sale(sales, product_factory, quantity: int, **kw) -> int:
-    product = await product_factory(stock=quantity)
-    return (await sales.create(product_id=product, quantity=quantity, price=Decimal("5.00"),
-                               **kw))["sale_id"]
+from tests.reconciler_proc import ROOT, ReconcilerProcess, new_sale, wait_drained
 
 
 def _cli(settings, *args: str) -> subprocess.CompletedProcess:
@@ -62,7 +38,7 @@ def _cli(settings, *args: str) -> subprocess.CompletedProcess:
 async def test_ids_never_repeat_when_redis_forgets_its_sequence(
         sales, product_factory, admission, redis, before, after, forget) -> None:
     """Redis losing its last writes sends ``seq`` back: the ids issued next are new."""
-    sale = await _new_sale(sales, product_factory, before + after, per_user_limit=1)
+    sale = await new_sale(sales, product_factory, before + after, per_user_limit=1)
     first = await asyncio.gather(*(admission.reserve(sale, i, 1, "k") for i in range(before)))
     seq = sale_keys(sale).seq
     if forget == "delete":
@@ -130,7 +106,7 @@ async def test_a_reused_id_with_another_owner_is_recorded_never_merged(pool, oth
 # -- poison events ---------------------------------------------------------------------------
 async def test_poison_events_are_parked_and_later_holds_reach_postgres(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 60, per_user_limit=1)
+    sale = await new_sale(sales, product_factory, 60, per_user_limit=1)
     proc = ReconcilerProcess(settings, "poison", FLASHSALE_RECONCILE_BATCH="50").start()
     procs.append(proc)
     before = await asyncio.gather(*(admission.reserve(sale, i, 1, f"k{i}") for i in range(20)))
@@ -236,7 +212,7 @@ async def _forget_last(redis, sale: int, holds) -> None:
 
 async def test_audit_finds_lost_reservations_and_force_recover_repairs_them(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 30, per_user_limit=1)
+    sale = await new_sale(sales, product_factory, 30, per_user_limit=1)
     procs.append(ReconcilerProcess(settings, "repair").start())
     holds = await asyncio.gather(*(admission.reserve(sale, i, 1, "k") for i in range(12)))
     await wait_drained(redis, pool, sale, rows=12)

@@ -7,39 +7,16 @@ import json
 import os
 import subprocess
 import sys
-from decimal import Decimal
 
 import aiohttp
 import pytest
 
-from engine.admission import Admission
 from engine.keys import sale_keys
 from tests.conftest import TEST_DATABASE_URL
 from tests.proxy import TcpProxy
-from tests.reconciler_proc import ROOT, ReconcilerProcess, free_port, wait_drained
+from tests.reconciler_proc import ROOT, ReconcilerProcess, free_port, new_sale, wait_drained
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def admission(redis):
-    adm = Admission(redis)
-    yield adm
-    await adm.close()
-
-
-@pytest.fixture
-def procs():
-    started: list[ReconcilerProcess] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
-async def _new_sale(sales, product_factory, quantity: int, **kw) -> int:
-    product = await product_factory(stock=quantity)
-    return (await sales.create(product_id=product, quantity=quantity, price=Decimal("5.00"),
-                               **kw))["sale_id"]
 
 
 async def _expect_postgres_matches_redis(pool, redis, sale_id: int, holds: list) -> None:
@@ -55,7 +32,7 @@ async def _expect_postgres_matches_redis(pool, redis, sale_id: int, holds: list)
 
 async def test_sigkill_mid_burst_loses_nothing_and_doubles_nothing(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 500)
+    sale = await new_sale(sales, product_factory, 500)
     holds = []
     for round_ in range(4):
         proc = ReconcilerProcess(settings, f"r{round_}").start()
@@ -75,7 +52,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_doubles_nothing(
 
 async def test_two_reconcilers_together_give_the_same_result(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 300, per_user_limit=1)
+    sale = await new_sale(sales, product_factory, 300, per_user_limit=1)
     procs += [ReconcilerProcess(settings, "a").start(), ReconcilerProcess(settings, "b").start()]
     holds = await asyncio.gather(*(admission.reserve(sale, i, 1, "k") for i in range(300)))
     confirmed = holds[:100]
@@ -98,7 +75,7 @@ async def test_two_reconcilers_together_give_the_same_result(
 
 async def test_a_two_second_hold_expires_everywhere(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 1, hold_seconds=2)
+    sale = await new_sale(sales, product_factory, 1, hold_seconds=2)
     procs.append(ReconcilerProcess(settings, "x").start())
     hold = await admission.reserve(sale, 1, 1, "k")
     await wait_drained(redis, pool, sale, rows=1)
@@ -121,7 +98,7 @@ async def test_postgres_outage_then_back_nothing_lost(
     proxy = await TcpProxy(target.hostname, target.port or 5432).start()
     url = TEST_DATABASE_URL.replace(f"{target.hostname}:{target.port}",
                                     f"127.0.0.1:{proxy.port}")
-    sale = await _new_sale(sales, product_factory, 200)
+    sale = await new_sale(sales, product_factory, 200)
     port = free_port()
     proc = ReconcilerProcess(settings, "pg", database_url=url, metrics_port=port).start()
     procs.append(proc)
@@ -149,7 +126,7 @@ async def test_postgres_outage_then_back_nothing_lost(
 
 async def test_sigterm_finishes_the_batch_and_exits_zero(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 300)
+    sale = await new_sale(sales, product_factory, 300)
     proc = ReconcilerProcess(settings, "t").start()
     procs.append(proc)
     await proc.ready()
@@ -173,7 +150,7 @@ def _cli(settings, *args: str) -> subprocess.CompletedProcess:
 
 async def test_audit_passes_on_a_healthy_sale_and_fails_on_a_corrupted_one(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 20, per_user_limit=2)
+    sale = await new_sale(sales, product_factory, 20, per_user_limit=2)
     procs.append(ReconcilerProcess(settings, "audit").start())
     holds = await asyncio.gather(*(admission.reserve(sale, i, 1, "k") for i in range(12)))
     await admission.confirm(holds[0].reservation_id, user_id=0, order_id=9)
@@ -195,7 +172,7 @@ async def test_audit_passes_on_a_healthy_sale_and_fails_on_a_corrupted_one(
 
 async def test_recover_rebuilds_redis_from_postgres(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
-    sale = await _new_sale(sales, product_factory, 10, per_user_limit=2)
+    sale = await new_sale(sales, product_factory, 10, per_user_limit=2)
     procs.append(ReconcilerProcess(settings, "rec").start())
     holds = await asyncio.gather(*(admission.reserve(sale, i, 1, f"k{i}") for i in range(6)))
     await admission.confirm(holds[0].reservation_id, user_id=0, order_id=1)
@@ -232,7 +209,7 @@ async def test_a_sale_unknown_to_postgres_is_left_unread_not_fatal(
                               (1, "1.00", 0, 0, 5, 600_000, 5, 5, 0, 0, "stray"))
     await redis.sadd(ACTIVE_SALES, 9999)
     await admission.reserve(9999, 1, 1, "k")
-    sale = await _new_sale(sales, product_factory, 10)
+    sale = await new_sale(sales, product_factory, 10)
     proc = ReconcilerProcess(settings, "stray").start()
     procs.append(proc)
     await admission.reserve(sale, 1, 1, "k")

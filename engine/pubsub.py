@@ -1,0 +1,79 @@
+"""One Redis pub/sub channel followed for the life of a process.
+
+Shared by the sold-out flags (``engine/refusals.py``) and the catalog caches
+(``catalog/cache.py``): both keep state that only messages keep true, so both need the
+same loop. It subscribes, calls ``on_subscribed`` (messages may have been missed while
+not subscribed: start afresh), then ``on_message`` for each message in order; when the
+subscription fails it calls ``on_lost`` and subscribes again after a pause that grows from
+0.1 s to 5 s. It never dies of an error: the caller's TTLs are the fallback meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from engine.errors import REDIS_DOWN
+
+log = logging.getLogger(__name__)
+
+
+class ChannelListener:
+    def __init__(self, redis: aioredis.Redis, channel: str, *, name: str,
+                 on_message: Callable[[bytes | str], None],
+                 on_subscribed: Callable[[], Awaitable[None]],
+                 on_lost: Callable[[], None] = lambda: None) -> None:
+        self._redis = redis
+        self.channel = channel
+        self._name = name
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._on_lost = on_lost
+        self._task: asyncio.Task[None] | None = None
+        # The flag as well as the cancellation: a cancel that lands while redis-py connects
+        # can come back as a connection error.
+        self._stopping = False
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._stopping = True
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._on_subscribed()
+                backoff = 0.1
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._on_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the listener die
+                self._on_lost()
+                if self._stopping:
+                    break
+                if not isinstance(exc, (*REDIS_DOWN, ConnectionError, OSError)):
+                    log.exception("%s listener failed; restarting", self._name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self._on_lost()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pubsub.aclose())
