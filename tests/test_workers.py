@@ -19,6 +19,18 @@ from tests.reconciler_proc import free_port
 pytestmark = pytest.mark.slow
 
 
+def _serve_two_workers(settings) -> tuple[subprocess.Popen, str]:
+    """`flashsale serve --workers 2` on a free port; the process and its base URL."""
+    port = free_port()
+    env = {**os.environ, "FLASHSALE_DATABASE_URL": settings.database_url,
+           "FLASHSALE_REDIS_URL": settings.redis_url, "FLASHSALE_SECRET": settings.secret}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
+                             "--workers", "2"], cwd=ROOT_DIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 async def _get(url: str) -> tuple[int, str]:
     # A new connection per request, so the kernel spreads them over the workers.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -27,14 +39,7 @@ async def _get(url: str) -> tuple[int, str]:
 
 
 async def test_two_workers_share_the_port_and_metrics(settings) -> None:
-    port = free_port()
-    env = {**os.environ, "FLASHSALE_DATABASE_URL": settings.database_url,
-           "FLASHSALE_REDIS_URL": settings.redis_url, "FLASHSALE_SECRET": settings.secret}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
-                             "--workers", "2"], cwd=ROOT_DIR, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _serve_two_workers(settings)
     try:
         for _ in range(100):
             try:
@@ -86,14 +91,7 @@ async def _until(predicate, timeout: float = 20.0) -> None:
 
 
 async def test_a_killed_worker_is_replaced_and_workers_die_with_their_parent(settings) -> None:
-    port = free_port()
-    env = {**os.environ, "FLASHSALE_DATABASE_URL": settings.database_url,
-           "FLASHSALE_REDIS_URL": settings.redis_url, "FLASHSALE_SECRET": settings.secret}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
-                             "--workers", "2"], cwd=ROOT_DIR, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _serve_two_workers(settings)
     try:
         await _until(lambda: len(_children(proc.pid)) == 2)
         first = _children(proc.pid)
