@@ -116,7 +116,7 @@ async def run_postgres(pool: asyncpg.Pool, step, *, stock: int, seconds: float) 
 async def run_redis(redis, *, batching: bool, stock: int, seconds: float) -> dict:
     await redis.flushdb()
     await load_sale(redis)
-    await redis.set(sale_keys(SALE).tokens, stock)
+    await redis.hset(sale_keys(SALE).meta, "tokens", stock)
     await redis.hset(sale_keys(SALE).meta, "initial", stock)
     admission = Admission(redis, batching=batching)
     stats = {"ok": 0}
@@ -135,7 +135,7 @@ async def run_redis(redis, *, batching: bool, stock: int, seconds: float) -> dic
     await asyncio.gather(*(buyer() for _ in range(BUYERS)))
     elapsed = time.perf_counter() - started
     await admission.close()
-    left = int(await redis.get(sale_keys(SALE).tokens))
+    left = int(await redis.hget(sale_keys(SALE).meta, "tokens"))
     holds = await redis.hlen(sale_keys(SALE).res)
     return {"ok": stats["ok"], "seconds": elapsed, "per_second": stats["ok"] / elapsed,
             "retries_per_success": 0.0, "stock_left": left, "rows": holds,

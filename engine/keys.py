@@ -45,16 +45,28 @@ def signup_key(address: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SaleKeys:
+    """A sale's five keys. The hot path reads and writes each hash with one command, so the
+    fields that change together live together:
+
+    - ``meta`` hash: the sale's terms (product_id, price, starts_ms, ends_ms,
+      per_user_limit, hold_ms, initial, identity, loaded_ms), its ``state``, and its
+      counters: ``tokens`` (units left to sell), ``held``, ``confirmed``, ``seq`` (the
+      number of the last reservation id issued).
+    - ``buyers`` hash, one per sale, three kinds of field: ``u:<user>`` -> units the user
+      holds or bought, ``k:<user>:<idempotency key>`` -> reservation id, and the
+      rate-limit buckets ``r:<user>`` / ``a:<client address>`` -> "millitokens:ms".
+    - ``holds`` zset (reservation id -> expiry ms), ``res`` hash (reservation id -> record,
+      format in lua/prelude.lua), ``events`` stream (read by the reconciler).
+    """
     sale_id: int
     meta: str
-    tokens: str
     buyers: str
-    idem: str
     holds: str
     res: str
-    seq: str
     events: str
-    rate: str
+    # The keys of the layout before the lean gate (tokens, seq, idem, buyers, rate-limit
+    # hash as keys of their own): only ``sale recover`` reads and deletes them.
+    legacy: tuple[str, ...]
     # Key tuples in the order each script's header declares, built once per sale (the
     # batcher caches each tuple's encoded form).
     for_reserve: tuple[str, ...]
@@ -66,20 +78,41 @@ class SaleKeys:
     all: tuple[str, ...]
 
 
+BUYER_UNITS = "u:"  # field prefixes of the buyers hash (lua/reserve.lua writes the same)
+BUYER_KEY = "k:"
+
+
+def buyer_units_field(user_id: int | str) -> str:
+    return f"{BUYER_UNITS}{user_id}"
+
+
+def buyer_key_field(user_id: int | str, idempotency_key: str) -> str:
+    return f"{BUYER_KEY}{user_id}:{idempotency_key}"
+
+
+def units_by_buyer(buyers: dict) -> dict[int, int]:
+    """user -> units, nonzero only, from the buyers hash as HGETALL returns it (bytes or
+    text; the other fields, idempotency keys and rate-limit buckets, are skipped)."""
+    units: dict[int, int] = {}
+    for field, value in buyers.items():
+        name = field.decode() if isinstance(field, bytes) else field
+        if name.startswith(BUYER_UNITS) and int(value):
+            units[int(name[len(BUYER_UNITS):])] = int(value)
+    return units
+
+
 @lru_cache(maxsize=4096)
 def sale_keys(sale_id: int) -> SaleKeys:
     tag = f"{PREFIX}:{{s:{sale_id}}}"
-    meta, tokens, buyers, idem, holds, res, seq, events, rate = (
-        f"{tag}:{name}"
-        for name in ("meta", "tokens", "buyers", "idem", "holds", "res", "seq", "events", "rl"))
-    release = (meta, tokens, buyers, holds, res, events)
-    every = (meta, tokens, buyers, idem, holds, res, seq, events, rate)
-    return SaleKeys(sale_id=sale_id, meta=meta, tokens=tokens, buyers=buyers, idem=idem,
-                    holds=holds, res=res, seq=seq, events=events, rate=rate,
-                    for_reserve=every, for_release=release, for_expire=release,
-                    for_confirm=(meta, holds, res, events), for_load=(meta, tokens, events),
-                    for_state=(meta, tokens),
-                    all=every)
+    meta, buyers, holds, res, events = (
+        f"{tag}:{name}" for name in ("meta", "who", "holds", "res", "events"))
+    legacy = tuple(f"{tag}:{name}" for name in ("tokens", "buyers", "idem", "seq", "rl"))
+    every = (meta, buyers, holds, res, events)
+    return SaleKeys(sale_id=sale_id, meta=meta, buyers=buyers, holds=holds, res=res,
+                    events=events, legacy=legacy,
+                    for_reserve=every, for_release=every, for_expire=every,
+                    for_confirm=(meta, holds, res, events), for_load=(meta, events),
+                    for_state=(meta,), all=every)
 
 
 # Reservation ids: the one place their format is written down.
@@ -87,12 +120,12 @@ def sale_keys(sale_id: int) -> SaleKeys:
 # ``<sale_id>-<n>``, both decimal (URL-safe; the sale id routes any gateway to the sale's
 # keys and Redis Cluster slot without a lookup). ``reserve.lua`` issues
 # n = max(previous n + 1, Redis clock in microseconds) and keeps it in the sale's ``seq``
-# key. One Redis admits far fewer than one reservation per microsecond, so n never runs
-# ahead of the clock by more than a burst; when Redis forgets its last writes (an OS crash
-# under ``appendfsync everysec``, a restart without AOF) ``seq`` goes back, but the clock
-# has moved on past every id issued before the loss, so no id is ever issued twice. The one
-# assumption is a Redis host clock that does not step back across a restart (the
-# reconciler still records an id reused with another owner as a conflict, and the audit
+# field of ``meta``. One Redis admits far fewer than one reservation per microsecond, so n
+# never runs ahead of the clock by more than a burst; when Redis forgets its last writes
+# (an OS crash under ``appendfsync everysec``, a restart without AOF) ``seq`` goes back,
+# but the clock has moved on past every id issued before the loss, so no id is ever issued
+# twice. The one assumption is a Redis host clock that does not step back across a
+# restart (the reconciler still records an id reused with another owner as a conflict, and the audit
 # reports it). ``sale recover`` seeds ``seq`` above every id Postgres knows.
 
 
@@ -120,7 +153,7 @@ class RoomKeys:
     passes: str    # zset: user -> pass expiry (ms), every live pass
     fresh: str     # zset: user -> pass expiry (ms), live passes not yet used to reserve
     throttle: str  # hash: join buckets per client address
-    for_scripts: tuple[str, ...]  # the room's keys, then the sale's meta and tokens
+    for_scripts: tuple[str, ...]  # the room's keys, then the sale's meta (tokens, held)
 
 
 @lru_cache(maxsize=4096)
@@ -131,5 +164,4 @@ def room_keys(sale_id: int) -> RoomKeys:
     sale = sale_keys(sale_id)
     return RoomKeys(sale_id=sale_id, room=room, waiting=waiting, tickets=tickets,
                     passes=passes, fresh=fresh, throttle=throttle,
-                    for_scripts=(room, waiting, tickets, passes, fresh, throttle, sale.meta,
-                                 sale.tokens))
+                    for_scripts=(room, waiting, tickets, passes, fresh, throttle, sale.meta))

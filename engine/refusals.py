@@ -164,7 +164,7 @@ class SaleRefusals:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for sale_id in sales:
-                pipe.get(sale_keys(sale_id).tokens)
+                pipe.hget(sale_keys(sale_id).meta, "tokens")
             tokens = await pipe.execute()
         for sale_id, left in zip(sales, tokens, strict=True):
             if left is not None and int(left) <= 0:

@@ -298,12 +298,11 @@ class Sales:
         keys = sale_keys(sale_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.meta, "product_id", "price", "starts_ms", "ends_ms", "state",
-                       "per_user_limit")
-            pipe.get(keys.tokens)
-            meta, tokens = await pipe.execute()
+                       "per_user_limit", "tokens")
+            (meta,) = await pipe.execute()
         if meta[0] is None:
             raise NotFound(f"No sale {sale_id}.")
-        product_id, price, starts, ends, state, limit = meta
+        product_id, price, starts, ends, state, limit, tokens = meta
         remaining = int(tokens or 0)
         now = time.time() * 1000
         if state == b"closed" or (int(ends) and now >= int(ends)):
@@ -324,10 +323,9 @@ class Sales:
         """Redis's books for a sale: initial, tokens, held, confirmed (absent: KeyError)."""
         keys = sale_keys(sale_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.meta, "initial", "held", "confirmed")
-            pipe.get(keys.tokens)
+            pipe.hmget(keys.meta, "initial", "held", "confirmed", "tokens")
             pipe.zcard(keys.holds)
-            (initial, held, confirmed), tokens, holds = await pipe.execute()
+            (initial, held, confirmed, tokens), holds = await pipe.execute()
         if initial is None:
             raise KeyError(sale_id)
         return {"initial": int(initial), "tokens": int(tokens or 0), "held": int(held),

@@ -1,6 +1,6 @@
 -- change_sale_state.lua: pause, resume or end a flash sale, atomically.
 --
--- KEYS[1] meta  KEYS[2] tokens  (layouts as in reserve.lua; the meta's state is
+-- KEYS[1] meta  (layout as in reserve.lua, tokens a field of it; the meta's state is
 --         ready | paused | closed, and reserve.lua admits only while it is "ready")
 -- ARGV[1] action: "pause" | "resume" | "end"
 -- ARGV[2] channel to PUBLISH the sale id on when a sale resumes ("" = none): gateway
@@ -17,7 +17,7 @@
 --   {"ok", status_before, starts_ms, ends_ms}  {"no_sale"}  {"invalid", status_before}
 -- Every check comes before the first write.
 
-local meta = redis.call("HMGET", KEYS[1], "state", "starts_ms", "ends_ms")
+local meta = redis.call("HMGET", KEYS[1], "state", "starts_ms", "ends_ms", "tokens")
 if not meta[1] then
   return {"no_sale"}
 end
@@ -31,7 +31,7 @@ elseif state == "paused" then
   status = "paused"
 elseif now < starts then
   status = "scheduled"
-elseif tonumber(redis.call("GET", KEYS[2]) or "0") <= 0 then
+elseif tonumber(meta[4] or "0") <= 0 then
   status = "sold_out"
 else
   status = "active"

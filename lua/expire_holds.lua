@@ -1,29 +1,39 @@
 -- expire_holds.lua: return up to N holds of one sale that are past their expiry to stock.
 --
--- KEYS[1] meta  KEYS[2] tokens  KEYS[3] buyers  KEYS[4] holds  KEYS[5] res  KEYS[6] events
---   (layouts as in reserve.lua)
+-- KEYS[1] meta  KEYS[2] buyers  KEYS[3] holds  KEYS[4] res  KEYS[5] events
+--   (layouts as in reserve.lua; tokens and held are fields of meta)
 -- ARGV[1] N, the most holds to expire in this call (keeps the script short)
 -- ARGV[2] channel to PUBLISH the sale id on when units go back ("" = none)   ARGV[3] sale id
 --
 -- Returns {holds_expired, units_returned, holds_still_due}. Idempotent: a hold is expired
 -- once; a second call finds nothing due.
 
+-- A sale in the layout of before the lean gate (tokens in a key of its own) is refused:
+-- counting its units into meta would split its books (README: upgrading).
+local function refuse_old_layout()
+  return redis.error_reply("sale " .. ARGV[3] .. " is in the key layout of before "
+    .. "the lean gate: rebuild it with `flashsale sale recover --force " .. ARGV[3] .. "`")
+end
+
 local now = now_ms()
 local limit = tonumber(ARGV[1])
-local due = redis.call("ZRANGEBYSCORE", KEYS[4], "-inf", now, "LIMIT", 0, limit)
+local due = redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, limit)
 local holds, units = 0, 0
+if #due > 0 and redis.call("HEXISTS", KEYS[1], "tokens") == 0 then
+  return refuse_old_layout()
+end
 for _, rid in ipairs(due) do
-  local rec = redis.call("HGET", KEYS[5], rid)
-  redis.call("ZREM", KEYS[4], rid)
+  local rec = redis.call("HGET", KEYS[4], rid)
+  redis.call("ZREM", KEYS[3], rid)
   if rec then
     local u, q, s, x, o = parse_record(rec)
     if s == "h" then
       local qty = tonumber(q)
-      redis.call("INCRBY", KEYS[2], qty)
-      redis.call("HINCRBY", KEYS[3], u, -qty)
+      redis.call("HINCRBY", KEYS[1], "tokens", qty)
       redis.call("HINCRBY", KEYS[1], "held", -qty)
-      redis.call("HSET", KEYS[5], rid, format_record(u, q, "e", x, o))
-      redis.call("XADD", KEYS[6], "*", "t", "expired", "r", rid, "u", u, "q", qty, "x", x,
+      redis.call("HINCRBY", KEYS[2], "u:" .. u, -qty)
+      redis.call("HSET", KEYS[4], rid, format_record(u, q, "e", x, o))
+      redis.call("XADD", KEYS[5], "*", "t", "expired", "r", rid, "u", u, "q", qty, "x", x,
         "ts", now)
       holds = holds + 1
       units = units + qty
@@ -33,5 +43,5 @@ end
 if units > 0 and ARGV[2] and ARGV[2] ~= "" then
   redis.call("PUBLISH", ARGV[2], ARGV[3])
 end
-local left = redis.call("ZCOUNT", KEYS[4], "-inf", now)
+local left = redis.call("ZCOUNT", KEYS[3], "-inf", now)
 return {holds, units, left}

@@ -14,8 +14,9 @@ if redis.call("EXISTS", KEYS[1]) == 0 then
   return {"no_room"}
 end
 local user = ARGV[1]
-local tokens = tonumber(redis.call("GET", KEYS[8]) or "0")
-local held = tonumber(redis.call("HGET", KEYS[7], "held") or "0")
+local stock = redis.call("HMGET", KEYS[7], "tokens", "held")
+local tokens = tonumber(stock[1] or "0")
+local held = tonumber(stock[2] or "0")
 local now = now_ms()
 
 local live = redis.call("ZSCORE", KEYS[2], user)

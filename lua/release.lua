@@ -1,8 +1,8 @@
 -- release.lua: give a reservation's units back to the sale (the owner cancels, a failed
 -- payment compensates, or a paid order is cancelled while the sale runs).
 --
--- KEYS[1] meta  KEYS[2] tokens  KEYS[3] buyers  KEYS[4] holds  KEYS[5] res  KEYS[6] events
---   (layouts as in reserve.lua)
+-- KEYS[1] meta  KEYS[2] buyers  KEYS[3] holds  KEYS[4] res  KEYS[5] events
+--   (layouts as in reserve.lua; tokens and held are fields of meta)
 -- ARGV[1] reservation id
 -- ARGV[2] user id that must own it ("" = any: system compensation)
 -- ARGV[3] "1" to also release a confirmed reservation (order cancelled), else "0"
@@ -14,8 +14,15 @@
 -- this call or an earlier one released it, or "expired" if the sweeper got there first
 -- (idempotent); {"not_found"}; {"invalid", state_name} (confirmed and ARGV[3] ~= "1").
 
+-- A sale in the layout of before the lean gate (tokens in a key of its own) is refused:
+-- counting its units into meta would split its books (README: upgrading).
+local function refuse_old_layout()
+  return redis.error_reply("sale " .. ARGV[6] .. " is in the key layout of before "
+    .. "the lean gate: rebuild it with `flashsale sale recover --force " .. ARGV[6] .. "`")
+end
+
 local rid = ARGV[1]
-local rec = redis.call("HGET", KEYS[5], rid)
+local rec = redis.call("HGET", KEYS[4], rid)
 if not rec then
   return {"not_found"}
 end
@@ -34,19 +41,22 @@ if s == "c" and ARGV[3] ~= "1" then
   return {"invalid", "confirmed"}
 end
 
+if redis.call("HEXISTS", KEYS[1], "tokens") == 0 then
+  return refuse_old_layout()
+end
 local now = now_ms()
-redis.call("INCRBY", KEYS[2], qty)
-redis.call("HINCRBY", KEYS[3], u, -qty)
+redis.call("HINCRBY", KEYS[1], "tokens", qty)
+redis.call("HINCRBY", KEYS[2], "u:" .. u, -qty)
 if ARGV[5] and ARGV[5] ~= "" then
   redis.call("PUBLISH", ARGV[5], ARGV[6])
 end
 if s == "h" then
   redis.call("HINCRBY", KEYS[1], "held", -qty)
-  redis.call("ZREM", KEYS[4], rid)
+  redis.call("ZREM", KEYS[3], rid)
 else
   redis.call("HINCRBY", KEYS[1], "confirmed", -qty)
 end
-redis.call("HSET", KEYS[5], rid, format_record(u, q, "r", x, o))
-redis.call("XADD", KEYS[6], "*", "t", "released", "r", rid, "u", u, "q", qty, "x", x,
+redis.call("HSET", KEYS[4], rid, format_record(u, q, "r", x, o))
+redis.call("XADD", KEYS[5], "*", "t", "released", "r", rid, "u", u, "q", qty, "x", x,
   "ts", now, "f", s, "why", ARGV[4], "o", o)
 return {"ok", "released", qty, tonumber(x)}

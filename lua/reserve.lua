@@ -1,15 +1,14 @@
 -- reserve.lua: admit one reservation attempt for a flash sale, atomically.
 --
 -- KEYS[1] meta    hash: product_id, price, starts_ms, ends_ms (0 = open), per_user_limit,
---                 hold_ms, initial, state (ready|closed), held, confirmed
--- KEYS[2] tokens  string: units left to sell
--- KEYS[3] buyers  hash: user_id -> units the user holds or bought in this sale
--- KEYS[4] idem    hash: "<user_id>:<idempotency key>" -> reservation id
--- KEYS[5] holds   zset: reservation id -> expiry (ms)
--- KEYS[6] res     hash: reservation id -> its record (format in prelude.lua)
--- KEYS[7] seq     string: the number of the last reservation id issued (see below)
--- KEYS[8] events  stream: one entry per state change, read by the reconciler
--- KEYS[9] rl      hash: rate-limit buckets "u:<user>" / "a:<address>" -> "millitokens:ms"
+--                 hold_ms, initial, state (ready|paused|closed), and the counters tokens
+--                 (units left), held, confirmed, seq (the number of the last id issued)
+-- KEYS[2] buyers  hash: "u:<user>" -> units the user holds or bought in this sale,
+--                 "k:<user>:<idempotency key>" -> reservation id, and the rate-limit
+--                 buckets "r:<user>" / "a:<address>" -> "millitokens:ms"
+-- KEYS[3] holds   zset: reservation id -> expiry (ms)
+-- KEYS[4] res     hash: reservation id -> its record (format in prelude.lua)
+-- KEYS[5] events  stream: one entry per state change, read by the reconciler
 -- ARGV[1] sale_id   ARGV[2] user_id   ARGV[3] quantity   ARGV[4] idempotency key
 -- ARGV[5] rate limit per second (0 = off)   ARGV[6] client address
 -- ARGV[7] channel on which the admission that takes the last token PUBLISHes "-<sale_id>"
@@ -24,37 +23,52 @@
 --   {"bad_quantity", per_user_limit}  {"limit", units_already, per_user_limit}
 --   {"sold_out"}  {"idem_reused"}
 -- Every check comes before the first admission write: Redis has no rollback.
+--
+-- Cost: one HMGET per hash read, one HSET per hash written. A refusal is TIME + 2 HMGETs
+-- and writes nothing; an admission adds HSET meta, HSET buyers, ZADD, HSET res, XADD.
 
 local sale_id = ARGV[1]
 local user = ARGV[2]
 local qty = tonumber(ARGV[3])
-local idem_field = user .. ":" .. ARGV[4]
 local rate = tonumber(ARGV[5])
 
 local now, now_us = clock()
 
 local meta = redis.call("HMGET", KEYS[1], "state", "starts_ms", "ends_ms", "per_user_limit",
-  "hold_ms")
+  "hold_ms", "tokens", "held", "seq")
 if not meta[1] then
   return {"no_sale"}
 end
+if not meta[6] then  -- the layout of before the lean gate (README: upgrading)
+  return redis.error_reply("sale " .. sale_id .. " is in the key layout of before the lean "
+    .. "gate: rebuild it with `flashsale sale recover --force " .. sale_id .. "`")
+end
+
+local units_field = "u:" .. user
+local key_field = "k:" .. user .. ":" .. ARGV[4]
+local who
+if rate > 0 then
+  who = redis.call("HMGET", KEYS[2], units_field, key_field, "r:" .. user, "a:" .. ARGV[6])
+else
+  who = redis.call("HMGET", KEYS[2], units_field, key_field)
+end
 
 -- Token buckets, one per user and one per client address, refilled at `rate` per second
--- with a burst of twice that. A refused or replayed request costs a token too (a buyer
--- hammering a sale they cannot buy from is throttled like any other). Both buckets are
--- read with one HMGET and written with one HSET.
+-- with a burst of twice that. Only an admission takes a token (written with the
+-- admission's own HSET): a refusal or a replay writes nothing, so it costs Redis no more
+-- than the rate_limited answer would; a throttled buyer or address is refused all the same.
+local levels
 if rate > 0 then
   local burst = rate * 2000
-  local fields = {"u:" .. user, "a:" .. ARGV[6]}
-  local raw = redis.call("HMGET", KEYS[9], fields[1], fields[2])
-  local levels = {}
+  levels = {}
   local wait = 0
   for i = 1, 2 do
     local level = burst
-    if raw[i] then
-      local sep = string.find(raw[i], ":", 1, true)
-      level = math.min(burst, tonumber(string.sub(raw[i], 1, sep - 1))
-        + (now - tonumber(string.sub(raw[i], sep + 1))) * rate)
+    local raw = who[i + 2]
+    if raw then
+      local sep = string.find(raw, ":", 1, true)
+      level = math.min(burst, tonumber(string.sub(raw, 1, sep - 1))
+        + (now - tonumber(string.sub(raw, sep + 1))) * rate)
     end
     if level < 1000 then
       wait = math.max(wait, math.ceil((1000 - level) / rate))
@@ -64,14 +78,12 @@ if rate > 0 then
   if wait > 0 then
     return {"rate_limited", wait}
   end
-  redis.call("HSET", KEYS[9], fields[1], (levels[1] - 1000) .. ":" .. now,
-    fields[2], (levels[2] - 1000) .. ":" .. now)
 end
 
 -- Idempotent replay: the same user and key return the original reservation.
-local previous = redis.call("HGET", KEYS[4], idem_field)
+local previous = who[2]
 if previous then
-  local rec = redis.call("HGET", KEYS[6], previous)
+  local rec = redis.call("HGET", KEYS[4], previous)
   local _, q, s, x = parse_record(rec)
   if tonumber(q) ~= qty then
     return {"idem_reused"}
@@ -98,29 +110,33 @@ local limit = tonumber(meta[4])
 if qty < 1 or qty > limit then
   return {"bad_quantity", limit}
 end
-local already = tonumber(redis.call("HGET", KEYS[3], user) or "0")
+local already = tonumber(who[1] or "0")
 if already + qty > limit then
   return {"limit", already, limit}
 end
-if tonumber(redis.call("GET", KEYS[2]) or "0") < qty then
+local tokens = tonumber(meta[6])
+if tokens < qty then
   return {"sold_out"}
 end
 
 -- Admission: every check passed.
-local left = redis.call("DECRBY", KEYS[2], qty)
-redis.call("HINCRBY", KEYS[3], user, qty)
-redis.call("HINCRBY", KEYS[1], "held", qty)
+local left = tokens - qty
 -- Reservation ids are "<sale_id>-<n>", n = max(last n + 1, Redis clock in microseconds):
 -- never reissued even when Redis forgets its last writes (engine/keys.py says why).
-local n = math.max(tonumber(redis.call("GET", KEYS[7]) or "0") + 1, now_us)
-n = string.format("%d", n)
-redis.call("SET", KEYS[7], n)
+local n = string.format("%d", math.max(tonumber(meta[8] or "0") + 1, now_us))
 local rid = sale_id .. "-" .. n
 local expires = now + tonumber(meta[5])
-redis.call("ZADD", KEYS[5], expires, rid)
-redis.call("HSET", KEYS[6], rid, format_record(user, qty, "h", expires, ""))
-redis.call("HSET", KEYS[4], idem_field, rid)
-redis.call("XADD", KEYS[8], "*", "t", "reserved", "r", rid, "u", user, "q", qty,
+redis.call("HSET", KEYS[1], "tokens", left, "held", tonumber(meta[7] or "0") + qty, "seq", n)
+if rate > 0 then
+  redis.call("HSET", KEYS[2], units_field, already + qty, key_field, rid,
+    "r:" .. user, (levels[1] - 1000) .. ":" .. now, "a:" .. ARGV[6],
+    (levels[2] - 1000) .. ":" .. now)
+else
+  redis.call("HSET", KEYS[2], units_field, already + qty, key_field, rid)
+end
+redis.call("ZADD", KEYS[3], expires, rid)
+redis.call("HSET", KEYS[4], rid, format_record(user, qty, "h", expires, ""))
+redis.call("XADD", KEYS[5], "*", "t", "reserved", "r", rid, "u", user, "q", qty,
   "x", expires, "ts", now, "k", ARGV[4])
 if left == 0 and ARGV[7] and ARGV[7] ~= "" then
   redis.call("PUBLISH", ARGV[7], "-" .. sale_id)

@@ -11,10 +11,10 @@
 -- KEYS[4] passes   zset: user -> pass expiry (ms), every live pass
 -- KEYS[5] fresh    zset: user -> pass expiry (ms), live passes not yet used to reserve
 -- KEYS[6] throttle hash: join buckets "a:<address>" -> "millitokens:ms"
--- KEYS[7] the sale's meta ("held": units held that may still come back; its window
---         and state: nobody is admitted before the sale starts or while it is paused,
---         and a sale that has ended or closed has nothing left to wait for)
--- KEYS[8] the sale's tokens (units left), both as engine/keys.py names them
+-- KEYS[7] the sale's meta, as engine/keys.py names it ("tokens": units left; "held":
+--         units held that may still come back; its window and state: nobody is admitted
+--         before the sale starts or while it is paused, and a sale that has ended or
+--         closed has nothing left to wait for)
 --
 -- advance(now) admits the head of the line: at `rate` per second (credit
 -- refills continuously, at most one second's worth saved up), and, when stock-aware, only
@@ -29,8 +29,8 @@
 local MEASURE_WINDOW_MS = 2000
 
 local function advance(now)
-  local tokens = tonumber(redis.call("GET", KEYS[8]) or "0")
-  local sale = redis.call("HMGET", KEYS[7], "held", "state", "starts_ms", "ends_ms")
+  local sale = redis.call("HMGET", KEYS[7], "held", "state", "starts_ms", "ends_ms", "tokens")
+  local tokens = tonumber(sale[5] or "0")
   local held = tonumber(sale[1] or "0")
   local ends = tonumber(sale[4] or "0")
   local over = (sale[2] ~= "ready" and sale[2] ~= "paused") or (ends > 0 and now >= ends)

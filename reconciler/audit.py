@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import NotFound
-from engine.keys import ACTIVE_SALES, sale_keys
+from engine.keys import ACTIVE_SALES, sale_keys, units_by_buyer
 from engine.records import ReservationRecord
 from engine.sales import Sales
 from reconciler.lag import stream_lag
@@ -159,8 +159,7 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
     if units["held"] != held or units["confirmed"] != confirmed:
         report.fail(f"reservation records say held {units['held']}, confirmed "
                     f"{units['confirmed']}; counters say held {held}, confirmed {confirmed}")
-    buyers = {int(u): int(q) for u, q in (await sales.redis.hgetall(keys.buyers)).items()
-              if int(q)}
+    buyers = units_by_buyer(await sales.redis.hgetall(keys.buyers))
     if buyers != dict(+per_buyer):
         report.fail("per-buyer counts disagree with the reservation records")
     limit = sale["per_user_limit"]

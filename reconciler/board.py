@@ -71,14 +71,13 @@ async def redis_books(sales: Sales, sale_id: int) -> RedisBooks | None:
     keys = sale_keys(sale_id)
     async with sales.redis.pipeline(transaction=True) as pipe:
         pipe.hmget(keys.meta, "initial", "held", "confirmed", "state", "starts_ms", "ends_ms",
-                   "identity")
-        pipe.get(keys.tokens)
+                   "identity", "tokens")
         pipe.xinfo_stream(keys.events)
-        meta, tokens, stream = await pipe.execute(raise_on_error=False)
+        meta, stream = await pipe.execute(raise_on_error=False)
     if meta[0] is None:
         return None
     last = "0-0" if isinstance(stream, ResponseError) else text(stream["last-generated-id"])
-    initial, held, confirmed, state, starts, ends, loaded_by = meta
+    initial, held, confirmed, state, starts, ends, loaded_by, tokens = meta
     return RedisBooks(initial=int(initial), tokens=int(tokens or 0), held=int(held),
                       confirmed=int(confirmed), state=text(state), starts_ms=int(starts),
                       ends_ms=int(ends), last_id=last, identity=text(loaded_by or b""))

@@ -19,7 +19,13 @@ import asyncio
 from typing import Any
 
 from engine.errors import Conflict
-from engine.keys import ACTIVE_SALES, reservation_number, sale_keys
+from engine.keys import (
+    ACTIVE_SALES,
+    buyer_key_field,
+    buyer_units_field,
+    reservation_number,
+    sale_keys,
+)
 from engine.records import ReservationRecord
 from engine.sales import Sales, identity, room_of, to_ms
 from engine.scripts import SCRIPTS
@@ -58,7 +64,11 @@ async def recover_sale(sales: Sales, sale_id: int, *, force: bool = False,
                            "(`flashsale audit` checks it; `--force` rebuilds it from "
                            "Postgres anyway).")
         had = await _stop_and_drain(sales, sale_id, wait_seconds)
-    redis_seq = int(await sales.redis.get(keys.seq) or 0)
+    # The last id issued: the meta's seq, or the seq key of a sale still in the layout of
+    # before the lean gate (recovery moves such a sale to today's layout).
+    meta_seq, legacy_seq = await asyncio.gather(sales.redis.hget(keys.meta, "seq"),
+                                                sales.redis.get(keys.legacy[3]))
+    redis_seq = max(int(meta_seq or 0), int(legacy_seq or 0))
     rows = await sales.pool.fetch(
         "SELECT reservation_id, user_id, quantity, status, order_id, idempotency_key,"
         " expires_at FROM sale_reservations WHERE sale_id = $1", sale_id)
@@ -74,7 +84,7 @@ async def recover_sale(sales: Sales, sale_id: int, *, force: bool = False,
         await configure(sales.redis, sale_id, room)
     seq = redis_seq
     async with sales.redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.tokens, keys.buyers, keys.idem, keys.holds, keys.res, keys.seq)
+        pipe.delete(keys.buyers, keys.holds, keys.res, *keys.legacy)
         if force:
             pipe.delete(keys.meta)  # load_tokens.lua writes it again, last
         for r in rows:
@@ -85,17 +95,16 @@ async def recover_sale(sales: Sales, sale_id: int, *, force: bool = False,
             if r["status"] == "held":
                 pipe.zadd(keys.holds, {r["reservation_id"]: expires})
             if r["status"] in ("held", "confirmed"):
-                pipe.hincrby(keys.buyers, r["user_id"], r["quantity"])
+                pipe.hincrby(keys.buyers, buyer_units_field(r["user_id"]), r["quantity"])
             if r["idempotency_key"] is not None:
-                pipe.hset(keys.idem, f"{r['user_id']}:{r['idempotency_key']}",
+                pipe.hset(keys.buyers, buyer_key_field(r["user_id"], r["idempotency_key"]),
                           r["reservation_id"])
             seq = max(seq, reservation_number(r["reservation_id"]))
-        pipe.set(keys.seq, seq)
         await pipe.execute()
     answer = await SCRIPTS.load_tokens(sales.redis, keys.for_load, (
         sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]), to_ms(sale["ends_at"]),
         sale["per_user_limit"], sale["hold_seconds"] * 1000, tokens, sale["quantity"], held,
-        confirmed, identity(sale)))
+        confirmed, identity(sale), seq))
     if answer[0] != b"ok":
         raise Conflict(f"Sale {sale_id} reappeared in Redis during the rebuild; left as it is.")
     if sale["status"] == "ready":

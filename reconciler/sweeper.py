@@ -87,7 +87,7 @@ class Sweeper:
     async def _publish_gauges(self, sale_id: int, lag: Lag) -> int:
         """Set the sale's gauges; returns its live holds."""
         keys = sale_keys(sale_id)
-        tokens, holds = await asyncio.gather(self.redis.get(keys.tokens),
+        tokens, holds = await asyncio.gather(self.redis.hget(keys.meta, "tokens"),
                                              self.redis.zcard(keys.holds))
         label = str(sale_id)
         metrics.TOKENS_REMAINING.labels(label).set(int(tokens or 0))

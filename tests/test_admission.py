@@ -59,7 +59,7 @@ async def test_load_twice_is_refused_and_a_crash_is_finished(sales, product_fact
     sale = await sales.create(product_id=product, quantity=10, price=Decimal("1.00"))
     with pytest.raises(Conflict):
         await sales.load_tokens(sale["sale_id"])
-    assert await redis.get(sale_keys(sale["sale_id"]).tokens) == b"10"
+    assert await redis.hget(sale_keys(sale["sale_id"]).meta, "tokens") == b"10"
     # A crash after the Postgres transaction, before the tokens: status stays 'loading'.
     sale_id = await pool.fetchval(
         "INSERT INTO flash_sales (product_id, quantity, price, status)"
@@ -67,9 +67,9 @@ async def test_load_twice_is_refused_and_a_crash_is_finished(sales, product_fact
     assert await sales.load_tokens(sale_id) == 5
     # A crash after the tokens, before 'ready': finishing does not load again.
     await pool.execute("UPDATE flash_sales SET status = 'loading' WHERE sale_id = $1", sale_id)
-    await redis.decr(sale_keys(sale_id).tokens)  # one sold meanwhile
+    await redis.hincrby(sale_keys(sale_id).meta, "tokens", -1)  # one sold meanwhile
     assert await sales.load_tokens(sale_id) == 0
-    assert await redis.get(sale_keys(sale_id).tokens) == b"4"
+    assert await redis.hget(sale_keys(sale_id).meta, "tokens") == b"4"
     assert await pool.fetchval("SELECT status FROM flash_sales WHERE sale_id = $1",
                                sale_id) == "ready"
 
@@ -83,7 +83,7 @@ async def test_a_sale_id_held_in_redis_by_another_database_is_refused(
     await pool.execute("ALTER SEQUENCE flash_sales_sale_id_seq RESTART")
     with pytest.raises(Conflict, match="different sale"):
         await sales.create(product_id=product, quantity=3, price=Decimal("1.00"))
-    assert await redis.get(sale_keys(sale["sale_id"]).tokens) == b"2"  # untouched
+    assert await redis.hget(sale_keys(sale["sale_id"]).meta, "tokens") == b"2"  # untouched
 
 
 async def test_reserve_happy_replay_limit_sold_out(admission, sales, product_factory):

@@ -28,7 +28,7 @@ from engine.errors import (
     SoldOut,
     Unavailable,
 )
-from engine.keys import sale_keys
+from engine.keys import sale_keys, units_by_buyer
 from engine.scripts import SCRIPTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ async def books(cluster, sale: int) -> dict:
     keys = sale_keys(sale)
     initial, held, confirmed = (int(v) for v in await cluster.hmget(
         keys.meta, "initial", "held", "confirmed"))
-    tokens = int(await cluster.get(keys.tokens))
+    tokens = int(await cluster.hget(keys.meta, "tokens"))
     assert initial == tokens + held + confirmed, (initial, tokens, held, confirmed)
     per_user: Counter = Counter()
     units: Counter = Counter()
@@ -88,8 +88,7 @@ async def books(cluster, sale: int) -> dict:
         if s in (b"h", b"c"):
             per_user[int(u)] += int(q)
     assert units[b"h"] == held and units[b"c"] == confirmed
-    buyers = {int(u): int(q) for u, q in (await cluster.hgetall(keys.buyers)).items()
-              if int(q)}
+    buyers = units_by_buyer(await cluster.hgetall(keys.buyers))
     assert buyers == dict(per_user)
     return {"initial": initial, "tokens": tokens, "held": held, "confirmed": confirmed,
             "per_user": per_user}

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from chaos.servers import PrivateRedis
 from engine.connections import create_redis
 from engine.events import SaleEvent
-from engine.keys import reservation_number, sale_keys
+from engine.keys import buyer_key_field, buyer_units_field, reservation_number, sale_keys
 from reconciler.apply import apply_batch
 from tests.conftest import assert_error, create_sale, make_settings
 from tests.reconciler_proc import ROOT, ReconcilerProcess, new_sale, wait_drained
@@ -40,13 +40,13 @@ async def test_ids_never_repeat_when_redis_forgets_its_sequence(
     """Redis losing its last writes sends ``seq`` back: the ids issued next are new."""
     sale = await new_sale(sales, product_factory, before + after, per_user_limit=1)
     first = await asyncio.gather(*(admission.reserve(sale, i, 1, "k") for i in range(before)))
-    seq = sale_keys(sale).seq
+    meta = sale_keys(sale).meta
     if forget == "delete":
-        await redis.delete(seq)
+        await redis.hdel(meta, "seq")
     elif forget == "zero":
-        await redis.set(seq, 0)
+        await redis.hset(meta, "seq", 0)
     else:
-        await redis.set(seq, sorted(reservation_number(h.reservation_id) for h in first)[
+        await redis.hset(meta, "seq", sorted(reservation_number(h.reservation_id) for h in first)[
             before // 2])
     second = await asyncio.gather(*(admission.reserve(sale, 10_000 + i, 1, "k")
                                     for i in range(after)))
@@ -203,11 +203,11 @@ async def _forget_last(redis, sale: int, holds) -> None:
     for h in holds:
         await redis.hdel(keys.res, h.reservation_id)
         await redis.zrem(keys.holds, h.reservation_id)
-        await redis.hincrby(keys.buyers, h.user_id, -h.quantity)
-        await redis.hdel(keys.idem, f"{h.user_id}:k")
+        await redis.hincrby(keys.buyers, buyer_units_field(h.user_id), -h.quantity)
+        await redis.hdel(keys.buyers, buyer_key_field(h.user_id, "k"))
         await redis.hincrby(keys.meta, "held", -h.quantity)
-        await redis.incrby(keys.tokens, h.quantity)
-    await redis.set(keys.seq, 0)
+        await redis.hincrby(keys.meta, "tokens", h.quantity)
+    await redis.hset(keys.meta, "seq", 0)
 
 
 async def test_audit_finds_lost_reservations_and_force_recover_repairs_them(

@@ -14,7 +14,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from engine.admission import Admission
 from engine.errors import FlashsaleError
-from engine.keys import ACTIVE_SALES, sale_keys
+from engine.keys import ACTIVE_SALES, sale_keys, units_by_buyer
 from engine.scripts import SCRIPTS
 from tests.conftest import TEST_REDIS_URL
 
@@ -100,7 +100,7 @@ class SaleMachine(RuleBasedStateMachine):
     def books_balance(self):
         meta = self.run(self.redis.hmget(self.keys.meta, "initial", "held", "confirmed"))
         initial, held, confirmed = (int(v) for v in meta)
-        tokens = int(self.run(self.redis.get(self.keys.tokens)))
+        tokens = int(self.run(self.redis.hget(self.keys.meta, "tokens")))
         assert initial == tokens + held + confirmed == INITIAL
         assert tokens >= 0
         units: Counter = Counter()
@@ -112,8 +112,7 @@ class SaleMachine(RuleBasedStateMachine):
                 per_user[int(u)] += int(q)
         assert units[b"h"] == held and units[b"c"] == confirmed
         assert max(per_user.values(), default=0) <= LIMIT
-        buyers = {int(u): int(q) for u, q in self.run(self.redis.hgetall(self.keys.buyers))
-                  .items() if int(q)}
+        buyers = units_by_buyer(self.run(self.redis.hgetall(self.keys.buyers)))
         assert buyers == dict(per_user)
         live = self.run(self.redis.zcard(self.keys.holds))
         assert live == sum(1 for v in self.run(self.redis.hgetall(self.keys.res)).values()

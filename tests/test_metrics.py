@@ -90,9 +90,9 @@ async def test_the_reconciler_gauges_books_backlogs_and_forgets_closed_sales(
             assert not [n for n in samples if n.split("{")[0].endswith("_created")]
             assert not [n for n in samples if n.startswith("flashsale_http_")]
 
-            await redis.incrby(sale_keys(sid).tokens, 2)  # two units appear from nowhere
+            await redis.hincrby(sale_keys(sid).meta, "tokens", 2)  # two units appear from nowhere
             await _until(http, port, lambda s: s.get(mismatch) == 2, "the mismatch")
-            await redis.incrby(sale_keys(sid).tokens, -2)
+            await redis.hincrby(sale_keys(sid).meta, "tokens", -2)
             await _until(http, port, lambda s: s.get(mismatch) == 0, "balanced again")
 
             await sales.change_state(sid, "end")

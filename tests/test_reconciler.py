@@ -164,7 +164,7 @@ async def test_audit_passes_on_a_healthy_sale_and_fails_on_a_corrupted_one(
                                               "expired": 0}
     status = await asyncio.to_thread(_cli, settings, "sale", "status", str(sale), "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["reconciler_lag"] == 0
-    await redis.incrby(sale_keys(sale).tokens, 3)  # tamper: three units from nowhere
+    await redis.hincrby(sale_keys(sale).meta, "tokens", 3)  # tamper: three units from nowhere
     bad = await asyncio.to_thread(_cli, settings, "audit", str(sale))
     assert bad.returncode == 1
     assert "do not balance" in bad.stdout

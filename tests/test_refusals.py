@@ -327,7 +327,7 @@ class TwoWorkers(RuleBasedStateMachine):
     @invariant()
     def no_flag_while_tokens_are_left(self):
         self.run(barrier(self.redis, *self.workers))
-        tokens = int(self.run(self.redis.get(self.keys.tokens)))
+        tokens = int(self.run(self.redis.hget(self.keys.meta, "tokens")))
         for w in self.workers:
             refused = False
             try:

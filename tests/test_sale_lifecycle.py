@@ -211,10 +211,10 @@ async def test_books_mismatch_counts_tampered_tokens(sales, product_factory, red
     product = await product_factory(stock=10)
     sid = (await sales.create(product_id=product, quantity=10, price=Decimal("1.00")))["sale_id"]
     assert (await sale_board(sales, sid)).books_mismatch_units == 0
-    await redis.incrby(sale_keys(sid).tokens, 3)
+    await redis.hincrby(sale_keys(sid).meta, "tokens", 3)
     board = await sale_board(sales, sid)
     assert board.books_mismatch_units == 3 and not board.books_balanced
-    await redis.incrby(sale_keys(sid).tokens, -5)
+    await redis.hincrby(sale_keys(sid).meta, "tokens", -5)
     assert (await sale_board(sales, sid)).books_mismatch_units == 2
 
 

@@ -189,7 +189,7 @@ async def test_300_buyers_x3_concurrent_never_oversell(api, pool, redis) -> None
         elif status != 201:
             assert_error(body, {409: "sold_out", 422: "purchase_limit_exceeded"}[status])
     counts = await redis.hmget(sale_keys(sale["sale_id"]).meta, "initial", "held", "confirmed")
-    tokens = int(await redis.get(sale_keys(sale["sale_id"]).tokens))
+    tokens = int(await redis.hget(sale_keys(sale["sale_id"]).meta, "tokens"))
     assert tokens == 0 and [int(c) for c in counts] == [150, 150, 0]
     _, public = await api.call("GET", f"/api/v1/sales/{sale['sale_id']}")
     assert public["remaining"] == 0 and public["status"] == "sold_out"

@@ -101,7 +101,7 @@ class RoomMachine(RuleBasedStateMachine):
 
     @invariant()
     def passes_follow_the_stock_and_the_line(self):
-        tokens = int(self.run(self.redis.get(self.keys.tokens)))
+        tokens = int(self.run(self.redis.hget(self.keys.meta, "tokens")))
         held = int(self.run(self.redis.hget(self.keys.meta, "held")))
         fresh = self.run(self.redis.zcard(self.room_keys.fresh))
         assert fresh <= tokens + self.rebuys, (fresh, tokens, self.rebuys)
