@@ -27,6 +27,7 @@ from engine.errors import (
     ReservationExpired,
     SaleNotActive,
     SoldOut,
+    Unavailable,
     ValidationFailed,
 )
 from engine.keys import sale_keys, sale_of_reservation
@@ -62,6 +63,14 @@ class _Outcomes:
         if child is None:
             child = self._children[outcome] = metrics.ADMISSIONS.labels(outcome)
         child.inc()
+
+
+def old_layout(sale_id: int) -> Unavailable:
+    """A sale still in the key layout of before the lean gate (README: upgrading): 503,
+    and the log says what the operator runs."""
+    return Unavailable(f"Sale {sale_id} is in the Redis key layout of before this version; "
+                       f"an operator moves it with `flashsale sale recover --force {sale_id}`.",
+                       dependency="redis")
 
 
 class Admission:
@@ -166,6 +175,8 @@ class Admission:
             raise IdempotencyKeyReused()
         if tag == b"no_sale":
             raise NotFound("No such sale.")
+        if tag == b"old_layout":
+            raise old_layout(sale_id)
         raise RuntimeError(f"reserve.lua answered {answer!r}")
 
     # -- release, confirm, expire --------------------------------------------------------
@@ -182,6 +193,8 @@ class Admission:
                         status=text(answer[1]), expires_ms=answer[3], user_id=user_id)
         if tag == b"invalid":
             raise InvalidTransition("A confirmed reservation is released by cancelling its order.")
+        if tag == b"old_layout":
+            raise old_layout(sale_id)
         raise NotFound("No such reservation.")
 
     async def confirm(self, reservation_id: str, *, user_id: int, order_id: int) -> Hold:

@@ -12,14 +12,8 @@
 --
 -- Returns {"ok", state_name, quantity, expires_ms} where state_name is "released" when
 -- this call or an earlier one released it, or "expired" if the sweeper got there first
--- (idempotent); {"not_found"}; {"invalid", state_name} (confirmed and ARGV[3] ~= "1").
-
--- A sale in the layout of before the lean gate (tokens in a key of its own) is refused:
--- counting its units into meta would split its books (README: upgrading).
-local function refuse_old_layout()
-  return redis.error_reply("sale " .. ARGV[6] .. " is in the key layout of before "
-    .. "the lean gate: rebuild it with `flashsale sale recover --force " .. ARGV[6] .. "`")
-end
+-- (idempotent); {"not_found"}; {"invalid", state_name} (confirmed and ARGV[3] ~= "1");
+-- {"old_layout"} (as reserve.lua).
 
 local rid = ARGV[1]
 local rec = redis.call("HGET", KEYS[4], rid)
@@ -41,8 +35,10 @@ if s == "c" and ARGV[3] ~= "1" then
   return {"invalid", "confirmed"}
 end
 
+-- A sale in the layout of before the lean gate (tokens in a key of its own) is refused:
+-- counting its units into meta would split its books (README: upgrading).
 if redis.call("HEXISTS", KEYS[1], "tokens") == 0 then
-  return refuse_old_layout()
+  return {"old_layout"}
 end
 local now = now_ms()
 redis.call("HINCRBY", KEYS[1], "tokens", qty)

@@ -22,6 +22,8 @@
 --   {"rate_limited", retry_after_ms}
 --   {"bad_quantity", per_user_limit}  {"limit", units_already, per_user_limit}
 --   {"sold_out"}  {"idem_reused"}
+--   {"old_layout"}: the sale was loaded in the key layout of before the lean gate (tokens
+--   in a key of its own); `flashsale sale recover --force` moves it (README: upgrading)
 -- Every check comes before the first admission write: Redis has no rollback.
 --
 -- Cost: one HMGET per hash read, one HSET per hash written. A refusal is TIME + 2 HMGETs
@@ -40,8 +42,7 @@ if not meta[1] then
   return {"no_sale"}
 end
 if not meta[6] then  -- the layout of before the lean gate (README: upgrading)
-  return redis.error_reply("sale " .. sale_id .. " is in the key layout of before the lean "
-    .. "gate: rebuild it with `flashsale sale recover --force " .. sale_id .. "`")
+  return {"old_layout"}
 end
 
 local units_field = "u:" .. user

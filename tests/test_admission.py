@@ -20,6 +20,7 @@ from engine.errors import (
     ReservationExpired,
     SaleNotActive,
     SoldOut,
+    ValidationFailed,
 )
 from engine.keys import ACTIVE_SALES, sale_keys
 
@@ -226,3 +227,42 @@ async def test_rate_limit_token_bucket(redis, sales, product_factory):
     assert (await admission.reserve(sale, 3, 1, "x", client="10.0.0.2")).status == "held"
     await asyncio.sleep(0.25)  # refilled at 5/s
     assert (await admission.reserve(sale, 1, 1, "k-late", client="10.0.0.1")).status == "held"
+
+
+async def test_with_rate_limiting_a_refusal_writes_nothing_and_takes_no_token(
+        redis, sales, product_factory):
+    """Only an admission takes a rate-limit token: any number of refusals and replays, in
+    a generated order, leave every key of the sale as it was and are never throttled."""
+    import random
+
+    admission = Admission(redis, rate_limit=5, batching=False)  # burst of 10
+    product = await product_factory(stock=2)
+    sale = (await sales.create(product_id=product, quantity=2, price=Decimal("1.00"),
+                               per_user_limit=1))["sale_id"]
+    held = [await admission.reserve(sale, u, 1, f"k{u}", client="10.0.0.9") for u in (1, 2)]
+    keys = sale_keys(sale)
+
+    async def state():
+        return (await redis.hgetall(keys.meta), await redis.hgetall(keys.buyers),
+                await redis.hgetall(keys.res), await redis.zrange(keys.holds, 0, -1),
+                await redis.xlen(keys.events))
+
+    before = await state()
+    rng = random.Random()
+    attempts = {
+        "limit": lambda: admission.reserve(sale, 1, 1, f"again{rng.random()}",
+                                           client="10.0.0.9"),
+        "replay": lambda: admission.reserve(sale, 2, 1, "k2", client="10.0.0.9"),
+        "sold_out": lambda: admission.reserve(sale, rng.randrange(3, 10**6), 1, "k",
+                                              client="10.0.0.9"),
+        "bad_quantity": lambda: admission.reserve(sale, rng.randrange(3, 10**6), 2, "k",
+                                                  client="10.0.0.9")}
+    for kind in rng.choices(list(attempts), k=60):
+        try:
+            hold = await attempts[kind]()
+            assert kind == "replay" and hold.reservation_id == held[1].reservation_id
+        except RateLimited:
+            pytest.fail(f"a {kind} refusal was throttled: refusals took rate-limit tokens")
+        except (PurchaseLimitExceeded, SoldOut, ValidationFailed):
+            assert kind != "replay"
+    assert await state() == before

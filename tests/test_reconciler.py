@@ -198,6 +198,61 @@ async def test_recover_rebuilds_redis_from_postgres(
     assert audit.returncode == 0, audit.stdout
 
 
+
+async def _to_the_layout_before_the_lean_gate(redis, sale: int) -> None:
+    """Rewrite a sale's Redis state the way the version before the lean gate kept it:
+    tokens and seq in keys of their own, buyers (user -> units) and idem
+    ("<user>:<key>" -> id) as two hashes."""
+    keys = sale_keys(sale)
+    old_tokens, old_buyers, old_idem, old_seq, _old_rl = keys.legacy
+    tokens, seq = await redis.hmget(keys.meta, "tokens", "seq")
+    await redis.set(old_tokens, tokens)
+    await redis.set(old_seq, seq)
+    for field, value in (await redis.hgetall(keys.buyers)).items():
+        kind, _, rest = field.decode().partition(":")
+        if kind == "u":
+            await redis.hset(old_buyers, rest, value)
+        elif kind == "k":
+            await redis.hset(old_idem, rest, value)
+    await redis.hdel(keys.meta, "tokens", "seq")
+    await redis.delete(keys.buyers)
+
+
+async def test_a_sale_in_the_old_key_layout_is_refused_then_moved_by_recover(
+        sales, product_factory, admission, redis, pool, settings, procs) -> None:
+    """Upgrading with a live sale: the gate refuses it with a 503 naming the fix (never
+    reads its tokens as zero), and `sale recover --force` moves it to today's layout with
+    its holds, buyers, idempotency keys and id sequence."""
+    from engine.errors import Unavailable
+    from engine.keys import reservation_number
+
+    sale = await new_sale(sales, product_factory, 10, per_user_limit=2)
+    procs.append(ReconcilerProcess(settings, "rec").start())
+    holds = await asyncio.gather(*(admission.reserve(sale, i, 1, f"k{i}") for i in range(4)))
+    await admission.confirm(holds[0].reservation_id, user_id=0, order_id=1)
+    await wait_drained(redis, pool, sale, rows=4)
+    before = await sales.counts(sale)
+    await _to_the_layout_before_the_lean_gate(redis, sale)
+    with pytest.raises(Unavailable, match=f"recover --force {sale}"):
+        await admission.reserve(sale, 9, 1, "new")
+    with pytest.raises(Unavailable, match="recover --force"):
+        await admission.release(holds[1].reservation_id, user_id=1)
+    done = await asyncio.to_thread(_cli, settings, "sale", "recover", "--force", str(sale))
+    assert done.returncode == 0, done.stderr
+    assert await redis.exists(*sale_keys(sale).legacy) == 0
+    assert await sales.counts(sale) == before  # tokens 6, held 3, confirmed 1 of 10
+    replay = await admission.reserve(sale, 2, 1, "k2")
+    assert replay.replayed and replay.reservation_id == holds[2].reservation_id
+    fresh = await admission.reserve(sale, 50, 1, "new")
+    assert reservation_number(fresh.reservation_id) > max(
+        reservation_number(h.reservation_id) for h in holds)
+    with pytest.raises(Exception, match="limit"):
+        await admission.reserve(sale, 1, 2, "more")  # user 1 holds 1, limit 2
+    await admission.release(holds[1].reservation_id, user_id=1)
+    await wait_drained(redis, pool, sale, rows=5)
+    audit = await asyncio.to_thread(_cli, settings, "audit", str(sale))
+    assert audit.returncode == 0, audit.stdout
+
 async def test_a_sale_unknown_to_postgres_is_left_unread_not_fatal(
         settings, sales, product_factory, admission, pool, redis, procs) -> None:
     """Redis left over from another database: its sale is reported, the others proceed."""

@@ -1,3 +1,6 @@
+-- benchmarks/baseline: lua/load_tokens.lua as it was before the lean gate (issue 13): the
+-- loader of the layout reserve_before.lua reads. Not used by the application.
+--
 -- load_tokens.lua: create a sale's Redis state and load its tokens, once.
 --
 -- KEYS[1] meta  KEYS[2] tokens  KEYS[3] events  (layouts as in reserve.lua)

@@ -1,3 +1,7 @@
+-- benchmarks/baseline: lua/reserve.lua as it was before the lean gate (issue 13), on the
+-- key layout of then (load_tokens_before.lua); benchmarks/gate_cost.py runs it beside
+-- today's script. Not used by the application.
+--
 -- reserve.lua: admit one reservation attempt for a flash sale, atomically.
 --
 -- KEYS[1] meta    hash: product_id, price, starts_ms, ends_ms (0 = open), per_user_limit,
