@@ -7,6 +7,7 @@ or a typed error.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ from engine.keys import sale_keys, sale_of_reservation
 from engine.records import ReservationRecord, State
 from engine.refusals import SaleRefusals, channel_of
 from engine.scripts import SCRIPTS, Scripts
+
+log = logging.getLogger("flashsale.admission")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +220,11 @@ class Admission:
     async def expire_due(self, sale_id: int, *, limit: int = 500) -> tuple[int, int, int]:
         """Return up to ``limit`` due holds of a sale to stock:
         (holds expired, units returned, holds still due)."""
-        expired, units, left = await self.scripts.expire_holds(
+        answer = await self.scripts.expire_holds(
             self.redis, sale_keys(sale_id).for_expire, (limit, self.channel, sale_id))
+        if len(answer) > 3:  # the sale's other work goes on; its holds wait for the move
+            log.error("%s", old_layout(sale_id))
+        expired, units, left = answer[:3]
         return expired, units, left
 
     # -- reads ---------------------------------------------------------------------------

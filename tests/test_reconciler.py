@@ -237,6 +237,9 @@ async def test_a_sale_in_the_old_key_layout_is_refused_then_moved_by_recover(
         await admission.reserve(sale, 9, 1, "new")
     with pytest.raises(Unavailable, match="recover --force"):
         await admission.release(holds[1].reservation_id, user_id=1)
+    await redis.zadd(sale_keys(sale).holds, {holds[3].reservation_id: 1})  # due now
+    assert await admission.expire_due(sale) == (0, 0, 0)  # the sweeper goes on, unharmed
+    assert not await redis.hexists(sale_keys(sale).meta, "tokens")
     done = await asyncio.to_thread(_cli, settings, "sale", "recover", "--force", str(sale))
     assert done.returncode == 0, done.stderr
     assert await redis.exists(*sale_keys(sale).legacy) == 0
