@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -55,17 +56,9 @@ class Hold:
         return datetime.fromtimestamp(self.expires_ms / 1000, UTC)
 
 
-class _Outcomes:
-    """Prometheus children per outcome, resolved once."""
-
-    def __init__(self) -> None:
-        self._children: dict[str, object] = {}
-
-    def inc(self, outcome: str) -> None:
-        child = self._children.get(outcome)
-        if child is None:
-            child = self._children[outcome] = metrics.ADMISSIONS.labels(outcome)
-        child.inc()
+# Outcomes and latency counted in plain ints between scrapes (engine.metrics tallies).
+_OUTCOMES = metrics.CounterTally(metrics.ADMISSIONS)
+_LATENCY = metrics.HistogramTally(metrics.RESERVATION_LATENCY, metrics.LATENCY_BUCKETS)
 
 
 def old_layout(sale_id: int) -> Unavailable:
@@ -89,16 +82,15 @@ class Admission:
         self.scripts = scripts
         self.rate_limit = rate_limit
         self._batcher = batcher_beside(redis) if batching else None
-        self._outcomes = _Outcomes()
-        self._latency = metrics.RESERVATION_LATENCY
         self.channel = channel_of(redis)
         # Answers without Redis for sold-out and inactive sales once start() has run.
         self.refusals = SaleRefusals(redis, channel=self.channel, ttl=refusal_ttl)
 
-    async def _run(self, script, keys, args):
+    def _run(self, script, keys, args) -> Awaitable:
+        """The script's answer, to be awaited (the batcher's future: no coroutine)."""
         if self._batcher is not None:
-            return await self._batcher.call(script, keys, args)
-        return await script(self.redis, keys, args)
+            return self._batcher.call(script, keys, args)
+        return script(self.redis, keys, args)
 
     async def _replicated(self, key: str) -> None:
         """Answer a hold only once ``wait_replicas`` replicas have it (WAIT after the
@@ -142,8 +134,8 @@ class Admission:
             outcome = _OUTCOME_OF.get(type(exc), "error")
             raise
         finally:
-            self._outcomes.inc(outcome)
-            self._latency.observe(time.perf_counter() - started)
+            _OUTCOMES.inc((outcome,))
+            _LATENCY.observe((), time.perf_counter() - started)
 
     def _reserve_answer(self, sale_id: int, user_id: int, answer: list,
                         sent_at: float) -> tuple[str, Hold]:

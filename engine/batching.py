@@ -92,6 +92,7 @@ class ScriptBatcher:
         self._waiting: deque[_Pending] = deque()
         self._scheduled = False
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the transport's
         self._connecting: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._reader = hiredis.Reader(replyError=ResponseError)
@@ -114,7 +115,9 @@ class ScriptBatcher:
              asking: bool = False) -> asyncio.Future:
         """``asking``: precede the call with ASKING on the same connection (a Redis Cluster
         slot being migrated, engine/cluster.py); both go out in the same write."""
-        loop = asyncio.get_running_loop()
+        # The loop of the live connection (asyncio.get_running_loop() is a getpid system
+        # call on every use in Python 3.11); any other time, the running one.
+        loop = self._loop if self._transport is not None else asyncio.get_running_loop()
         future = loop.create_future()
         if asking:
             ask = _Pending(None, (), (), loop.create_future(), raw=_ASKING)
@@ -216,7 +219,7 @@ class ScriptBatcher:
                 loop.create_connection(lambda: _Protocol(self), self._host, self._port),
                 self._connect_timeout)
             self._reader = hiredis.Reader(replyError=ResponseError)
-            self._transport = transport
+            self._transport, self._loop = transport, loop
             await self._handshake()
         except (OSError, TimeoutError, ResponseError) as exc:
             self._fail_all(RedisConnectionError(f"cannot reach Redis for scripts: {exc}"))

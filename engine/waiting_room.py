@@ -181,6 +181,15 @@ class WaitingRoom:
             del self._configs[sale_id]
         return config
 
+    def cached(self, sale_id: int) -> tuple[bool, RoomConfig | None]:
+        """``(known, room)`` without Redis or a coroutine: known once ``config`` has
+        loaded the sale here (room None: the sale has no waiting room)."""
+        lookup = self._configs.get(sale_id)
+        if lookup is None or not lookup.done() or lookup.cancelled() or lookup.exception():
+            return False, None
+        loaded, config = lookup.result()
+        return loaded, config
+
     async def _read_config(self, sale_id: int) -> tuple[bool, RoomConfig | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(sale_keys(sale_id).meta)

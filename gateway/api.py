@@ -12,7 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 from aiohttp import web
@@ -29,7 +29,14 @@ from engine.errors import (
     ValidationFailed,
 )
 from engine.money import check_amount
-from gateway.policy import check_text, decode_hook, has_control, might_hold_control, plain
+from gateway.policy import (
+    check_text,
+    decode_hook,
+    has_control,
+    holds_money,
+    might_hold_control,
+    plain,
+)
 
 # public: anyone; user: any signed-in user or the operator token (seller routes, where an
 # admin acts for any seller); owner: a signed-in user acting on their own account, cart,
@@ -155,8 +162,8 @@ class BodyLimits:
 
 
 async def _receive(request: web.Request, limits: BodyLimits) -> bytes:
-    if request.content.is_eof():  # the body came with the headers: nothing to wait for
-        return await request.read()
+    """A body still on its way: at most ``per_client`` such reads per client address at
+    once, each within ``timeout``."""
     client = request.remote or ""
     if limits.reading.get(client, 0) >= limits.per_client:
         refused = RateLimited(1, "Too many requests are still sending their bodies.")
@@ -176,16 +183,33 @@ async def _receive(request: web.Request, limits: BodyLimits) -> bytes:
             del limits.reading[client]
 
 
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is over {max_bytes} bytes.")
+
+
 async def read_body(request: web.Request, decoder: msgspec.json.Decoder,
-                    limits: BodyLimits) -> Any:
+                    limits: BodyLimits, money: bool = True) -> Any:
+    """The decoded body; ``money``: the type may hold Money somewhere (``plain``)."""
     max_bytes = limits.max_bytes
     length = request.content_length
     if length is not None and length > max_bytes:
-        raise PayloadTooLarge(f"The request body is over {max_bytes} bytes.")
-    try:
-        raw = await _receive(request, limits)
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"The request body is over {max_bytes} bytes.") from exc
+        raise _too_large(max_bytes)
+    content = request.content
+    if content.is_eof():
+        # The body came with the headers (nearly every request): take it as it is, with
+        # no coroutine or wait; what aiohttp's read() would refuse is refused here.
+        raw = content.read_nowait()
+        if len(raw) > max_bytes:
+            raise _too_large(max_bytes)
+    else:
+        try:
+            raw = await _receive(request, limits)
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _too_large(max_bytes) from exc
+    return decode_body(raw, decoder, money)
+
+
+def decode_body(raw: bytes, decoder: msgspec.json.Decoder, money: bool = True) -> Any:
     if not raw:
         raise InvalidJSON("The request needs a JSON body.")
     try:
@@ -196,7 +220,8 @@ async def read_body(request: web.Request, decoder: msgspec.json.Decoder,
         raise InvalidJSON() from exc
     if might_hold_control(raw):
         check_text(body)
-    plain(body)
+    if money:
+        plain(body)
     return body
 
 
@@ -213,34 +238,49 @@ def read_query(request: web.Request, query_type: type) -> Any:
         raise validation_error(exc, root="query") from exc
 
 
-def bind(route: Route, *, verify: Callable[[str | None], Awaitable[Principal]],
+class Verify(Protocol):
+    """The bearer check: ``cached`` answers from this process's caches (no coroutine)
+    or None, and calling it reads what the caches lack."""
+
+    def cached(self, header: str | None) -> Principal | None: ...
+
+    async def __call__(self, header: str | None) -> Principal: ...
+
+
+def bind(route: Route, *, verify: Verify,
          limits: BodyLimits) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler for ``route``: auth, decode, call, encode."""
     handler, status, auth = route.handler, route.status, route.auth
     decoder, query_type = route.decoder, route.query
+    money = route.body is not None and holds_money(route.body)
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         for segment in request.match_info.values():
             if has_control(segment):
                 raise NotFound()  # no id of ours contains one
         if auth != "public":
-            who = await verify(request.headers.get("Authorization"))
+            header = request.headers.get("Authorization")
+            who = verify.cached(header)
+            if who is None:
+                who = await verify(header)
             if auth == "admin":
                 who.require_admin()
             elif auth == "owner" and who.operator:
                 raise Forbidden("The operator token acts on admin routes only; sign in as "
                                 "the user.")
             request[PRINCIPAL] = who
-        args: list[Any] = []
         if decoder is not None:
-            args.append(await read_body(request, decoder, limits))
-        if query_type is not None:
-            args.append(read_query(request, query_type))
-        result = await handler(request, *args)
+            body = await read_body(request, decoder, limits, money)
+            result = await (handler(request, body, read_query(request, query_type))
+                            if query_type is not None else handler(request, body))
+        elif query_type is not None:
+            result = await handler(request, read_query(request, query_type))
+        else:
+            result = await handler(request)
+        if type(result) is Reply:
+            return json_response(result.body, result.status)
         if isinstance(result, web.StreamResponse):
             return result
-        if isinstance(result, Reply):
-            return json_response(result.body, result.status)
         return json_response(result, status)
 
     endpoint.__name__ = handler.__name__

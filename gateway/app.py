@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_resources)
 
     routes = [r for table in ROUTE_TABLES for r in table.routes]
-    verify = _verifier(app)
+    verify = _Verifier(app)
     limits = api.BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout,
                             per_client=settings.body_reads_per_client)
     for route in routes:
@@ -50,13 +50,22 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def _verifier(app: web.Application):
-    async def verify(header: str | None):
-        svc = app[SERVICES]
-        token = svc.signer.from_header(header)
-        known = svc.standings.authorize_cached(token)  # most requests: no await
-        return known if known is not None else await svc.standings.authorize(token)
-    return verify
+class _Verifier:
+    """The bearer check of every authenticated route (gateway.api.Verify): the signature
+    cached per token and the account's standing cached for seconds, so most requests
+    are answered by ``cached`` without a coroutine; revocation and expiry are checked on
+    every use all the same (accounts/tokens.py, accounts/standing.py)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def cached(self, header: str | None):
+        svc = self._app[SERVICES]
+        return svc.standings.authorize_cached(svc.signer.from_header(header))
+
+    async def __call__(self, header: str | None):
+        svc = self._app[SERVICES]
+        return await svc.standings.authorize(svc.signer.from_header(header))
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

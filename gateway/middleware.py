@@ -97,22 +97,20 @@ def _route_label(request: web.Request) -> str:
 
 
 class _Children:
-    """Prometheus children cached per label tuple: no label parsing per request."""
+    """The request counter and duration histogram, counted in plain ints between scrapes
+    (engine.metrics tallies): no lock or label lookup per request."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], object] = {}
-        self.durations: dict[str, object] = {}
+        self.requests = metrics.CounterTally(metrics.HTTP_REQUESTS)
+        self.durations = metrics.HistogramTally(metrics.HTTP_DURATION, metrics.LATENCY_BUCKETS)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        counter = self.requests.get(key)
-        if counter is None:
-            counter = self.requests[key] = metrics.HTTP_REQUESTS.labels(route, method, str(status))
-        counter.inc()
-        hist = self.durations.get(route)
-        if hist is None:
-            hist = self.durations[route] = metrics.HTTP_DURATION.labels(route)
-        hist.observe(seconds)
+        self.requests.inc((route, method, _STATUS.get(status) or str(status)))
+        self.durations.observe((route,), seconds)
+
+
+_STATUS = {code: str(code) for code in range(100, 600)}
+_CHILDREN = _Children()  # one per process, as the series are
 
 
 def request_id_of(request: web.Request) -> str:
@@ -123,7 +121,7 @@ def request_id_of(request: web.Request) -> str:
 
 
 def edge_middleware(*, access_log: bool = False) -> Callable:
-    children = _Children()
+    children = _CHILDREN
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -88,6 +88,28 @@ def _first_control(value: Any, path: str) -> str | None:
     return None
 
 
+def holds_money(kind: Any) -> bool:
+    """Whether a value decoded as ``kind`` can hold Money anywhere (else ``plain`` has
+    nothing to do and the route skips its walk)."""
+    return _money_in(msgspec.inspect.type_info(kind), set())
+
+
+def _money_in(info: Any, seen: set[int]) -> bool:
+    if isinstance(info, msgspec.inspect.CustomType):
+        return isinstance(info.cls, type) and issubclass(info.cls, Money)
+    if id(info) in seen:
+        return False
+    seen.add(id(info))
+    for name in info.__struct_fields__:  # the inspected type's parts, at any depth
+        parts = getattr(info, name)
+        for part in parts if isinstance(parts, tuple) else (parts,):
+            if isinstance(part, msgspec.inspect.Field):
+                part = part.type
+            if isinstance(part, msgspec.inspect.Type) and _money_in(part, seen):
+                return True
+    return False
+
+
 def plain(value: Any) -> None:
     """Turn the Money fields of a decoded struct (at any depth) into plain Decimals, which
     every encoder and driver knows."""

@@ -14,7 +14,7 @@ from msgspec import Meta
 from engine.errors import NotFound, ValidationFailed
 from engine.sales import room_of
 from engine.waiting_room import RoomConfig
-from gateway.api import Body, Reply, RouteTable, path_int, principal
+from gateway.api import PRINCIPAL, Body, Reply, RouteTable, path_int, principal
 from gateway.context import services
 from gateway.policy import Price
 from reconciler.board import BoardStatus, SaleBoard, sale_board, sale_boards
@@ -143,17 +143,20 @@ async def reserve(request: web.Request, body: ReserveRequest) -> Reservation | R
     """Hold units of a flash sale. The same idempotency key again returns the same hold.
     A sale with a waiting room needs the caller's live queue pass (403 queue_required)."""
     svc = services(request)
-    admission = svc.admission
-    sale_id, user_id = path_int(request, "sale_id"), principal(request).user_id
-    await svc.room.check_pass(sale_id, user_id, body.queue_pass)
+    admission, room = svc.admission, svc.room
+    sale_id, user_id = path_int(request, "sale_id"), request[PRINCIPAL].user_id
+    known, config = room.cached(sale_id)
+    in_line = not known or config is not None  # a sale known to have no room skips both
+    if in_line:
+        await room.check_pass(sale_id, user_id, body.queue_pass)
     try:
         hold = await admission.reserve(
             sale_id, user_id, body.quantity, body.idempotency_key,
             client=(request.remote or "") if admission.rate_limit else "")
     except NotFound:
         raise await svc.sales.missing_from_redis(sale_id) from None
-    if not hold.replayed:
-        await svc.room.pass_used(sale_id, user_id)
+    if not hold.replayed and in_line:
+        await room.pass_used(sale_id, user_id)
     reservation = Reservation(reservation_id=hold.reservation_id, sale_id=hold.sale_id,
                               quantity=hold.quantity, status=hold.status,
                               expires_at=hold.expires_at)
