@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -40,8 +40,10 @@ from engine.scripts import SCRIPTS, Scripts
 log = logging.getLogger("flashsale.admission")
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(msgspec.Struct, frozen=True):
+    """A hold as a script answered it (a frozen msgspec struct: built on every
+    reservation, it costs a fifth of a frozen dataclass)."""
+
     reservation_id: str
     sale_id: int
     quantity: int

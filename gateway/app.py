@@ -14,7 +14,7 @@ from engine.errors import Unavailable
 from engine.settings import Settings
 from gateway import api
 from gateway.context import SERVICES, SETTINGS, build_services
-from gateway.middleware import edge_middleware, install_parser_errors
+from gateway.middleware import Edge, install_parser_errors
 from gateway.openapi import build_openapi
 from gateway.pages import add_pages
 from gateway.routes import ROUTE_TABLES
@@ -22,8 +22,7 @@ from gateway.routes import ROUTE_TABLES
 
 def create_app(settings: Settings) -> web.Application:
     install_parser_errors()
-    app = web.Application(middlewares=[edge_middleware(access_log=settings.access_log)],
-                          client_max_size=settings.max_body_bytes,
+    app = web.Application(client_max_size=settings.max_body_bytes,
                           # Long query strings reach the handlers (which answer 422 in
                           # the error contract) instead of aiohttp's plain-text 400.
                           handler_args={"max_line_size": 32 * 1024})
@@ -34,19 +33,20 @@ def create_app(settings: Settings) -> web.Application:
     verify = _Verifier(app)
     limits = api.BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout,
                             per_client=settings.body_reads_per_client)
+    edge = Edge(app.router, access_log=settings.access_log)
     for route in routes:
-        app.router.add_route(route.method, route.path,
-                             api.bind(route, verify=verify, limits=limits))
+        edge.add(route.method, route.path, api.bind(route, verify=verify, limits=limits))
     openapi = encode(build_openapi(routes))
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.Response(body=openapi, content_type="application/json")
 
-    app.router.add_get("/api/v1/openapi.json", openapi_json)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_text)
-    add_pages(app)
+    edge.add("GET", "/api/v1/openapi.json", openapi_json, head=True)
+    edge.add("GET", "/healthz", healthz, head=True)
+    edge.add("GET", "/readyz", readyz, head=True)
+    edge.add("GET", "/metrics", metrics_text, head=True)
+    add_pages(edge)
+    edge.finish()
     return app
 
 

@@ -22,10 +22,14 @@ import importlib.resources
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from engine.errors import NotFound
+
+if TYPE_CHECKING:
+    from gateway.middleware import Edge
 
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
           ".png": "image/png"}
@@ -103,7 +107,7 @@ def _serve(request: web.Request, asset: Asset, *, csp: str) -> web.Response:
     return web.Response(body=body, headers=headers)
 
 
-def add_pages(app: web.Application) -> None:
+def add_pages(edge: Edge) -> None:
     ours, swagger = load_assets()
 
     def page(name: str, csp: str = _CSP):
@@ -122,8 +126,8 @@ def add_pages(app: web.Application) -> None:
             return _serve(request, asset, csp=_CSP)
         return handler
 
-    app.router.add_get("/", page("index.html"))
-    app.router.add_get("/console", page("console.html"))
-    app.router.add_get("/docs", page("docs.html", _DOCS_CSP))
-    app.router.add_get("/static/{name}", files(ours))
-    app.router.add_get("/docs/assets/{name}", files(swagger))
+    edge.add("GET", "/", page("index.html"), head=True)
+    edge.add("GET", "/console", page("console.html"), head=True)
+    edge.add("GET", "/docs", page("docs.html", _DOCS_CSP), head=True)
+    edge.add("GET", "/static/{name}", files(ours), head=True)
+    edge.add("GET", "/docs/assets/{name}", files(swagger), head=True)

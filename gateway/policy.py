@@ -31,8 +31,12 @@ def might_hold_control(raw: bytes) -> bool:
     JSON spells C0 controls only as escapes (``\\u....``, ``\\b``, ``\\f``; raw ones
     are malformed JSON), and DEL and the C1 controls are the bytes 0x7f and 0xc2 0x80-0x9f
     in UTF-8. Lets most bodies skip the walk."""
-    return (b"\\u" in raw or b"\\b" in raw or b"\\f" in raw or b"\x7f" in raw
-            or b"\xc2" in raw)
+    return _MIGHT_HOLD_CONTROL.search(raw) is not None
+
+
+# One pass in C (``bytes in bytes`` first tries the needle as an integer and formats the
+# TypeError it throws away: about 2 µs for the five tests this replaces).
+_MIGHT_HOLD_CONTROL = re.compile(rb"\\[ubf]|[\x7f\xc2]")
 
 
 class Money(Decimal):
