@@ -152,6 +152,7 @@ class WaitingRoom:
         self.signer = PassSigner(secret)
         self.join_rate = join_rate
         self._configs: dict[int, asyncio.Future] = {}
+        self._known: dict[int, RoomConfig | None] = {}  # loaded sales: their room or None
         self._gauges = _Gauges()
 
     async def _run(self, script: Script, keys: tuple[str, ...], args: tuple) -> Any:
@@ -179,16 +180,15 @@ class WaitingRoom:
             raise
         if not loaded and self._configs.get(sale_id) is lookup:
             del self._configs[sale_id]
+        if loaded:
+            self._known[sale_id] = config
         return config
 
     def cached(self, sale_id: int) -> tuple[bool, RoomConfig | None]:
         """``(known, room)`` without Redis or a coroutine: known once ``config`` has
         loaded the sale here (room None: the sale has no waiting room)."""
-        lookup = self._configs.get(sale_id)
-        if lookup is None or not lookup.done() or lookup.cancelled() or lookup.exception():
-            return False, None
-        loaded, config = lookup.result()
-        return loaded, config
+        known = self._known
+        return (True, known[sale_id]) if sale_id in known else (False, None)
 
     async def _read_config(self, sale_id: int) -> tuple[bool, RoomConfig | None]:
         async with self.redis.pipeline(transaction=False) as pipe:

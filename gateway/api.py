@@ -279,9 +279,10 @@ def bind(route: Route, *, verify: Verify,
             result = await handler(request)
         if type(result) is Reply:
             return json_response(result.body, result.status)
-        if isinstance(result, web.StreamResponse):
-            return result
-        return json_response(result, status)
+        # A struct first: StreamResponse is an ABC (a MutableMapping), its isinstance slow.
+        if isinstance(result, msgspec.Struct) or not isinstance(result, web.StreamResponse):
+            return json_response(result, status)
+        return result
 
     endpoint.__name__ = handler.__name__
     return endpoint
