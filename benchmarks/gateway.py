@@ -3,6 +3,8 @@ connections, same run.
 
     python -m benchmarks.gateway --quick      (3 rounds of 2 s per case, about a minute)
     python -m benchmarks.gateway --full       (3 rounds of 10 s per case)
+    ... --rounds 7 --workers 1 --pin          (more rounds; 1 worker only; the server on
+                                               CPU 0, wrk and Redis on CPU 1)
 
 Load comes from wrk when it is installed (a Lua script posts a reservation body with a
 unique idempotency key per request), else from an in-process aiohttp client. For 1 and 2
@@ -66,10 +68,17 @@ def cpu_seconds(pid: int) -> float:
     return sum(process_cpu_seconds(p) for p in pids)
 
 
+def pinned(cpus: str | None) -> list[str]:
+    """The command prefix that runs a process (and what it forks) on ``cpus`` only."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 class Server:
-    def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], port: int,
+                 cpus: str | None = None) -> None:
         self.port = port
-        self.proc = subprocess.Popen([sys.executable, "-m", *args], env={**os.environ, **env},
+        self.proc = subprocess.Popen([*pinned(cpus), sys.executable, "-m", *args],
+                                     env={**os.environ, **env},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     async def ready(self, path: str) -> None:
@@ -100,11 +109,13 @@ async def reset_sale(redis) -> None:
                               (1, "9.99", 0, 0, 10**9, 600_000, 0, 1, 0, 1, "bench"))
 
 
-def run_wrk(url: str, path: str, token: str, conns: int, seconds: float) -> dict:
+def run_wrk(url: str, path: str, token: str, conns: int, seconds: float,
+            cpus: str | None = None) -> dict:
     env = {**os.environ, "WRK_PATH": path, "WRK_TOKEN": token}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{max(1, int(seconds))}s",
-                           "--timeout", "5s", "-s", str(HERE / "wrk" / "post.lua"), url],
+    done = subprocess.run([*pinned(cpus), "wrk", "-t", "1", "-c", str(conns), "-d",
+                           f"{max(1, int(seconds))}s", "--timeout", "5s",
+                           "-s", str(HERE / "wrk" / "post.lua"), url],
                           env=env, capture_output=True, text=True, timeout=seconds + 30)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")]
@@ -149,11 +160,11 @@ async def run_inprocess(url: str, token: str, conns: int, seconds: float) -> dic
 
 
 async def measure(name: str, server: Server, url: str, token: str, conns: int,
-                  seconds: float, redis_pid: int) -> dict:
+                  seconds: float, redis_pid: int, load_cpus: str | None = None) -> dict:
     before = (cpu_seconds(server.proc.pid), cpu_seconds(redis_pid))
     if shutil.which("wrk"):
         r = await asyncio.to_thread(run_wrk, url, url.split(str(server.port), 1)[1], token,
-                                    conns, seconds)
+                                    conns, seconds, load_cpus)
     else:
         r = await run_inprocess(url, token, conns, seconds)
     after = (cpu_seconds(server.proc.pid), cpu_seconds(redis_pid))
@@ -187,15 +198,16 @@ async def bench_buyer(database_url: str) -> int:
         await conn.close()
 
 
-async def main_async(mode: str) -> dict:
+async def main_async(mode: str, plan: argparse.Namespace) -> dict:
     # A private redis-server when one can be started: the shared one's other clients would
     # make the gateway wait on them and the ratio measure the neighbours.
     with private_redis() as private:
-        return await _run_cases(mode, private or BENCH_REDIS_URL, private is not None)
+        return await _run_cases(mode, private or BENCH_REDIS_URL, private is not None, plan)
 
 
-async def _run_cases(mode: str, redis_url: str, private: bool) -> dict:
-    seconds = 6.0 if mode == "quick" else 30.0
+async def _run_cases(mode: str, redis_url: str, private: bool, plan) -> dict:
+    rounds_n, pin = plan.rounds, plan.pin and private  # never pin a server not ours
+    seconds = (2.0 if mode == "quick" else 10.0) * rounds_n
     settings = Settings(redis_url=redis_url, database_url=BENCH_DATABASE_URL)
     redis = create_redis(settings)
     redis_pid = int((await redis.info("server"))["process_id"])
@@ -204,14 +216,20 @@ async def _run_cases(mode: str, redis_url: str, private: bool) -> dict:
     env = {"FLASHSALE_REDIS_URL": redis_url, "FLASHSALE_DATABASE_URL": BENCH_DATABASE_URL,
            "FLASHSALE_SECRET": SECRET, "FLASHSALE_RATE_LIMIT": "0"}
     results = {"load_generator": "wrk -t1" if shutil.which("wrk") else "in-process aiohttp",
-               "seconds_per_case": seconds, "private_redis": private, "cases": []}
+               "seconds_per_case": seconds, "private_redis": private, "rounds": rounds_n,
+               "pinned": "1 worker: servers on CPU 0, wrk and Redis on CPU 1" if pin else "",
+               "cases": []}
     try:
-        for workers in (1, 2):
+        for workers in plan.workers:
+            # Pinned (1 worker only): the server, bare or gateway alike, has CPU 0; wrk and
+            # Redis share CPU 1, so Redis's CPU still counts against the gateway's rate.
+            server_cpus, load_cpus = ("0", "1") if pin and workers == 1 else (None, None)
+            os.sched_setaffinity(redis_pid, {1} if load_cpus else range(os.cpu_count() or 1))
             bare_port, gw_port = free_port(), free_port()
             bare = Server(["benchmarks.bare_server", "--port", str(bare_port), "--workers",
-                           str(workers)], {}, bare_port)
+                           str(workers)], {}, bare_port, server_cpus)
             gateway = Server(["cli.main", "serve", "--port", str(gw_port), "--workers",
-                              str(workers)], env, gw_port)
+                              str(workers)], env, gw_port, server_cpus)
             try:
                 await bare.ready("/")
                 await gateway.ready("/healthz")
@@ -220,19 +238,20 @@ async def _run_cases(mode: str, redis_url: str, private: bool) -> dict:
                     # a shared machine slows one round, not one endpoint; medians reported.
                     rounds: dict[str, list[dict]] = {"bare": [], "reserve": [],
                                                      "sold_out": []}
-                    for _ in range(ROUNDS):
+                    each = seconds / rounds_n
+                    for _ in range(rounds_n):
                         rounds["bare"].append(await measure(
                             "bare", bare, f"http://127.0.0.1:{bare_port}/bare", "", conns,
-                            seconds / ROUNDS, redis_pid))
+                            each, redis_pid, load_cpus))
                         await reset_sale(redis)
                         rounds["reserve"].append(await measure(
                             "reserve", gateway,
                             f"http://127.0.0.1:{gw_port}/api/v1/sales/{SALE}/reservations",
-                            token, conns, seconds / ROUNDS, redis_pid))
+                            token, conns, each, redis_pid, load_cpus))
                         rounds["sold_out"].append(await measure(
                             "sold_out", gateway,
                             f"http://127.0.0.1:{gw_port}/api/v1/sales/{SOLD_OUT_SALE}/"
-                            "reservations", token, conns, seconds / ROUNDS, redis_pid))
+                            "reservations", token, conns, each, redis_pid, load_cpus))
                     case = {"workers": workers, "connections": conns,
                             "bare": median_round(rounds["bare"]),
                             "reserve": median_round(rounds["reserve"]),
@@ -298,8 +317,9 @@ def report(results: dict) -> str:
                          r["p99_ms"], r["p999_ms"], errors, split, cpu_us, f"{rate:.2f}x",
                          f"{r['p99_ms'] / c['bare']['p99_ms']:.2f}x"])
     return table(f"Gateway: POST reservation vs bare aiohttp ({results['load_generator']}; "
-                 f"median of {ROUNDS} alternated rounds; sold_out = a sold-out sale, "
-                 f"answered 409 by the worker's flag)",
+                 f"median of {results['rounds']} alternated rounds; "
+                 + (f"pinned: {results['pinned']}; " if results["pinned"] else "")
+                 + "sold_out = a sold-out sale, answered 409 by the worker's flag)",
                  ["workers", "conns", "endpoint", "req/s", "p50 ms", "p99 ms", "p999 ms",
                   "errors", "cores gw/redis/load", "gw CPU µs/req", "rate ratio", "p99 ratio"],
                  rows)
@@ -308,14 +328,19 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="3 x 2 s per case (default)")
-    group.add_argument("--full", action="store_true", help="3 x 10 s per case")
+    group.add_argument("--quick", action="store_true", help="rounds of 2 s per case (default)")
+    group.add_argument("--full", action="store_true", help="rounds of 10 s per case")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternated rounds per case")
+    parser.add_argument("--workers", type=lambda v: [int(w) for w in v.split(",")],
+                        default=[1, 2], help="gateway workers per case, e.g. 1 or 1,2")
+    parser.add_argument("--pin", action="store_true",
+                        help="1 worker: bare and gateway on CPU 0, wrk and Redis on CPU 1")
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
-    results = uvloop.run(main_async(mode))
+    results = uvloop.run(main_async(mode, args))
     print(report(results))
-    png = cdf_png(results, RESULTS / f"gateway-latency-cdf-{mode}.png")
-    path = write_results("gateway", mode, results)
+    png = cdf_png(results, RESULTS / f"gateway-latency-cdf-{mode}{'-pinned' * args.pin}.png")
+    path = write_results("gateway", mode + ("-pinned" if args.pin else ""), results)
     print(f"\nwritten: {path.relative_to(path.parents[2])}"
           + (f", {png.relative_to(png.parents[2])}" if png else ""))
     return 0
