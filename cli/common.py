@@ -120,11 +120,11 @@ json_option = click.option("--json", "as_json", is_flag=True, callback=_remember
 
 async def with_sales(work):
     """Open the connections a sale command needs, run ``work(sales)``, close them."""
-    from engine.connections import close_pool, create_pool, create_redis
+    from engine.connections import close_pool, create_pool, open_redis
     from engine.sales import Sales
 
     config = settings()
-    redis = create_redis(config)
+    redis = await open_redis(config)
     pool = await create_pool(config, min_size=1, max_size=2)
     try:
         return await work(Sales(pool=pool, redis=redis))

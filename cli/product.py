@@ -12,10 +12,10 @@ from cli.common import CommandError, emit, json_option, run, settings, to_builti
 async def _with_products(work):
     from catalog.cache import CatalogCache
     from catalog.products import Products
-    from engine.connections import close_pool, create_pool, create_redis
+    from engine.connections import close_pool, create_pool, open_redis
 
     config = settings()
-    redis = create_redis(config)
+    redis = await open_redis(config)
     pool = await create_pool(config, min_size=1, max_size=2)
     try:
         return await work(Products(pool=pool, cache=CatalogCache(redis=redis)), pool)

@@ -4,18 +4,95 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from engine.errors import Misconfigured
 from engine.settings import Settings
 
+log = logging.getLogger(__name__)
+AnyRedis = aioredis.Redis | aioredis.RedisCluster
+# A cluster node's pool does not wait for a free connection (redis-py raises at once when
+# all are busy), so a cluster client gets this many times FLASHSALE_REDIS_POOL_MAX per node.
+CLUSTER_POOL_FACTOR = 4
 
-def create_redis(settings: Settings, *, max_connections: int | None = None) -> aioredis.Redis:
+
+def where(url: str) -> str:
+    """host:port of a URL, never its password."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or ''}".rstrip(":")
+
+
+def redis_db(url: str) -> int:
+    return int(parse_url(url).get("db") or 0)
+
+
+async def open_redis(settings: Settings, *, max_connections: int | None = None) -> AnyRedis:
+    """The Redis client a process runs on: a RedisCluster when FLASHSALE_REDIS_CLUSTER=1 or
+    (``auto``) the server the URL names says ``cluster_enabled:1``; else one server's."""
+    cluster = await cluster_mode(settings)
+    return create_redis(settings, max_connections=max_connections, cluster=cluster)
+
+
+async def cluster_enabled(settings: Settings) -> bool | None:
+    """What ``INFO cluster`` of the node FLASHSALE_REDIS_URL names says; None when it does
+    not answer. Asked on db 0: a cluster node refuses SELECT of any other db."""
+    options = parse_url(settings.redis_url)
+    options.pop("db", None)
+    client = aioredis.Redis(**options, socket_connect_timeout=settings.dependency_timeout,
+                            socket_timeout=settings.dependency_timeout)
+    try:
+        info = await client.info("cluster")
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        if isinstance(exc, redis.exceptions.AuthenticationError):
+            raise
+        return None
+    finally:
+        await client.aclose()
+    return int(info.get("cluster_enabled") or 0) == 1
+
+
+async def cluster_mode(settings: Settings) -> bool:
+    """Whether to talk to a Redis Cluster. Misconfigured (one line) when the setting and
+    the server disagree, or a cluster is named with a db other than 0. With ``auto`` and a
+    server that does not answer yet: one server (logged; set FLASHSALE_REDIS_CLUSTER to
+    choose without asking)."""
+    wanted, url = settings.cluster_mode, settings.redis_url
+    db = redis_db(url)
+    if wanted and db:
+        raise Misconfigured(f"FLASHSALE_REDIS_URL names db {db}, but a Redis Cluster has only "
+                            "db 0: end the URL with /0.")
+    enabled = await cluster_enabled(settings)
+    if enabled is None:
+        if wanted is None:
+            log.warning("Redis at %s does not answer, so whether it is a cluster is unknown: "
+                        "assuming one server (set FLASHSALE_REDIS_CLUSTER=1 for a cluster)",
+                        where(url))
+        return bool(wanted)
+    if wanted is True and not enabled:
+        raise Misconfigured(f"FLASHSALE_REDIS_CLUSTER=1 but Redis at {where(url)} is not a "
+                            "cluster node (cluster_enabled:0): name a node of the cluster in "
+                            "FLASHSALE_REDIS_URL, or set FLASHSALE_REDIS_CLUSTER=0.")
+    if wanted is False and enabled:
+        raise Misconfigured(f"Redis at {where(url)} is a Redis Cluster node but "
+                            "FLASHSALE_REDIS_CLUSTER=0: set it to 1 (or leave it unset to "
+                            "detect it).")
+    if enabled and db:
+        raise Misconfigured(f"Redis at {where(url)} is a Redis Cluster node, which has only "
+                            f"db 0, but FLASHSALE_REDIS_URL names db {db}: end the URL with /0.")
+    return enabled
+
+
+def create_redis(settings: Settings, *, max_connections: int | None = None,
+                 cluster: bool = False) -> AnyRedis:
     """A redis.asyncio client (hiredis parser when installed) that tells a busy pool from a
     dead Redis.
 
@@ -23,7 +100,17 @@ def create_redis(settings: Settings, *, max_connections: int | None = None) -> a
     waits for one (at most ``dependency_timeout``) instead of failing: 200 concurrent reads
     on a 64-connection pool queue for a few milliseconds, they are not an outage. A command
     that fails on a connection Redis has closed (Redis restarted) is retried once, at
-    once, on a fresh connection; only a second failure reaches the caller (a 503)."""
+    once, on a fresh connection; only a second failure reaches the caller (a 503).
+
+    ``cluster``: a RedisCluster client, seeded by the node the URL names (it reads the
+    slot map from it and follows MOVED/ASK itself); see README "Redis Cluster"."""
+    if cluster:
+        return aioredis.RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=(max_connections or settings.redis_pool_max) * CLUSTER_POOL_FACTOR,
+            socket_connect_timeout=settings.dependency_timeout,
+            socket_timeout=max(settings.dependency_timeout, 2.0),
+            health_check_interval=30, decode_responses=False)
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections or settings.redis_pool_max,
@@ -77,6 +164,24 @@ def with_database(url: str, name: str) -> str:
     """The same server URL pointing at another database."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def is_cluster(redis: object) -> bool:
+    return isinstance(redis, aioredis.RedisCluster)
+
+
+async def redis_state(redis: AnyRedis) -> dict[str, str]:
+    """What readiness reports of Redis: {"redis": "ok"} when it answers; on a cluster also
+    "cluster": the state a node reports (``ok`` only when every slot is served). Raises
+    when Redis cannot answer (the caller reports it unavailable)."""
+    if not is_cluster(redis):
+        await redis.ping()
+        return {"redis": "ok"}
+    info = await redis.cluster_info()  # one node's view, a random one
+    state = info.get("cluster_state", "fail")
+    state = state.decode() if isinstance(state, bytes) else str(state)
+    await redis.ping(target_nodes=aioredis.RedisCluster.PRIMARIES)  # every master answers
+    return {"redis": "ok", "cluster": state}
 
 
 def db_of(redis: aioredis.Redis | aioredis.RedisCluster) -> int:

@@ -150,8 +150,11 @@ POSTGRES_REFUSED = (asyncpg.InvalidCatalogNameError,
                     asyncpg.InvalidAuthorizationSpecificationError,
                     asyncpg.InvalidPasswordError)
 # Driver failures that mean "the service is not reachable right now", not a bug of ours.
+# On a Redis Cluster also: CLUSTERDOWN and TRYAGAIN past the client's retries, a slot no
+# node serves (a failover under way), no node reachable at all (RedisClusterException).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-              redis.exceptions.BusyLoadingError)
+              redis.exceptions.BusyLoadingError, redis.exceptions.ClusterError,
+              redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)
 POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
                  asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, *POSTGRES_REFUSED)
@@ -164,7 +167,9 @@ REDIS_POOL_EXHAUSTED = "No connection available."
 
 def as_unavailable(exc: BaseException) -> Unavailable | None:
     """The 503 that a driver failure means, or None when it is not an outage."""
-    if isinstance(exc, redis.exceptions.ConnectionError) and str(exc) == REDIS_POOL_EXHAUSTED:
+    if (isinstance(exc, redis.exceptions.MaxConnectionsError)  # a cluster node's pool
+            or (isinstance(exc, redis.exceptions.ConnectionError)
+            and str(exc) == REDIS_POOL_EXHAUSTED)):
         return Unavailable("The service is busy (every Redis connection of this process is "
                            "in use); retry shortly.", dependency="redis_pool")
     if isinstance(exc, REDIS_DOWN):

@@ -115,6 +115,17 @@ def sale_keys(sale_id: int) -> SaleKeys:
                     for_state=(meta,), all=every)
 
 
+def sale_streams(sale_id: int) -> tuple[str, ...]:
+    """The event streams of a sale: the one place that says which streams the reconciler
+    reads, acknowledges, claims, trims and measures for it."""
+    return (sale_keys(sale_id).events,)
+
+
+def sale_of_stream(stream: str) -> int:
+    """The sale whose events ``stream`` (one of ``sale_streams``) carries."""
+    return int(stream.split("{s:", 1)[1].split("}", 1)[0])
+
+
 # Reservation ids: the one place their format is written down.
 #
 # ``<sale_id>-<n>``, both decimal (URL-safe; the sale id routes any gateway to the sale's

@@ -15,15 +15,18 @@ import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from engine.connections import database_name
+from engine.connections import cluster_mode, database_name, where
 from engine.errors import POSTGRES_REFUSED, Misconfigured
 from engine.settings import Settings
 
-
-def where(url: str) -> str:
-    """host:port of a URL, never its password."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or ''}".rstrip(":")
+__all__ = [
+    "check_port",
+    "check_postgres",
+    "check_redis",
+    "explain_postgres",
+    "explain_redis",
+    "where",
+]
 
 
 def explain_postgres(exc: BaseException, url: str) -> str | None:
@@ -63,6 +66,13 @@ async def check_postgres(settings: Settings) -> bool:
 
 
 async def check_redis(settings: Settings) -> bool:
+    """As check_postgres, for Redis: also a cluster setting the server contradicts, or a
+    cluster named with a db other than 0 (engine.connections.cluster_mode)."""
+    try:
+        if await cluster_mode(settings):
+            return True  # the node answered INFO; the client finds the others itself
+    except redis.exceptions.AuthenticationError as exc:
+        raise Misconfigured(explain_redis(exc, settings.redis_url)) from exc
     client = aioredis.Redis.from_url(settings.redis_url,
                                      socket_connect_timeout=settings.dependency_timeout,
                                      socket_timeout=settings.dependency_timeout)

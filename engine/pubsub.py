@@ -6,6 +6,11 @@ same loop. It subscribes, calls ``on_subscribed`` (messages may have been missed
 not subscribed: start afresh), then ``on_message`` for each message in order; when the
 subscription fails it calls ``on_lost`` and subscribes again after a pause that grows from
 0.1 s to 5 s. It never dies of an error: the caller's TTLs are the fallback meanwhile.
+
+On a Redis Cluster a PUBLISH reaches the subscribers of every node, so the listener
+subscribes on one node (the master of the channel name's slot); when that node dies its
+connection fails, the slot map is read again and the listener subscribes on the slot's
+new master (a promoted replica), through the same on_lost/on_subscribed steps.
 """
 
 from __future__ import annotations
@@ -54,8 +59,11 @@ class ChannelListener:
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                if isinstance(self._redis, aioredis.RedisCluster):
+                    await self._redis.initialize()  # the slot map, once (no-op after)
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 await self._on_subscribed()
                 backoff = 0.1
@@ -72,8 +80,17 @@ class ChannelListener:
                 if not isinstance(exc, (*REDIS_DOWN, ConnectionError, OSError)):
                     log.exception("%s listener failed; restarting", self._name)
                 await asyncio.sleep(backoff)
+                await self._refresh_map()
                 backoff = min(backoff * 2, 5.0)
             finally:
                 self._on_lost()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pubsub.aclose())
+
+    async def _refresh_map(self) -> None:
+        """On a cluster, read the slot map again: the node subscribed to may have died and
+        its slots moved to a promoted replica."""
+        if isinstance(self._redis, aioredis.RedisCluster):
+            with contextlib.suppress(Exception):
+                await self._redis.nodes_manager.initialize()

@@ -11,11 +11,17 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 
 DEV_SECRET = "flashsale-development-secret-change-me-in-production"
+CLUSTER_CHOICES: dict[str, bool | None] = {
+    "auto": None, "": None, "1": True, "true": True, "yes": True, "on": True,
+    "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Cluster: "1" (the URL names any node of a cluster), "0" (one server), or
+    # "auto" (the default): read ``cluster_enabled`` from the server's INFO at start-up.
+    redis_cluster: str = "auto"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/flashsale"
     # "development" allows the public development secret (make demo, the tests); any
     # other value is production: serve and reconcile refuse to start without a secret.
@@ -72,6 +78,9 @@ class Settings:
     def __post_init__(self) -> None:
         _check_url("database_url", self.database_url, ("postgresql", "postgres"))
         _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
+        if self.redis_cluster.strip().lower() not in CLUSTER_CHOICES:
+            raise ValueError(f"FLASHSALE_REDIS_CLUSTER={self.redis_cluster!r} is not 1, 0 "
+                             "or auto")
         for name, low in (("port", 1), ("metrics_port", 0)):
             if not low <= getattr(self, name) <= 65535:
                 raise ValueError(f"FLASHSALE_{name.upper()}={getattr(self, name)} is not a "
@@ -89,6 +98,11 @@ class Settings:
             values[f.name] = _convert(f.name, f.type, raw)
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def cluster_mode(self) -> bool | None:
+        """True or False as configured; None: detect it (INFO cluster)."""
+        return CLUSTER_CHOICES[self.redis_cluster.strip().lower()]
 
     @property
     def uses_dev_secret(self) -> bool:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from engine import metrics
 from engine.codec import encode, error_document
-from engine.connections import close_pool, create_pool, create_redis
+from engine.connections import close_pool, create_pool, open_redis, redis_state
 from engine.errors import Unavailable
 from engine.settings import Settings
 from gateway import api
@@ -70,7 +70,7 @@ class _Verifier:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = create_redis(settings)
+    redis = await open_redis(settings)
     pool = await create_pool(settings)
     app[SERVICES] = build_services(settings, redis, pool)
     await app[SERVICES].start()
@@ -109,9 +109,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def check_dependencies(svc) -> dict[str, str]:
-    """Probe Redis and Postgres; set flashsale_dependency_up; "ok" or "unavailable" each."""
+    """Probe Redis and Postgres; set flashsale_dependency_up; "ok" or "unavailable" each
+    (on a Redis Cluster also "cluster": its state, ready only when "ok")."""
     timeout = svc.settings.dependency_timeout
     checks = {}
+
+    async def redis_probe() -> None:
+        state = await redis_state(svc.redis)
+        if state.get("cluster", "ok") != "ok":
+            checks["cluster"] = state["cluster"]
+            raise ConnectionError("the Redis Cluster is not ok")
+        checks.update(state)
 
     async def check(name: str, probe) -> None:
         try:
@@ -121,7 +129,7 @@ async def check_dependencies(svc) -> dict[str, str]:
             checks[name] = "unavailable"
         metrics.DEPENDENCY_UP.labels(name).set(1 if checks[name] == "ok" else 0)
 
-    await asyncio.gather(check("redis", svc.redis.ping),
+    await asyncio.gather(check("redis", redis_probe),
                          check("postgres", lambda: svc.pool.fetchval("SELECT 1")))
     return checks
 

@@ -4,6 +4,13 @@ after the commit (at-least-once delivery made exactly-once in effect by apply.py
 Entries left pending by a consumer that died are claimed with XAUTOCLAIM once they have
 been idle for ``claim_idle_ms``. Streams are trimmed only below what the group has
 acknowledged, which is never ahead of what Postgres has committed.
+
+On a Redis Cluster one XREADGROUP cannot name streams of different slots (every sale has
+its own hash tag, so its own slot): the read is one XREADGROUP per slot, all sent at once
+as one pipeline per master, each with the same COUNT as the single call (so every stream
+gets its share of a batch, as before); BLOCK cannot span them, so an idle round waits
+``CLUSTER_POLL`` before the next. Group creation, claims, acks and trims name one stream
+each and go to its master.
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine.codec import text
+from engine.connections import is_cluster
 from engine.errors import POSTGRES_DOWN, REDIS_DOWN
 from engine.events import SaleEvent
-from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys
+from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_of_stream, sale_streams
 from engine.settings import Settings
 from reconciler import metrics
-from reconciler.apply import BatchResult, apply_batch, stream_id_key
+from reconciler.apply import BatchResult, apply_batch
 from reconciler.deadletter import DeadLetter, apply_isolating, is_permanent, park, raw_json
+from reconciler.streams import read_by_slot, trim_acknowledged
 
 log = logging.getLogger("flashsale.reconciler")
 
@@ -35,6 +44,7 @@ log = logging.getLogger("flashsale.reconciler")
 # rather than a connection error: for the reconciler that is the same outage (retry on
 # fresh connections), never a reason to exit.
 POSTGRES_BROKEN = (*POSTGRES_DOWN, asyncpg.InterfaceError, asyncpg.InternalClientError)
+CLUSTER_POLL = 0.05  # seconds an idle read round waits on a Redis Cluster (no BLOCK there)
 
 
 def default_consumer_name() -> str:
@@ -68,12 +78,13 @@ class Consumer:
         self._reported: set[int] = set()  # sales Postgres lacks, already logged
         self._sales: list[int] = []
         self._sales_read_at = 0.0
-        self._claim_cursor: dict[int, str] = {}
+        self._claim_cursor: dict[str, str] = {}  # stream -> XAUTOCLAIM cursor
         self._claimed_at = 0.0
         self._trimmed_at = 0.0
         # Of the batch in hand: raw fields per (sale, stream id), and entries that could not
         # be read at all (dead-lettered with the batch's commit).
         self._raw: dict[tuple[int, str], dict] = {}
+        self._stream_of: dict[tuple[int, str], str] = {}  # (sale, stream id) -> stream key
         self._unreadable: list[DeadLetter] = []
         self._commits = 0
 
@@ -117,6 +128,7 @@ class Consumer:
 
     async def _next_batch(self) -> list[SaleEvent]:
         self._raw.clear()
+        self._stream_of.clear()
         self._unreadable.clear()
         sales = await self._active_sales()
         if not sales:
@@ -125,7 +137,11 @@ class Consumer:
         claimed = await self._claim_stale(sales)
         if claimed:
             return claimed
-        streams = {sale_keys(s).events: ">" for s in sales}
+        streams = {stream: ">" for s in sales for stream in sale_streams(s)}
+        if is_cluster(self.redis):
+            return self._events(await read_by_slot(
+                self.redis, self.name, streams, count=self.settings.reconcile_batch,
+                idle_wait=min(CLUSTER_POLL, self.settings.reconcile_block_ms / 1000)))
         reply = await self.redis.xreadgroup(
             CONSUMER_GROUP, self.name, streams, count=self.settings.reconcile_batch,
             block=self.settings.reconcile_block_ms)
@@ -192,15 +208,16 @@ class Consumer:
                       letter.stream_id, letter.error)
 
     async def _ack(self, batch: list[SaleEvent | DeadLetter]) -> None:
-        by_stream: dict[int, list[str]] = {}
+        by_stream: dict[str, list[str]] = {}
         for event in batch:
-            by_stream.setdefault(event.sale_id, []).append(event.stream_id)
+            stream = self._stream_of[(event.sale_id, event.stream_id)]
+            by_stream.setdefault(stream, []).append(event.stream_id)
         backoff = Backoff()
         while True:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for sale_id, ids in by_stream.items():
-                        pipe.xack(sale_keys(sale_id).events, CONSUMER_GROUP, *ids)
+                    for stream, ids in by_stream.items():
+                        pipe.xack(stream, CONSUMER_GROUP, *ids)
                     await pipe.execute()
                 return
             except REDIS_DOWN:
@@ -239,13 +256,14 @@ class Consumer:
         return [s for s in sale_ids if s in self._known]
 
     async def _ensure_group(self, sale_id: int) -> None:
-        try:
-            # From the stream's first entry: nothing written before the group existed is lost.
-            await self.redis.xgroup_create(sale_keys(sale_id).events, CONSUMER_GROUP, id="0",
-                                           mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in sale_streams(sale_id):
+            try:
+                # From the stream's first entry: nothing written before the group existed
+                # is lost.
+                await self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._groups.add(sale_id)
 
     async def _claim_stale(self, sales: list[int]) -> list[SaleEvent]:
@@ -254,16 +272,16 @@ class Consumer:
             return []
         self._claimed_at = now
         events: list[SaleEvent] = []
-        for sale_id in sales:
-            cursor = self._claim_cursor.get(sale_id, "0-0")
+        for stream in (stream for sale_id in sales for stream in sale_streams(sale_id)):
+            cursor = self._claim_cursor.get(stream, "0-0")
             next_cursor, entries, *_ = await self.redis.xautoclaim(
-                sale_keys(sale_id).events, CONSUMER_GROUP, self.name,
+                stream, CONSUMER_GROUP, self.name,
                 min_idle_time=self.settings.claim_idle_ms, start_id=cursor,
                 count=self.settings.reconcile_batch)
-            self._claim_cursor[sale_id] = text(next_cursor)
+            self._claim_cursor[stream] = text(next_cursor)
             for stream_id, fields in entries:
                 if fields:  # None: the entry was trimmed meanwhile (cannot happen below acks)
-                    event = self._read(sale_id, stream_id, fields)
+                    event = self._read(stream, stream_id, fields)
                     if event is not None:
                         events.append(event)
         if events:
@@ -275,18 +293,18 @@ class Consumer:
         events = []
         for stream, entries in reply or []:
             name = text(stream)
-            sale_id = int(name.split("{s:", 1)[1].split("}", 1)[0])
             for sid, fields in entries:
-                event = self._read(sale_id, sid, fields)
+                event = self._read(name, sid, fields)
                 if event is not None:
                     events.append(event)
         return events
 
-    def _read(self, sale_id: int, stream_id: bytes | str, fields: dict) -> SaleEvent | None:
-        """The entry as an event, its raw fields kept for a dead letter; None (and a dead
-        letter) when it cannot be read at all."""
-        sid = text(stream_id)
+    def _read(self, stream: str, stream_id: bytes | str, fields: dict) -> SaleEvent | None:
+        """The entry of ``stream`` as an event, its raw fields kept for a dead letter; None
+        (and a dead letter) when it cannot be read at all."""
+        sid, sale_id = text(stream_id), sale_of_stream(stream)
         self._raw[(sale_id, sid)] = fields
+        self._stream_of[(sale_id, sid)] = stream
         try:
             return SaleEvent.from_stream(sale_id, sid, fields)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -302,30 +320,7 @@ class Consumer:
         self._trimmed_at = now
         try:
             for sale_id in self._sales:
-                await trim_acknowledged(self.redis, sale_id)
+                for stream in sale_streams(sale_id):
+                    await trim_acknowledged(self.redis, stream)
         except REDIS_DOWN:
             metrics.REDIS_ERRORS.inc()
-
-
-async def trim_acknowledged(redis: aioredis.Redis, sale_id: int) -> None:
-    """Drop entries every group has acknowledged (and so Postgres has committed)."""
-    stream = sale_keys(sale_id).events
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError:
-        return
-    if not groups:
-        return  # no reader yet: keep everything
-    floor = None
-    for group in groups:
-        # Entries up to last-delivered-id are acknowledged unless still pending.
-        if group["pending"]:
-            candidate = text((await redis.xpending(stream, group["name"]))["min"])
-        else:
-            ms, seq = stream_id_key(text(group["last-delivered-id"]))
-            candidate = f"{ms}-{seq + 1}"
-        if floor is None or stream_id_key(candidate) < stream_id_key(floor):
-            floor = candidate
-    if floor:
-        await redis.xtrim(stream, minid=floor, approximate=False)
-

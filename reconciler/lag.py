@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine.codec import text
-from engine.keys import CONSUMER_GROUP, sale_keys
+from engine.keys import CONSUMER_GROUP, sale_streams
 from reconciler.apply import stream_id_key
 
 
@@ -28,7 +28,12 @@ def _age(stream_id: str) -> float:
 
 
 async def stream_lag(redis: aioredis.Redis, sale_id: int) -> Lag:
-    stream = sale_keys(sale_id).events
+    """Over every stream of the sale: entries pending, and the oldest one's age."""
+    lags = [await _lag(redis, stream) for stream in sale_streams(sale_id)]
+    return Lag(sum(lag.pending for lag in lags), max(lag.oldest_age_seconds for lag in lags))
+
+
+async def _lag(redis: aioredis.Redis, stream: str) -> Lag:
     try:
         groups = await redis.xinfo_groups(stream)
     except ResponseError:  # no stream at all

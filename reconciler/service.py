@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from engine.codec import error_document
-from engine.connections import close_pool, create_pool, create_redis
+from engine.connections import close_pool, create_pool, open_redis, redis_state
 from engine.errors import Unavailable
 from engine.metrics import DEPENDENCY_UP, exposition
 from engine.settings import Settings
@@ -30,13 +30,19 @@ async def _probe(check, timeout: float) -> bool:
         return False
 
 
+async def _redis_ready(redis) -> None:
+    """Redis answers (on a cluster: every master, and the cluster says ok)."""
+    if (await redis_state(redis)).get("cluster", "ok") != "ok":
+        raise ConnectionError("the Redis Cluster is not ok")
+
+
 async def _refresh_readiness(consumer: Consumer, settings: Settings, every: float = 2.0
                              ) -> None:
     """Keep flashsale_dependency_up current whether or not anyone calls /readyz: probe
     each dependency every few seconds (an idle consumer would not notice an outage)."""
     while not consumer.stopping.is_set():
         redis_up, postgres_up = await asyncio.gather(
-            _probe(consumer.redis.ping, settings.dependency_timeout),
+            _probe(lambda: _redis_ready(consumer.redis), settings.dependency_timeout),
             _probe(lambda: consumer.pool.fetchval("SELECT 1"), settings.dependency_timeout))
         DEPENDENCY_UP.labels("redis").set(int(redis_up and consumer.redis_ok))
         DEPENDENCY_UP.labels("postgres").set(int(postgres_up and consumer.postgres_ok))
@@ -72,7 +78,7 @@ def _status_app(consumer: Consumer) -> web.Application:
 
 async def run_reconciler(settings: Settings, *, metrics_port: int | None = None,
                          consumer_name: str | None = None) -> None:
-    redis = create_redis(settings)
+    redis = await open_redis(settings)
     pool = await create_pool(settings, min_size=0, max_size=4)
     consumer = Consumer(redis=redis, pool=pool, settings=settings, name=consumer_name)
     sweeper = Sweeper(redis=redis, pool=pool, interval=settings.sweep_interval,

@@ -192,6 +192,36 @@ async def admission(redis: aioredis.Redis):
     await adm.close()
 
 
+@pytest.fixture(scope="session")
+def cluster_url():
+    """The local Redis Cluster's URL (started for the session unless already running);
+    the test is skipped, with the reason, when it cannot start here."""
+    from tests.cluster_support import start_cluster, stop_cluster
+
+    url, started, why = start_cluster()
+    if url is None:
+        pytest.skip(f"the local Redis Cluster could not start: {why}")
+    yield url
+    if started:
+        stop_cluster()
+
+
+@pytest.fixture(scope="session")
+async def cluster_client(cluster_url):
+    client = aioredis.RedisCluster.from_url(cluster_url, socket_timeout=2.0,
+                                            socket_connect_timeout=2.0)
+    await client.initialize()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def cluster(cluster_client):
+    """The cluster client, every master flushed."""
+    await cluster_client.flushdb()  # every master
+    return cluster_client
+
+
 @pytest.fixture
 def procs():
     """Subprocesses a test starts (reconcilers), stopped after it."""

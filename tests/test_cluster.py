@@ -13,11 +13,9 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.admission import Admission
@@ -26,46 +24,17 @@ from engine.errors import (
     IdempotencyKeyReused,
     PurchaseLimitExceeded,
     SoldOut,
-    Unavailable,
 )
 from engine.keys import sale_keys, units_by_buyer
 from engine.scripts import SCRIPTS
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "cluster.sh"
-DOWN = (RedisConnectionError, RedisTimeoutError, Unavailable, OSError)
-
-
-@pytest.fixture(scope="session")
-def cluster_url():
-    running = subprocess.run(["bash", str(SCRIPT), "url"], capture_output=True, text=True)
-    started = running.returncode != 0
-    if started:
-        done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True,
-                              timeout=120)
-        if done.returncode != 0:
-            pytest.skip(f"the local Redis Cluster could not start: {done.stderr.strip()}")
-        url = done.stdout.strip().splitlines()[-1]
-    else:
-        url = running.stdout.strip()
-    yield url
-    if started:
-        subprocess.run(["bash", str(SCRIPT), "stop"], timeout=60)
-
-
-@pytest.fixture(scope="session")
-async def cluster_client(cluster_url):
-    client = aioredis.RedisCluster.from_url(cluster_url, socket_timeout=2.0,
-                                            socket_connect_timeout=2.0)
-    await client.initialize()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def cluster(cluster_client):
-    await cluster_client.flushdb()  # every master
-    return cluster_client
+from tests.cluster_support import (
+    DOWN,
+    ROOT,
+    SCRIPT,
+    master_port,
+    sales_on_distinct_masters,
+    wait_cluster_ok,
+)
 
 
 async def load(cluster, sale: int, quantity: int, *, limit: int = 1,
@@ -92,19 +61,6 @@ async def books(cluster, sale: int) -> dict:
     assert buyers == dict(per_user)
     return {"initial": initial, "tokens": tokens, "held": held, "confirmed": confirmed,
             "per_user": per_user}
-
-
-def sales_on_distinct_masters(cluster, count: int) -> list[int]:
-    """Sale ids whose keys live on ``count`` different masters."""
-    chosen, masters = [], set()
-    for sale in range(1, 10_000):
-        node = cluster.get_node_from_key(sale_keys(sale).meta)
-        if node.name not in masters:
-            masters.add(node.name)
-            chosen.append(sale)
-            if len(chosen) == count:
-                return chosen
-    raise AssertionError("the cluster has fewer masters than expected")
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batched", "direct"])
@@ -300,26 +256,3 @@ async def test_a_master_killed_mid_sale_fails_over_and_admissions_resume(cluster
         # The killed node comes back as a replica of the promoted one.
         subprocess.run(["bash", str(SCRIPT), "node", str(port)], timeout=60, check=True)
         await wait_cluster_ok(port)
-
-
-async def master_port(cluster, sale: int) -> int:
-    """The port of the master serving the sale now, read afresh from CLUSTER SLOTS."""
-    batcher = ClusterScriptBatcher.beside(cluster)
-    await batcher.refresh()
-    return batcher.master_of(sale_keys(sale).meta)[1]
-
-
-async def wait_cluster_ok(port: int, timeout: float = 30.0) -> None:
-    client = aioredis.Redis(port=port, socket_timeout=2.0)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            try:
-                info = await client.execute_command("CLUSTER INFO")  # parsed to a dict
-                if info.get("cluster_state") == "ok":
-                    return
-            except DOWN:
-                pass
-            await asyncio.sleep(0.1)
-    finally:
-        await client.aclose()
