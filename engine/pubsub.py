@@ -8,9 +8,10 @@ subscription fails it calls ``on_lost`` and subscribes again after a pause that 
 0.1 s to 5 s. It never dies of an error: the caller's TTLs are the fallback meanwhile.
 
 On a Redis Cluster a PUBLISH reaches the subscribers of every node, so the listener
-subscribes on one node (the master of the channel name's slot); when that node dies its
-connection fails, the slot map is read again and the listener subscribes on the slot's
-new master (a promoted replica), through the same on_lost/on_subscribed steps.
+subscribes on one node (the master of the channel name's slot; the client reads the slot
+map first); when that node dies its connection fails, redis-py reads the map again, and
+the listener subscribes on the slot's new master (the promoted replica) through the same
+on_lost/on_subscribed steps (tests/test_cluster_service.py kills that master).
 """
 
 from __future__ import annotations
@@ -80,17 +81,9 @@ class ChannelListener:
                 if not isinstance(exc, (*REDIS_DOWN, ConnectionError, OSError)):
                     log.exception("%s listener failed; restarting", self._name)
                 await asyncio.sleep(backoff)
-                await self._refresh_map()
                 backoff = min(backoff * 2, 5.0)
             finally:
                 self._on_lost()
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(pubsub.aclose())
-
-    async def _refresh_map(self) -> None:
-        """On a cluster, read the slot map again: the node subscribed to may have died and
-        its slots moved to a promoted replica."""
-        if isinstance(self._redis, aioredis.RedisCluster):
-            with contextlib.suppress(Exception):
-                await self._redis.nodes_manager.initialize()

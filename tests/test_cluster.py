@@ -256,3 +256,33 @@ async def test_a_master_killed_mid_sale_fails_over_and_admissions_resume(cluster
         # The killed node comes back as a replica of the promoted one.
         subprocess.run(["bash", str(SCRIPT), "node", str(port)], timeout=60, check=True)
         await wait_cluster_ok(port)
+
+
+async def test_a_listener_on_a_fresh_cluster_client_subscribes_at_once(cluster_url, cluster,
+                                                                       caplog):
+    """A gateway's listener may be the first user of its cluster client: it reads the
+    slot map itself instead of failing and retrying."""
+    from engine.pubsub import ChannelListener
+
+    fresh = aioredis.RedisCluster.from_url(cluster_url)
+    got: list = []
+    subscribed = asyncio.Event()
+
+    async def on_subscribed() -> None:
+        subscribed.set()
+
+    listener = ChannelListener(fresh, "fs:test-channel:0", name="test", on_message=got.append,
+                               on_subscribed=on_subscribed)
+    await listener.start()
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        await cluster.publish("fs:test-channel:0", "hello")  # from another node's client
+        deadline = time.monotonic() + 10
+        while not got:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert got == [b"hello"]
+        assert not [r for r in caplog.records if "listener failed" in r.getMessage()]
+    finally:
+        await listener.stop()
+        await fresh.aclose()
