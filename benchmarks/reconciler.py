@@ -2,11 +2,16 @@
 
     python -m benchmarks.reconciler --quick    (20,000 events)
     python -m benchmarks.reconciler --full     (100,000 events)
+    python -m benchmarks.reconciler --cluster  (20,000 events over three sales: one Redis
+                                                vs the local Redis Cluster, same run)
 
 The backlog is made by the real scripts (reserve, then confirm or release for a share of
 the holds) while no reconciler runs; then one reconciler (the real Consumer, in-process)
 drains it into Postgres with fsync as the server has it (reported). Printed: events per
 second for several batch sizes, beside the rate at which Redis produced the backlog.
+``--cluster`` drains three sales' backlogs (one stream each) from one Redis and then from
+the local cluster (`make cluster`; the sales spread over its masters), where the consumer
+reads one XREADGROUP per slot in one pipeline per master instead of one call.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from benchmarks.common import (
     write_results,
 )
 from engine.admission import Admission
-from engine.connections import create_pool, create_redis
+from engine.connections import create_pool, create_redis, open_redis
 from engine.sales import Sales
 from engine.settings import Settings
 from reconciler.consumer import Consumer
@@ -61,12 +66,13 @@ async def make_backlog(settings: Settings, pool, redis, events: int) -> tuple[in
     return sale, time.perf_counter() - started
 
 
-async def drain(settings: Settings, pool, redis, sale: int) -> float:
+async def drain(settings: Settings, pool, redis, *sales: int) -> float:
     consumer = Consumer(redis=redis, pool=pool, settings=settings, name="bench")
     task = asyncio.create_task(consumer.run())
     started = time.perf_counter()
-    while (await stream_lag(redis, sale)).pending:
-        await asyncio.sleep(0.02)
+    for sale in sales:
+        while (await stream_lag(redis, sale)).pending:
+            await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - started
     consumer.stopping.set()
     await task
@@ -102,12 +108,69 @@ async def main_async(mode: str) -> dict:
     return results
 
 
+def cluster_url() -> str:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cluster.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(f"the local Redis Cluster could not start: {done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+async def compare_cluster(events: int = 20_000, sales_n: int = 3) -> dict:
+    """The same three-sale backlog drained from one Redis and from the local cluster."""
+    results = {"events": events, "sales": sales_n, "runs": []}
+    for name, url in (("one Redis", BENCH_REDIS_URL), ("local cluster", cluster_url())):
+        settings = Settings(redis_url=url, database_url=BENCH_DATABASE_URL,
+                            reconcile_batch=1000, reconcile_block_ms=50)
+        await fresh_database(settings.database_url)
+        redis = await open_redis(settings, max_connections=64)
+        pool = await create_pool(settings, min_size=1, max_size=4)
+        try:
+            await redis.flushdb()
+            sales, produce_s, made, masters = [], 0.0, 0, set()
+            for _ in range(sales_n):
+                sale, seconds = await make_backlog(settings, pool, redis, events // sales_n)
+                sales.append(sale)
+                produce_s += seconds
+                made += await redis.xlen(f"fs:{{s:{sale}}}:events") - 1
+                if hasattr(redis, "get_node_from_key"):
+                    masters.add(redis.get_node_from_key(f"fs:{{s:{sale}}}:events").name)
+            seconds = await drain(settings, pool, redis, *sales)
+            rows = await pool.fetchval("SELECT count(*) FROM sale_reservations")
+            results["runs"].append({
+                "redis": name, "masters": len(masters) or 1, "events": made, "rows": rows,
+                "seconds": round(seconds, 3), "events_per_second": round(made / seconds),
+                "redis_produced_per_second": round(made / produce_s)})
+        finally:
+            await redis.flushdb()
+            await redis.aclose()
+            await pool.close()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="20,000 events (default)")
     group.add_argument("--full", action="store_true", help="100,000 events, three batch sizes")
+    group.add_argument("--cluster", action="store_true",
+                       help="three sales: one Redis vs the local Redis Cluster")
     args = parser.parse_args(argv)
+    if args.cluster:
+        results = uvloop.run(compare_cluster())
+        base = results["runs"][0]["events_per_second"]
+        print(table("Reconciler drain of three sales into Postgres, batch 1000",
+                    ["Redis", "masters used", "events", "rows", "seconds",
+                     "events/s into Postgres", "vs one Redis"],
+                    [[r["redis"], r["masters"], r["events"], r["rows"], r["seconds"],
+                      r["events_per_second"], f"{r['events_per_second'] / base:.2f}x"]
+                     for r in results["runs"]]))
+        path = write_results("reconciler", "cluster", results)
+        print(f"\nwritten: {path.relative_to(path.parents[2])}")
+        return 0
     mode = "full" if args.full else "quick"
     results = uvloop.run(main_async(mode))
     rows = [[r["batch"], r["events"], r["rows"], r["seconds"], r["events_per_second"],

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -23,6 +24,40 @@ AnyRedis = aioredis.Redis | aioredis.RedisCluster
 # A cluster node's pool does not wait for a free connection (redis-py raises at once when
 # all are busy), so a cluster client gets this many times FLASHSALE_REDIS_POOL_MAX per node.
 CLUSTER_POOL_FACTOR = 4
+
+
+class _FailoverSafe:
+    """redis-py (8.1) answers CLUSTERDOWN or an uncovered slot (a failover under way) by
+    closing every connection of the client, also those other tasks are using at that
+    moment; their commands then fail with an AttributeError (a socket writer that is gone)
+    instead of a connection error. Here that is the outage it is: a ConnectionError, which
+    the callers already retry (the reconciler) or answer with a 503 (the gateway)."""
+
+    @staticmethod
+    def outage(exc: AttributeError) -> RedisConnectionError:
+        return RedisConnectionError(f"Redis Cluster connection closed during a failover "
+                                    f"({exc})")
+
+
+class FailoverSafeCluster(aioredis.RedisCluster):
+    async def execute_command(self, *args, **kwargs):
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise _FailoverSafe.outage(exc) from exc
+
+    def pipeline(self, transaction=None, shard_hint=None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused there
+        return _FailoverSafePipeline(self, transaction)
+
+
+class _FailoverSafePipeline(ClusterPipeline):
+    async def execute(self, *args, **kwargs):
+        try:
+            return await super().execute(*args, **kwargs)
+        except AttributeError as exc:
+            raise _FailoverSafe.outage(exc) from exc
 
 
 def where(url: str) -> str:
@@ -105,7 +140,7 @@ def create_redis(settings: Settings, *, max_connections: int | None = None,
     ``cluster``: a RedisCluster client, seeded by the node the URL names (it reads the
     slot map from it and follows MOVED/ASK itself); see README "Redis Cluster"."""
     if cluster:
-        return aioredis.RedisCluster.from_url(
+        return FailoverSafeCluster.from_url(
             settings.redis_url,
             max_connections=(max_connections or settings.redis_pool_max) * CLUSTER_POOL_FACTOR,
             socket_connect_timeout=settings.dependency_timeout,

@@ -286,3 +286,42 @@ async def test_a_listener_on_a_fresh_cluster_client_subscribes_at_once(cluster_u
     finally:
         await listener.stop()
         await fresh.aclose()
+
+
+@pytest.mark.parametrize("where, setting, says", [
+    ("cluster/3", "auto", "a Redis Cluster node, which has only db 0, but FLASHSALE_REDIS_URL "
+                          "names db 3: end the URL with /0."),
+    ("cluster/0", "0", "is a Redis Cluster node but FLASHSALE_REDIS_CLUSTER=0"),
+    ("single/0", "1", "FLASHSALE_REDIS_CLUSTER=1 but Redis at"),
+    ("single/5", "1", "FLASHSALE_REDIS_URL names db 5, but a Redis Cluster has only db 0"),
+])
+def test_cluster_configuration_mistakes_get_one_line(cluster_url, where, setting, says):
+    """`flashsale` refuses to start on them, in one line (and exit code 2)."""
+    import os
+    import sys
+
+    server, db = where.split("/")
+    base = cluster_url.rsplit("/", 1)[0] if server == "cluster" else (
+        os.environ.get("FLASHSALE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15").rsplit("/", 1)[0])
+    from tests.conftest import TEST_DATABASE_URL
+
+    env = {**os.environ, "FLASHSALE_REDIS_URL": f"{base}/{db}",
+           "FLASHSALE_REDIS_CLUSTER": setting, "FLASHSALE_DATABASE_URL": TEST_DATABASE_URL}
+    done = subprocess.run([sys.executable, "-m", "cli.main", "reconcile", "--metrics-port",
+                           "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], done.stderr
+
+
+async def test_the_cluster_is_detected_and_a_single_server_is_not(cluster_url):
+    from engine.connections import open_redis
+    from tests.conftest import TEST_REDIS_URL, make_settings
+
+    for url, kind in ((cluster_url, aioredis.RedisCluster), (TEST_REDIS_URL, aioredis.Redis)):
+        client = await open_redis(make_settings(redis_url=url))
+        try:
+            assert type(client) is kind
+            await client.ping()
+        finally:
+            await client.aclose()

@@ -161,6 +161,35 @@ async def test_the_whole_service_on_the_cluster(cluster, cluster_url, database, 
                 late["reservation_id"]) == "expired"
         await wait_for(expired, "the hold's expiry")
         assert int(await cluster.get(sale_keys(brief["sale_id"]).tokens)) == 2
+        # Ended, the sweeper closes it: its units go back to stock, it leaves the active set.
+        await api.call("POST", f"/api/v1/admin/sales/{brief['sale_id']}/end",
+                       headers=api.admin, expect=200)
+
+        async def closed() -> bool:
+            return await pool.fetchval("SELECT status FROM flash_sales WHERE sale_id = $1",
+                                       brief["sale_id"]) == "closed"
+        await wait_for(closed, "the sale's closing")
+
+        # A waiting room on its sale's slot: join, read the ticket, reserve with the pass.
+        room = await create_sale(api, quantity=3, waiting_room=True, admission_rate=50)
+        queued = buyers[2]
+        await api.call("POST", f"/api/v1/sales/{room['sale_id']}/queue",
+                       headers=queued["headers"], expect=201)
+
+        async def admitted() -> bool:
+            _, ticket = await api.call("GET", f"/api/v1/sales/{room['sale_id']}/queue",
+                                       headers=queued["headers"], expect=200)
+            queued["pass"] = ticket["pass"]
+            return ticket["status"] == "admitted"
+        await wait_for(admitted, "the waiting room's pass")
+        await api.call("POST", f"/api/v1/sales/{room['sale_id']}/reservations", expect=201,
+                       headers=queued["headers"], json={"quantity": 1, "idempotency_key": "q",
+                                                        "queue_pass": queued["pass"]})
+
+        # Logins: the throttle's script and its reset touch keys on different slots.
+        for password, code in (("wrong-password-1", 401), ("correct-horse-1", 200)):
+            await api.call("POST", "/api/v1/auth/login", expect=code,
+                           json={"email": buyers[3]["email"], "password": password})
 
         # Carts (each user's key on its own slot; the add is a WATCH/MULTI there).
         pen, ink = await product(api, price="1.25"), await product(api, price="7.10")
@@ -206,7 +235,7 @@ async def test_the_whole_service_on_the_cluster(cluster, cluster_url, database, 
         assert code == 0 and rebuilt["held"] == quantity and rebuilt["dropped_from_redis"] == 0
         code, report = cli(cluster_url, "audit")
         assert code == 0 and report["ok"], report
-        assert {s["sale_id"] for s in report["sales"]} >= {*held, brief["sale_id"]}
+        assert {s["sale_id"] for s in report["sales"]} >= {*held, room["sale_id"]}
     finally:
         await api.client.close()
         await other.client.close()
@@ -315,3 +344,17 @@ async def test_a_master_killed_while_the_reconciler_runs(cluster, cluster_url, d
         if killed.is_set() and not rejoined.is_set():
             restart_node(port)
         await wait_cluster_ok(port)
+
+
+async def test_readiness_answers_503_when_the_cluster_cannot_answer(database):
+    """FLASHSALE_REDIS_CLUSTER=1 naming a node that does not answer: the gateway starts
+    (an outage, not a mistake) and /readyz says 503 with Retry-After."""
+    dead = make_settings(redis_url="redis://127.0.0.1:1/0", redis_cluster="1")
+    api = await start_api(dead)
+    try:
+        status, body = await api.call("GET", "/readyz")
+        assert status == 503 and body["error"]["details"]["redis"] == "unavailable", body
+        resp = await api.client.get("/readyz")
+        assert resp.headers["Retry-After"] == "1"
+    finally:
+        await api.client.close()
