@@ -321,7 +321,7 @@ async def test_the_cluster_is_detected_and_a_single_server_is_not(cluster_url):
     for url, kind in ((cluster_url, aioredis.RedisCluster), (TEST_REDIS_URL, aioredis.Redis)):
         client = await open_redis(make_settings(redis_url=url))
         try:
-            assert type(client) is kind
+            assert isinstance(client, kind)
             await client.ping()
         finally:
             await client.aclose()

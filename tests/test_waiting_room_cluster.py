@@ -11,20 +11,15 @@ import pytest
 
 from engine.admission import Admission
 from engine.waiting_room import RoomConfig, WaitingRoom, configure, room_figures
+from tests.cluster_support import sales_on_distinct_masters
 from tests.conftest import SECRET
-from tests.test_cluster import (  # noqa: F401 (fixtures)
-    cluster,
-    cluster_client,
-    cluster_url,
-    load,
-    sales_on_distinct_masters,
-)
+from tests.test_cluster import load
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batched", "direct"])
-async def test_rooms_on_several_masters(batching, cluster):  # noqa: F811
+async def test_rooms_on_several_masters(batching, cluster):
     sales = sales_on_distinct_masters(cluster, 3)
     for sale in sales:
         await configure(cluster, sale, RoomConfig(admission_rate=1000))
