@@ -160,7 +160,7 @@ async def test_the_whole_service_on_the_cluster(cluster, cluster_url, database, 
                 "SELECT status FROM sale_reservations WHERE reservation_id = $1",
                 late["reservation_id"]) == "expired"
         await wait_for(expired, "the hold's expiry")
-        assert int(await cluster.get(sale_keys(brief["sale_id"]).tokens)) == 2
+        assert int(await cluster.hget(sale_keys(brief["sale_id"]).meta, "tokens")) == 2
         # Ended, the sweeper closes it: its units go back to stock, it leaves the active set.
         await api.call("POST", f"/api/v1/admin/sales/{brief['sale_id']}/end",
                        headers=api.admin, expect=200)
