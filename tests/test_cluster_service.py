@@ -206,6 +206,17 @@ async def test_the_whole_service_on_the_cluster(cluster, cluster_url, database, 
         # The catalog cache: a price changed through one app reaches the other's cached
         # product page through cluster pub/sub (its TTL is made too long to do it).
         services_of(other).catalog_cache.product_ttl = 3600
+        # Shared results (a browse total, in Redis under the catalog generation): a new
+        # product of the brand reaches the other app's listing through the same channel.
+        listing = "/api/v1/products?brand=Lumen"
+        assert (await other.call("GET", listing, expect=200))[1]["total"] == 0
+        await api.call("POST", "/api/v1/seller/products", headers=api.admin, expect=201,
+                       json={"name": "Lumen Lamp", "price": "4.00", "brand": "Lumen",
+                             "available_qty": 1})
+
+        async def listed() -> bool:
+            return (await other.call("GET", listing, expect=200))[1]["total"] == 1
+        await wait_for(listed, "the catalog generation message", timeout=30)
         item = await create_product(api, price="10.00", name="Cached Lamp")
         path = f"/api/v1/products/{item['product_id']}"
         assert (await other.call("GET", path, expect=200))[1]["price"] == "10.00"
@@ -356,5 +367,39 @@ async def test_readiness_answers_503_when_the_cluster_cannot_answer(database):
         assert status == 503 and body["error"]["details"]["redis"] == "unavailable", body
         resp = await api.client.get("/readyz")
         assert resp.headers["Retry-After"] == "1"
+    finally:
+        await api.client.close()
+
+
+async def test_a_dead_reconcilers_entries_are_claimed_on_the_cluster(cluster, cluster_url,
+                                                                     database, pool, procs):
+    """A reconciler killed after its commit and before its XACK leaves its entries pending
+    on every master it read from; another claims them (XAUTOCLAIM, stream by stream) and
+    applying them again changes nothing."""
+    settings = make_settings(redis_url=cluster_url)
+    api = await start_api(settings)
+    try:
+        sales = await sales_per_master(api, cluster, quantity=30)
+        buyers = await asyncio.gather(*(api.signup() for _ in range(10)))
+        await asyncio.gather(*(
+            api.call("POST", f"/api/v1/sales/{s['sale_id']}/reservations", expect=201,
+                     headers=b["headers"], json={"quantity": 1, "idempotency_key": "k"})
+            for b in buyers for s in sales))
+        doomed = ReconcilerProcess(settings, "cl-doomed",
+                                   FLASHSALE_FAULT_KILL_AFTER_COMMIT="1").start()
+        procs.append(doomed)
+        assert doomed.proc.wait(60) == -signal.SIGKILL
+        pending = [(await cluster.xpending(sale_keys(s["sale_id"]).events, "reconciler"))
+                   ["pending"] for s in sales]
+        assert sum(pending) > 0  # committed, never acknowledged
+        heir = ReconcilerProcess(settings, "cl-heir").start()
+        procs.append(heir)
+        for sale in sales:
+            await wait_drained(cluster, pool, sale["sale_id"], rows=10, timeout=60)
+        assert "claimed" in heir.log.read_text()
+        assert await pool.fetchval("SELECT count(*) FROM sale_event_conflicts") == 0
+        for sale in sales:
+            assert await pool.fetchval("SELECT held_qty FROM flash_sales WHERE sale_id = $1",
+                                       sale["sale_id"]) == 10
     finally:
         await api.client.close()
