@@ -26,25 +26,22 @@ AnyRedis = aioredis.Redis | aioredis.RedisCluster
 CLUSTER_POOL_FACTOR = 4
 
 
-class _FailoverSafe:
+def _outage(exc: AttributeError) -> RedisConnectionError:
+    return RedisConnectionError(f"Redis Cluster connection closed during a failover ({exc})")
+
+
+class FailoverSafeCluster(aioredis.RedisCluster):
     """redis-py (8.1) answers CLUSTERDOWN or an uncovered slot (a failover under way) by
     closing every connection of the client, also those other tasks are using at that
     moment; their commands then fail with an AttributeError (a socket writer that is gone)
     instead of a connection error. Here that is the outage it is: a ConnectionError, which
     the callers already retry (the reconciler) or answer with a 503 (the gateway)."""
 
-    @staticmethod
-    def outage(exc: AttributeError) -> RedisConnectionError:
-        return RedisConnectionError(f"Redis Cluster connection closed during a failover "
-                                    f"({exc})")
-
-
-class FailoverSafeCluster(aioredis.RedisCluster):
     async def execute_command(self, *args, **kwargs):
         try:
             return await super().execute_command(*args, **kwargs)
         except AttributeError as exc:
-            raise _FailoverSafe.outage(exc) from exc
+            raise _outage(exc) from exc
 
     def pipeline(self, transaction=None, shard_hint=None) -> ClusterPipeline:
         if shard_hint:
@@ -57,7 +54,7 @@ class _FailoverSafePipeline(ClusterPipeline):
         try:
             return await super().execute(*args, **kwargs)
         except AttributeError as exc:
-            raise _FailoverSafe.outage(exc) from exc
+            raise _outage(exc) from exc
 
 
 def where(url: str) -> str:
