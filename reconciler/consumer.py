@@ -232,7 +232,17 @@ class Consumer:
     async def _active_sales(self) -> list[int]:
         now = time.monotonic()
         if now - self._sales_read_at > 1.0:
-            members = sorted(int(m) for m in await self.redis.smembers(ACTIVE_SALES))
+            try:
+                members = sorted(int(m) for m in await self.redis.smembers(ACTIVE_SALES))
+            except REDIS_DOWN as exc:
+                if not is_cluster(self.redis) or not self._sales_read_at:
+                    raise
+                # On a cluster the set lives on one master: while that one fails over,
+                # the sales known go on being read from the others.
+                log.warning("active sales not read (%s); reading the %d known",
+                            exc, len(self._sales))
+                self._sales_read_at = now
+                return self._sales
             self._sales = await self._known_to_postgres(members)
             self._sales_read_at = now
             for sale_id in self._sales:

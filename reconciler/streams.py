@@ -22,10 +22,11 @@ async def read_by_slot(redis: aioredis.RedisCluster, consumer: str, streams: dic
                        *, count: int, idle_wait: float) -> list:
     """XREADGROUP on a Redis Cluster: one call per slot (a call cannot name keys of two
     slots), all sent at once as one pipeline per master, each with the COUNT one call
-    would have had (per stream, so every stream keeps its share of a batch). A slot whose
-    master fails is skipped this round (its entries wait; the others are read); a stream
-    whose group vanished raises NOGROUP as on one server; all failing raises the first
-    error. No BLOCK across slots: an empty round waits ``idle_wait`` seconds."""
+    would have had (per stream, so every stream keeps its share of a batch). A call that
+    fails on its own (its master gone) is skipped this round, the others are read; a
+    stream whose group vanished raises NOGROUP as on one server; when the pipeline itself
+    raises, or every call fails, the round is retried with backoff. No BLOCK across
+    slots: an empty round waits ``idle_wait`` seconds."""
     by_slot: dict[int, dict[str, str]] = {}
     for stream, last in streams.items():
         by_slot.setdefault(key_slot(stream.encode()), {})[stream] = last

@@ -325,3 +325,4 @@ async def test_the_cluster_is_detected_and_a_single_server_is_not(cluster_url):
             await client.ping()
         finally:
             await client.aclose()
+
