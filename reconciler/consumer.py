@@ -284,10 +284,17 @@ class Consumer:
         events: list[SaleEvent] = []
         for stream in (stream for sale_id in sales for stream in sale_streams(sale_id)):
             cursor = self._claim_cursor.get(stream, "0-0")
-            next_cursor, entries, *_ = await self.redis.xautoclaim(
-                stream, CONSUMER_GROUP, self.name,
-                min_idle_time=self.settings.claim_idle_ms, start_id=cursor,
-                count=self.settings.reconcile_batch)
+            try:
+                next_cursor, entries, *_ = await self.redis.xautoclaim(
+                    stream, CONSUMER_GROUP, self.name,
+                    min_idle_time=self.settings.claim_idle_ms, start_id=cursor,
+                    count=self.settings.reconcile_batch)
+            except REDIS_DOWN as exc:
+                if not is_cluster(self.redis):
+                    raise
+                # A master failing over costs its own streams' claims, not the others'.
+                log.warning("claims on %s skipped this round (%s)", stream, exc)
+                continue
             self._claim_cursor[stream] = text(next_cursor)
             for stream_id, fields in entries:
                 if fields:  # None: the entry was trimmed meanwhile (cannot happen below acks)
