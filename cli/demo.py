@@ -150,11 +150,11 @@ async def _waiting_rooms(http, base: str, admin: dict, users: list[tuple[int, st
         async with http.post(f"{base}/api/v1/seller/products", headers=admin,
                              json={"name": "Sneaker Drop", "brand": "Flash", "price": "199.00",
                                    "available_qty": units}) as r:
-            product = await r.json()
+            product = await _created(r, "the product")
         async with http.post(f"{base}/api/v1/admin/sales", headers=admin, json={
                 "product_id": product["product_id"], "quantity": units, "price": "99.00",
                 "waiting_room": True, "admission_rate": rate, "stock_aware": aware}) as r:
-            sale = await r.json()
+            sale = await _created(r, "the waiting-room sale")
         click.echo(f"waiting room ({'stock-aware' if aware else 'rate-only'}): sale "
                    f"{sale['sale_id']}, {units} units, {len(buyers):,} buyers join at once, "
                    f"{rate} passes/s ...")
@@ -162,6 +162,19 @@ async def _waiting_rooms(http, base: str, admin: dict, users: list[tuple[int, st
         results.append({"room": "stock-aware" if aware else "rate-only",
                         "sale_id": sale["sale_id"], "units": units, "rate": rate, **result})
     return results
+
+
+async def _created(resp, what: str) -> dict:
+    """The body of a create call, or one line naming what the API refused and why (a
+    Redis still holding another sale under the same id, say, after the database was
+    reset: the API's 409 says so)."""
+    body = await resp.json(content_type=None)
+    if resp.status not in (200, 201):
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise click.ClickException(
+            f"the demo could not create {what}: HTTP {resp.status} "
+            f"{error.get('code', '')}: {error.get('message', body)}")
+    return body
 
 
 async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int,
@@ -193,11 +206,11 @@ async def _run(buyers: int, concurrency: int, units: int, limit: int, seed: int,
             async with http.post(f"{stack.base_url}/api/v1/seller/products", headers=admin,
                                  json={"name": "Limited Edition Console", "brand": "Flash",
                                        "price": "499.00", "available_qty": units}) as r:
-                product = await r.json()
+                product = await _created(r, "the product")
             async with http.post(f"{stack.base_url}/api/v1/admin/sales", headers=admin, json={
                     "product_id": product["product_id"], "quantity": units, "price": "49.00",
                     "per_user_limit": limit}) as r:
-                sale = await r.json()
+                sale = await _created(r, "the sale")
             click.echo(f"sale {sale['sale_id']}: {units} units at {sale['price']}, "
                        f"{limit} per buyer; {buyers} buyers, {concurrency} at once ...")
             tally = Tally()
