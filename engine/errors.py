@@ -158,6 +158,10 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
                  asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, *POSTGRES_REFUSED)
+# What asyncpg raises when Postgres drops a connection in the middle of a query or a
+# transaction ("connection is closed", a protocol state it cannot go on from): an outage
+# seen from inside a call. The gateway answers it 503, the reconciler retries the batch.
+POSTGRES_BROKEN = (*POSTGRES_DOWN, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 # What redis-py's BlockingConnectionPool raises (a ConnectionError) when no connection came
@@ -174,7 +178,7 @@ def as_unavailable(exc: BaseException) -> Unavailable | None:
                            "in use); retry shortly.", dependency="redis_pool")
     if isinstance(exc, REDIS_DOWN):
         return Unavailable("Redis is unavailable; retry shortly.", dependency="redis")
-    if isinstance(exc, POSTGRES_DOWN):
+    if isinstance(exc, POSTGRES_BROKEN):
         return Unavailable("Postgres is unavailable; retry shortly.", dependency="postgres")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return Unavailable("A backing service timed out; retry shortly.")
