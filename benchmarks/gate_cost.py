@@ -181,7 +181,7 @@ async def token_return_delay(redis: aioredis.Redis, *, rounds: int = 30) -> dict
             raise RuntimeError("the sale should be sold out")
         except SoldOut:
             pass
-        if sale not in worker.refusals._sold_out:
+        if (sale, 0) not in worker.refusals._sold_out:
             raise RuntimeError("the sold-out flag should be up")
         released = asyncio.ensure_future(releaser.release(hold.reservation_id, user_id=None))
         started = time.perf_counter()

@@ -113,6 +113,9 @@ def sale() -> None:
 @click.option("--idempotency-key", default=None,
               help="Repeat the command with the same key to get the same sale, never two.")
 @click.option("--allow-free", is_flag=True, help="Accept a price of 0.")
+@click.option("--buckets", type=int, default=1, show_default=True,
+              help="Split the tokens over this many Redis buckets (slots), so that many "
+                   "cluster masters share one hot product (1-64, at most --quantity).")
 @click.option("--waiting-room", is_flag=True,
               help="Buyers queue for passes that follow the stock (see README).")
 @click.option("--admission-rate", type=click.IntRange(1, 100_000), default=None,
@@ -124,7 +127,7 @@ def sale() -> None:
                    "(default 0).")
 @json_option
 def create(product_id, quantity, price, per_user_limit, hold_seconds, starts_at, ends_at,
-           idempotency_key, allow_free, waiting_room, admission_rate, pass_seconds,
+           idempotency_key, allow_free, buckets, waiting_room, admission_rate, pass_seconds,
            pass_margin, as_json) -> None:
     """Create a sale: move its units out of stock and pre-load its tokens."""
     from engine.waiting_room import RoomConfig
@@ -136,6 +139,13 @@ def create(product_id, quantity, price, per_user_limit, hold_seconds, starts_at,
         raise CommandError("--admission-rate, --pass-seconds and --pass-margin need "
                            "--waiting-room.", code="validation_failed")
     room = RoomConfig(**tuning) if waiting_room else None
+    from engine.errors import ValidationFailed
+    from engine.sales import check_buckets
+    try:
+        check_buckets(buckets, quantity, room)
+    except ValidationFailed as exc:
+        raise CommandError(f"--buckets {buckets}: {exc.details[0]['message']}.",
+                           code="validation_failed") from None
     if price == 0 and not allow_free:
         raise CommandError("--price is 0: the units would be given away; pass --allow-free "
                            "if that is meant.", code="validation_failed")
@@ -151,7 +161,7 @@ def create(product_id, quantity, price, per_user_limit, hold_seconds, starts_at,
         row = await sales.create(
             product_id=product_id, quantity=quantity, price=price, starts_at=starts_at,
             ends_at=ends_at, per_user_limit=per_user_limit, hold_seconds=hold_seconds,
-            idempotency_key=idempotency_key, waiting_room=room)
+            idempotency_key=idempotency_key, waiting_room=room, buckets=buckets)
         return row["replayed"], await _board_of(sales, row["sale_id"])
 
     replayed, board = run(with_sales(work))

@@ -7,6 +7,7 @@ or a typed error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import metrics
+from engine.buckets import STEAL_ROUNDS, bucket_count, home_bucket, steal
 from engine.cluster import batcher_beside
 from engine.codec import text
 from engine.errors import (
@@ -32,7 +34,7 @@ from engine.errors import (
     Unavailable,
     ValidationFailed,
 )
-from engine.keys import sale_keys, sale_of_reservation
+from engine.keys import bucket_of_reservation, sale_keys
 from engine.records import ReservationRecord, State
 from engine.refusals import SaleRefusals, channel_of
 from engine.scripts import SCRIPTS, Scripts
@@ -87,6 +89,9 @@ class Admission:
         self.channel = channel_of(redis)
         # Answers without Redis for sold-out and inactive sales once start() has run.
         self.refusals = SaleRefusals(redis, channel=self.channel, ttl=refusal_ttl)
+        self._buckets: dict[int, int] = {}  # sale id -> its bucket count (fixed for life)
+        self._asking: dict[int, asyncio.Future] = {}  # one read of it at a time per sale
+        self.steals = 0  # transfers this process made for buyers whose bucket was empty
 
     def _run(self, script, keys, args) -> Awaitable:
         """The script's answer, to be awaited (the batcher's future: no coroutine)."""
@@ -120,16 +125,33 @@ class Admission:
         started = time.perf_counter()
         outcome = "error"
         try:
-            self.refusals.check(sale_id, user_id)
+            buckets = self._buckets.get(sale_id) or await self._bucket_count(sale_id)
+            self.refusals.check(sale_id, user_id, buckets)
             sent_at = time.monotonic()
-            keys = sale_keys(sale_id).for_reserve
-            answer = await self._run(
-                self.scripts.reserve, keys,
-                (sale_id, user_id, quantity, idempotency_key, self.rate_limit, client,
-                 self.channel))
+            keys = sale_keys(sale_id, home_bucket(user_id, buckets))
+            args = (keys.name, user_id, quantity, idempotency_key, self.rate_limit, client,
+                    self.channel)
+            answer = await self._run(self.scripts.reserve, keys.for_reserve, args)
+            rounds = 0
+            while answer[0] == b"sold_out" and buckets > 1 and rounds < STEAL_ROUNDS:
+                # The home bucket is empty: bring tokens from the richest bucket, retry.
+                rounds += 1
+                read_at = time.monotonic()
+                moved, seen = await steal(self._run, sale_id, buckets, keys.bucket,
+                                          channel=self.channel, redis=self.redis,
+                                          scripts=self.scripts)
+                if not moved:
+                    for bucket, left in enumerate(seen):
+                        if left <= 0:
+                            self.refusals.sold_out(sale_id, sent_at=read_at, bucket=bucket)
+                    break
+                self.steals += 1
+                sent_at = time.monotonic()
+                answer = await self._run(self.scripts.reserve, keys.for_reserve, args)
             if self.wait_replicas and answer[0] in (b"ok", b"replay"):
-                await self._replicated(keys[0])
-            outcome, hold = self._reserve_answer(sale_id, user_id, answer, sent_at)
+                await self._replicated(keys.meta)
+            outcome, hold = self._reserve_answer(sale_id, user_id, answer, sent_at,
+                                                 keys.bucket)
             return hold
         except (SoldOut, SaleNotActive, PurchaseLimitExceeded, RateLimited, NotFound,
                 IdempotencyKeyReused, ValidationFailed) as exc:
@@ -139,20 +161,45 @@ class Admission:
             _OUTCOMES.inc((outcome,))
             _LATENCY.observe((), time.perf_counter() - started)
 
+    async def _bucket_count(self, sale_id: int) -> int:
+        """The sale's bucket count, read once per process (1 while Redis has no such sale:
+        the script then answers no_sale)."""
+        asking = self._asking.get(sale_id)
+        if asking is not None:  # concurrent attempts share one read
+            return await asyncio.shield(asking)
+        asking = self._asking[sale_id] = asyncio.get_running_loop().create_future()
+        try:
+            count = await bucket_count(self.redis, sale_id)
+        except Exception as exc:
+            asking.set_exception(exc)
+            asking.exception()  # retrieved: nobody else may be waiting
+            raise
+        except BaseException:  # cancelled: the others ask again
+            asking.cancel()
+            raise
+        finally:
+            del self._asking[sale_id]
+        if count is not None:
+            if len(self._buckets) > 100_000:
+                self._buckets.clear()
+            self._buckets[sale_id] = count
+        asking.set_result(count or 1)
+        return count or 1
+
     def _reserve_answer(self, sale_id: int, user_id: int, answer: list,
-                        sent_at: float) -> tuple[str, Hold]:
+                        sent_at: float, bucket: int) -> tuple[str, Hold]:
         tag = answer[0]
         if tag == b"ok" or tag == b"replay":
             hold = Hold(reservation_id=text(answer[1]), sale_id=sale_id, quantity=answer[2],
                         status=text(answer[4]), expires_ms=answer[3], user_id=user_id,
                         replayed=tag == b"replay")
             if tag == b"ok":
-                self.refusals.admitted(sale_id, user_id, sent_at=sent_at,
+                self.refusals.admitted(sale_id, user_id, sent_at=sent_at, bucket=bucket,
                                        tokens_left=answer[5] if len(answer) > 5 else None)
                 return "admitted", hold
             return "replayed", hold
         if tag == b"sold_out":
-            self.refusals.sold_out(sale_id, sent_at=sent_at)
+            self.refusals.sold_out(sale_id, sent_at=sent_at, bucket=bucket)
             raise SoldOut(details={"sale_id": sale_id})
         if tag == b"not_active":
             why = text(answer[1])
@@ -179,11 +226,12 @@ class Admission:
     # -- release, confirm, expire --------------------------------------------------------
     async def release(self, reservation_id: str, *, user_id: int | None,
                       include_confirmed: bool = False, reason: str = "cancelled") -> Hold:
-        sale_id = self._sale_of(reservation_id)
+        keys = self._keys_of(reservation_id)
+        sale_id = keys.sale_id
         answer = await self._run(
-            self.scripts.release, sale_keys(sale_id).for_release,
+            self.scripts.release, keys.for_release,
             (reservation_id, "" if user_id is None else user_id,
-             "1" if include_confirmed else "0", reason, self.channel, sale_id))
+             "1" if include_confirmed else "0", reason, self.channel, keys.name))
         tag = answer[0]
         if tag == b"ok":
             return Hold(reservation_id=reservation_id, sale_id=sale_id, quantity=answer[2],
@@ -195,8 +243,9 @@ class Admission:
         raise NotFound("No such reservation.")
 
     async def confirm(self, reservation_id: str, *, user_id: int, order_id: int) -> Hold:
-        sale_id = self._sale_of(reservation_id)
-        answer = await self._run(self.scripts.confirm, sale_keys(sale_id).for_confirm,
+        keys = self._keys_of(reservation_id)
+        sale_id = keys.sale_id
+        answer = await self._run(self.scripts.confirm, keys.for_confirm,
                                  (reservation_id, user_id, order_id))
         tag = answer[0]
         if tag == b"ok":
@@ -211,11 +260,13 @@ class Admission:
             raise Conflict("The reservation is already confirmed for another order.")
         raise NotFound("No such reservation.")
 
-    async def expire_due(self, sale_id: int, *, limit: int = 500) -> tuple[int, int, int]:
-        """Return up to ``limit`` due holds of a sale to stock:
+    async def expire_due(self, sale_id: int, *, limit: int = 500,
+                         bucket: int = 0) -> tuple[int, int, int]:
+        """Return up to ``limit`` due holds of a sale's bucket to stock:
         (holds expired, units returned, holds still due)."""
+        keys = sale_keys(sale_id, bucket)
         answer = await self.scripts.expire_holds(
-            self.redis, sale_keys(sale_id).for_expire, (limit, self.channel, sale_id))
+            self.redis, keys.for_expire, (limit, self.channel, keys.name))
         if len(answer) > 3:  # the sale's other work goes on; its holds wait for the move
             log.error("%s", old_layout(sale_id))
         expired, units, left = answer[:3]
@@ -225,10 +276,11 @@ class Admission:
     async def get(self, reservation_id: str) -> Hold | None:
         """The reservation as Redis knows it, or None (unknown, or its sale was cleaned up).
         A hold past its expiry reads ``expired`` even before the sweeper returns it."""
-        sale_id = sale_of_reservation(reservation_id)
-        if sale_id is None:
+        found = bucket_of_reservation(reservation_id)
+        if found is None:
             return None
-        raw = await self.redis.hget(sale_keys(sale_id).res, reservation_id)
+        sale_id = found[0]
+        raw = await self.redis.hget(sale_keys(*found).res, reservation_id)
         if raw is None:
             return None
         record = ReservationRecord.parse(raw)
@@ -240,11 +292,12 @@ class Admission:
                     order_id=record.order_id)
 
     @staticmethod
-    def _sale_of(reservation_id: str) -> int:
-        sale_id = sale_of_reservation(reservation_id)
-        if sale_id is None:
+    def _keys_of(reservation_id: str):
+        """The keys of the bucket that issued the reservation (named in its id)."""
+        found = bucket_of_reservation(reservation_id)
+        if found is None:
             raise NotFound("No such reservation.")
-        return sale_id
+        return sale_keys(*found)
 
 
 _OUTCOME_OF = {

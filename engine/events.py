@@ -12,7 +12,8 @@ EventType = Literal["reserved", "released", "confirmed", "expired", "loaded"]
 
 
 class SaleEvent(msgspec.Struct, frozen=True):
-    """One entry of ``fs:{s:<id>}:events``. Field names follow the stream's short keys."""
+    """One entry of ``fs:{s:<id>}:events`` (or of bucket b's ``fs:{s:<id>:<b>}:events``).
+    Field names follow the stream's short keys."""
 
     stream_id: str
     sale_id: int
@@ -25,10 +26,11 @@ class SaleEvent(msgspec.Struct, frozen=True):
     order_id: int | None = None
     idempotency_key: str | None = None
     from_state: str | None = None  # released: "h" (a hold) or "c" (a confirmed unit)
+    bucket: int = 0  # the sale's bucket whose stream holds the entry (engine/buckets.py)
 
     @classmethod
     def from_stream(cls, sale_id: int, stream_id: bytes | str,
-                    fields: dict[bytes, bytes]) -> SaleEvent:
+                    fields: dict[bytes, bytes], bucket: int = 0) -> SaleEvent:
         get = fields.get
         order = get(b"o")
         expires = get(b"x")
@@ -46,4 +48,5 @@ class SaleEvent(msgspec.Struct, frozen=True):
             order_id=int(order) if order else None,
             idempotency_key=key.decode() if key is not None else None,
             from_state=origin.decode() if origin is not None else None,
+            bucket=bucket,
         )

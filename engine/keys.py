@@ -1,7 +1,10 @@
 """The Redis key schema: the one place that spells key names.
 
-All keys of a sale share the hash tag ``{s:<sale_id>}`` so every script touches a single
-Redis Cluster slot. Scripts never build key names; they get them through KEYS from here.
+All keys of a sale's bucket share one hash tag so every script touches a single Redis
+Cluster slot: ``{s:<sale_id>}`` for bucket 0 (every unbucketed sale), ``{s:<sale_id>:<b>}``
+for bucket b >= 1 of a sale split into buckets (``sale create --buckets K``, engine/buckets.py).
+Each bucket is a full copy of the sale's key set with its share of the tokens. Scripts
+never build key names; they get them through KEYS from here.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from functools import lru_cache
 PREFIX = "fs"
 ACTIVE_SALES = f"{PREFIX}:sales:active"  # set of sale ids the reconciler and sweeper watch
 CONSUMER_GROUP = "reconciler"
+MAX_BUCKETS = 64  # buckets of one sale: one per master at most is useful; 64 is plenty
 
 
 def tokens_returned_channel(db: int) -> str:
@@ -43,6 +47,24 @@ def signup_key(address: str) -> str:
     return f"{PREFIX}:signup:{{{address}}}"
 
 
+def bucket_name(sale_id: int, bucket: int = 0) -> str:
+    """A bucket's name: ``<sale_id>`` for bucket 0, ``<sale_id>-<b>`` otherwise. It prefixes
+    the bucket's reservation ids and is what the sold-out flags' messages carry."""
+    return str(sale_id) if bucket == 0 else f"{sale_id}-{bucket}"
+
+
+def parse_bucket_name(name: str) -> tuple[int, int] | None:
+    """(sale_id, bucket) of a bucket name; None when it is not one."""
+    sale, sep, bucket = name.partition("-")
+    if not sale.isascii() or not sale.isdigit() or len(sale) > 18:
+        return None
+    if not sep:
+        return int(sale), 0
+    if not bucket.isascii() or not bucket.isdigit() or not 1 <= int(bucket) < MAX_BUCKETS:
+        return None
+    return int(sale), int(bucket)
+
+
 @dataclass(frozen=True, slots=True)
 class SaleKeys:
     """A sale's five keys. The hot path reads and writes each hash with one command, so the
@@ -57,13 +79,22 @@ class SaleKeys:
       rate-limit buckets ``r:<user>`` / ``a:<client address>`` -> "millitokens:ms".
     - ``holds`` zset (reservation id -> expiry ms), ``res`` hash (reservation id -> record,
       format in lua/prelude.lua), ``events`` stream (read by the reconciler).
+
+    A sale split into buckets (engine/buckets.py) has this set once per bucket, and each
+    bucket two hashes more, ``moves_out`` and ``moves_in`` (transfers between buckets),
+    and the meta fields ``moved_out``, ``moved_in`` and ``move_seq``; bucket 0's meta
+    also says ``buckets`` (absent: 1).
     """
     sale_id: int
+    bucket: int
+    name: str  # bucket_name(sale_id, bucket)
     meta: str
     buyers: str
     holds: str
     res: str
     events: str
+    moves_out: str  # hash: transfer id -> "<to bucket>:<units>", tokens sent, not yet done
+    moves_in: str   # hash: transfer id -> units, every transfer this bucket received
     # The keys of the layout before the lean gate (tokens, seq, idem, buyers, rate-limit
     # hash as keys of their own): only ``sale recover`` reads and deletes them.
     legacy: tuple[str, ...]
@@ -75,6 +106,8 @@ class SaleKeys:
     for_confirm: tuple[str, ...]
     for_load: tuple[str, ...]
     for_state: tuple[str, ...]
+    for_move_out: tuple[str, ...]
+    for_move_in: tuple[str, ...]
     all: tuple[str, ...]
 
 
@@ -102,34 +135,50 @@ def units_by_buyer(buyers: dict) -> dict[int, int]:
 
 
 @lru_cache(maxsize=4096)
-def sale_keys(sale_id: int) -> SaleKeys:
-    tag = f"{PREFIX}:{{s:{sale_id}}}"
-    meta, buyers, holds, res, events = (
-        f"{tag}:{name}" for name in ("meta", "who", "holds", "res", "events"))
+def sale_keys(sale_id: int, bucket: int = 0) -> SaleKeys:
+    """The keys of bucket ``bucket`` of a sale (bucket 0: the sale's keys as they always
+    were, so an unbucketed sale is unchanged)."""
+    tag = (f"{PREFIX}:{{s:{sale_id}}}" if bucket == 0
+           else f"{PREFIX}:{{s:{sale_id}:{bucket}}}")
+    meta, buyers, holds, res, events, moves_out, moves_in = (
+        f"{tag}:{name}" for name in ("meta", "who", "holds", "res", "events", "mvo", "mvi"))
     legacy = tuple(f"{tag}:{name}" for name in ("tokens", "buyers", "idem", "seq", "rl"))
     every = (meta, buyers, holds, res, events)
-    return SaleKeys(sale_id=sale_id, meta=meta, buyers=buyers, holds=holds, res=res,
-                    events=events, legacy=legacy,
+    return SaleKeys(sale_id=sale_id, bucket=bucket, name=bucket_name(sale_id, bucket),
+                    meta=meta, buyers=buyers, holds=holds, res=res, events=events,
+                    moves_out=moves_out, moves_in=moves_in, legacy=legacy,
                     for_reserve=every, for_release=every, for_expire=every,
                     for_confirm=(meta, holds, res, events), for_load=(meta, events),
-                    for_state=(meta,), all=every)
+                    for_state=(meta,), for_move_out=(meta, moves_out),
+                    for_move_in=(meta, moves_in), all=(*every, moves_out, moves_in))
 
 
-def sale_streams(sale_id: int) -> tuple[str, ...]:
-    """The event streams of a sale: the one place that says which streams the reconciler
-    reads, acknowledges, claims, trims and measures for it."""
-    return (sale_keys(sale_id).events,)
+def stream_bucket(stream_key: str) -> tuple[int, int]:
+    """(sale_id, bucket) of one of a sale's keys (``fs:{s:<sale>}:...`` or
+    ``fs:{s:<sale>:<b>}:...``)."""
+    tag = stream_key.split("{s:", 1)[1].split("}", 1)[0]
+    sale, _, bucket = tag.partition(":")
+    return int(sale), int(bucket or 0)
+
+
+def sale_streams(sale_id: int, buckets: int = 1) -> tuple[str, ...]:
+    """The event streams of a sale, one per bucket (engine/buckets.py): the one place that
+    says which streams the reconciler reads, acknowledges, claims, trims and measures for
+    it."""
+    return tuple(sale_keys(sale_id, b).events for b in range(buckets))
 
 
 def sale_of_stream(stream: str) -> int:
     """The sale whose events ``stream`` (one of ``sale_streams``) carries."""
-    return int(stream.split("{s:", 1)[1].split("}", 1)[0])
+    return stream_bucket(stream)[0]
 
 
 # Reservation ids: the one place their format is written down.
 #
-# ``<sale_id>-<n>``, both decimal (URL-safe; the sale id routes any gateway to the sale's
-# keys and Redis Cluster slot without a lookup). ``reserve.lua`` issues
+# ``<bucket name>-<n>``: ``<sale_id>-<n>`` in bucket 0, ``<sale_id>-<b>-<n>`` in bucket b >= 1,
+# all decimal (URL-safe; the id alone routes any gateway to the bucket's keys and Redis
+# Cluster slot without a lookup; two buckets on two masters may issue the same n, the
+# bucket in the id keeps the ids apart). ``reserve.lua`` issues
 # n = max(previous n + 1, Redis clock in microseconds) and keeps it in the sale's ``seq``
 # field of ``meta``. One Redis admits far fewer than one reservation per microsecond, so n
 # never runs ahead of the clock by more than a burst; when Redis forgets its last writes
@@ -141,17 +190,22 @@ def sale_of_stream(stream: str) -> int:
 
 
 def reservation_number(reservation_id: str) -> int:
-    """The ``n`` of ``<sale_id>-<n>``."""
+    """The ``n`` of ``<sale_id>-<n>`` or ``<sale_id>-<b>-<n>``."""
     return int(reservation_id.rpartition("-")[2])
 
 
-def sale_of_reservation(reservation_id: str) -> int | None:
-    """The sale of a reservation id ``<sale_id>-<n>``; None when it is not one of ours."""
-    sale, sep, seq = reservation_id.partition("-")
-    if (not reservation_id.isascii() or not sep or not sale.isdigit() or not seq.isdigit()
-            or len(sale) > 18):
+def bucket_of_reservation(reservation_id: str) -> tuple[int, int] | None:
+    """(sale_id, bucket) of a reservation id; None when it is not one of ours."""
+    name, sep, seq = reservation_id.rpartition("-")
+    if not sep or not seq.isascii() or not seq.isdigit() or len(seq) > 20:
         return None
-    return int(sale)
+    return parse_bucket_name(name)
+
+
+def sale_of_reservation(reservation_id: str) -> int | None:
+    """The sale of a reservation id; None when it is not one of ours."""
+    found = bucket_of_reservation(reservation_id)
+    return None if found is None else found[0]
 
 
 @dataclass(frozen=True, slots=True)

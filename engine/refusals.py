@@ -32,7 +32,6 @@ is sold out is answered ``sold_out``; the hold's unit goes back on sale when it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -41,7 +40,7 @@ import redis.asyncio as aioredis
 
 from engine.connections import db_of
 from engine.errors import SaleNotActive, SoldOut
-from engine.keys import ACTIVE_SALES, sale_keys, tokens_returned_channel
+from engine.keys import ACTIVE_SALES, parse_bucket_name, sale_keys, tokens_returned_channel
 from engine.pubsub import ChannelListener
 
 log = logging.getLogger(__name__)
@@ -59,9 +58,11 @@ class SaleRefusals:
         self._redis = redis
         self.channel = channel
         self.ttl = ttl
-        self._sold_out: dict[int, float] = {}  # sale id -> monotonic deadline
+        # (sale id, bucket) -> monotonic deadline; bucket 0 of an unbucketed sale is the sale
+        self._sold_out: dict[tuple[int, int], float] = {}
         self._inactive: dict[int, tuple[float, str]] = {}  # sale id -> (deadline, why)
-        self._returned_at: dict[int, float] = {}  # sale id -> monotonic time of last message
+        # (sale id, bucket) -> monotonic time of its last token-return message
+        self._returned_at: dict[tuple[int, int], float] = {}
         self._buyers: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._remember_buyers = remember_buyers
         self._listener = ChannelListener(redis, channel, name="tokens-returned",
@@ -72,17 +73,22 @@ class SaleRefusals:
         self.on_return = None  # optional callback(sale_id), for measurements
 
     # -- the hot path --------------------------------------------------------------------
-    def check(self, sale_id: int, user_id: int) -> None:
-        """Raise the refusal a flag stands for; return when the script must answer."""
+    def check(self, sale_id: int, user_id: int, buckets: int = 1) -> None:
+        """Raise the refusal a flag stands for; return when the script must answer. A sale
+        split into buckets is refused as sold out only when every bucket is flagged."""
         if not self.listening:
             return
-        deadline = self._sold_out.get(sale_id)
-        if deadline is not None:
-            if time.monotonic() < deadline:
-                if (sale_id, user_id) not in self._buyers:
-                    raise SoldOut(details={"sale_id": sale_id})
+        if self._sold_out and (sale_id, user_id) not in self._buyers:
+            now = time.monotonic()
+            for bucket in range(buckets):
+                deadline = self._sold_out.get((sale_id, bucket))
+                if deadline is None:
+                    break
+                if now >= deadline:
+                    del self._sold_out[(sale_id, bucket)]
+                    break
             else:
-                del self._sold_out[sale_id]
+                raise SoldOut(details={"sale_id": sale_id})
         inactive = self._inactive.get(sale_id)
         if inactive is not None:
             if time.monotonic() < inactive[0]:
@@ -92,23 +98,23 @@ class SaleRefusals:
 
     # -- what the script answered --------------------------------------------------------
     def admitted(self, sale_id: int, user_id: int, *, tokens_left: int | None,
-                 sent_at: float) -> None:
+                 sent_at: float, bucket: int = 0) -> None:
         buyers = self._buyers
         buyers[(sale_id, user_id)] = None
         if len(buyers) > self._remember_buyers:
             buyers.popitem(last=False)
         if tokens_left == 0:
-            self.sold_out(sale_id, sent_at=sent_at)
+            self.sold_out(sale_id, sent_at=sent_at, bucket=bucket)
 
-    def sold_out(self, sale_id: int, *, sent_at: float) -> None:
+    def sold_out(self, sale_id: int, *, sent_at: float, bucket: int = 0) -> None:
         if (not self.listening or sent_at < self._since
-                or self._returned_at.get(sale_id, 0.0) > sent_at):
+                or self._returned_at.get((sale_id, bucket), 0.0) > sent_at):
             return
-        self._sold_out[sale_id] = time.monotonic() + self.ttl
+        self._sold_out[(sale_id, bucket)] = time.monotonic() + self.ttl
 
-    def sold_out_heard(self, sale_id: int) -> None:
+    def sold_out_heard(self, sale_id: int, bucket: int = 0) -> None:
         """The last token was taken: nothing returned before this message can be pending."""
-        self._sold_out[sale_id] = time.monotonic() + self.ttl
+        self._sold_out[(sale_id, bucket)] = time.monotonic() + self.ttl
 
     def not_active(self, sale_id: int, why: str, *, sent_at: float,
                    starts_in: float | None = None) -> None:
@@ -116,17 +122,18 @@ class SaleRefusals:
         clock). Counted from when the attempt was sent, which is before the script ran, so
         the flag lapses no later than the sale opens."""
         if (not self.listening or sent_at < self._since
-                or self._returned_at.get(sale_id, 0.0) > sent_at):
+                or self._returned_at.get((sale_id, 0), 0.0) > sent_at):
             return
         hold_for = self.ttl if starts_in is None else max(0.0, min(self.ttl, starts_in))
         self._inactive[sale_id] = (sent_at + hold_for, why)
 
-    def tokens_returned(self, sale_id: int) -> None:
-        """Tokens came back, or a paused sale resumed: the sale may admit again."""
+    def tokens_returned(self, sale_id: int, bucket: int = 0) -> None:
+        """Tokens came back to a bucket, or a paused sale resumed: it may admit again."""
         now = time.monotonic()
-        self._returned_at[sale_id] = now
-        self._sold_out.pop(sale_id, None)
-        self._inactive.pop(sale_id, None)
+        self._returned_at[(sale_id, bucket)] = now
+        self._sold_out.pop((sale_id, bucket), None)
+        if bucket == 0:
+            self._inactive.pop(sale_id, None)
         if len(self._returned_at) > 10_000:  # old sales: nothing in flight is that old
             cutoff = now - 60.0
             self._returned_at = {s: t for s, t in self._returned_at.items() if t > cutoff}
@@ -164,11 +171,17 @@ class SaleRefusals:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for sale_id in sales:
-                pipe.hget(sale_keys(sale_id).meta, "tokens")
+                pipe.hget(sale_keys(sale_id).meta, "buckets")
+            counts = await pipe.execute()
+        buckets = [(sale_id, b) for sale_id, count in zip(sales, counts, strict=True)
+                   for b in range(int(count or 1))]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for sale_id, b in buckets:
+                pipe.hget(sale_keys(sale_id, b).meta, "tokens")
             tokens = await pipe.execute()
-        for sale_id, left in zip(sales, tokens, strict=True):
+        for bucket, left in zip(buckets, tokens, strict=True):
             if left is not None and int(left) <= 0:
-                self._sold_out[sale_id] = asked_at + self.ttl
+                self._sold_out[bucket] = asked_at + self.ttl
 
     async def _subscribed(self) -> None:
         self.forget()  # messages may have been missed while not subscribed
@@ -177,12 +190,16 @@ class SaleRefusals:
         self.listening = True  # messages that came meanwhile are read next, in order
 
     def _heard(self, data: bytes | str) -> None:
-        with contextlib.suppress(ValueError):
-            sale_id = int(data)
-            if sale_id < 0:
-                self.sold_out_heard(-sale_id)
-            else:
-                self.tokens_returned(sale_id)
+        """``<bucket name>``: tokens returned; ``-<bucket name>``: its last token taken."""
+        message = data.decode("ascii", "replace") if isinstance(data, bytes) else data
+        taken = message.startswith("-")
+        found = parse_bucket_name(message[1:] if taken else message)
+        if found is None:
+            return
+        if taken:
+            self.sold_out_heard(*found)
+        else:
+            self.tokens_returned(*found)
 
     def _lost(self) -> None:
         """Flags are trusted only while subscribed."""

@@ -13,6 +13,7 @@ Redis atomically; Postgres keeps ``paused_at`` and the new ``ends_at`` under a r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import asyncpg
 import redis.asyncio as aioredis
 
+from engine.buckets import all_keys, bucket_books, read_tokens, shares
 from engine.errors import (
     REDIS_DOWN,
     Conflict,
@@ -35,7 +37,7 @@ from engine.errors import (
     Unavailable,
     ValidationFailed,
 )
-from engine.keys import ACTIVE_SALES, sale_keys
+from engine.keys import ACTIVE_SALES, MAX_BUCKETS, sale_keys
 from engine.refusals import channel_of
 from engine.scripts import SCRIPTS
 from engine.waiting_room import RoomConfig, configure
@@ -77,7 +79,7 @@ class SaleView:
 SALE_COLUMNS = ("sale_id, product_id, quantity, price, starts_at, ends_at, per_user_limit,"
                 " hold_seconds, status, held_qty, confirmed_qty, released_qty, expired_qty,"
                 " last_stream_id, created_at, paused_at, room_rate, room_pass_seconds,"
-                " room_margin_percent, room_stock_aware")
+                " room_margin_percent, room_stock_aware, buckets")
 
 SaleAction = Literal["pause", "resume", "end"]
 # What each action may start from (the checks themselves run in change_sale_state.lua).
@@ -86,6 +88,19 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "resume": ("paused",),
     "end": ("scheduled", "active", "paused", "sold_out"),
 }
+
+
+def check_buckets(buckets: int, quantity: int, waiting_room: RoomConfig | None) -> None:
+    """A sale's bucket count: 1 to MAX_BUCKETS, at most one per unit, and 1 with a
+    waiting room (the room reads the stock of one bucket's slot)."""
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise ValidationFailed.at("$.buckets", f"must be between 1 and {MAX_BUCKETS}")
+    if buckets > quantity:
+        raise ValidationFailed.at("$.buckets", "must be at most the quantity (every bucket "
+                                  "starts with a unit at least)")
+    if buckets > 1 and waiting_room is not None:
+        raise ValidationFailed.at("$.buckets", "a sale with a waiting room has 1 bucket "
+                                  "(the room follows the stock of one slot)")
 
 
 def room_of(sale: dict[str, Any]) -> RoomConfig | None:
@@ -106,12 +121,15 @@ class Sales:
                      starts_at: datetime | None = None, ends_at: datetime | None = None,
                      per_user_limit: int = 1, hold_seconds: int = 600,
                      idempotency_key: str | None = None,
-                     waiting_room: RoomConfig | None = None) -> dict[str, Any]:
+                     waiting_room: RoomConfig | None = None,
+                     buckets: int = 1) -> dict[str, Any]:
         """Create a sale and load its tokens. With ``idempotency_key``, the same key and
         request return the sale made before (``replayed`` is True; a load a crash cut
-        short is finished), another request under that key is IdempotencyKeyReused."""
+        short is finished), another request under that key is IdempotencyKeyReused.
+        ``buckets`` > 1 splits the tokens over that many buckets (engine/buckets.py)."""
         if quantity < 1:
             raise ValidationFailed.at("$.quantity", "must be at least 1")
+        check_buckets(buckets, quantity, waiting_room)
         request = {
             "product_id": product_id, "quantity": quantity, "price": str(price),
             "starts_at": starts_at and starts_at.isoformat(),
@@ -119,6 +137,8 @@ class Sales:
             "hold_seconds": hold_seconds}
         if waiting_room is not None:  # absent otherwise: older fingerprints still match
             request["waiting_room"] = waiting_room.fields()
+        if buckets != 1:  # likewise
+            request["buckets"] = buckets
         fingerprint = json.dumps(request, sort_keys=True)
         if idempotency_key is not None:
             made = await self._made_before(idempotency_key, fingerprint)
@@ -130,7 +150,7 @@ class Sales:
         try:
             row = await self._insert(product_id, quantity, price, starts_at, ends_at,
                                      per_user_limit, hold_seconds, idempotency_key,
-                                     fingerprint, waiting_room)
+                                     fingerprint, waiting_room, buckets)
         except asyncpg.UniqueViolationError:  # the same key, created concurrently
             made = await self._made_before(idempotency_key or "", fingerprint)
             if made is None:
@@ -142,7 +162,8 @@ class Sales:
     async def _insert(self, product_id: int, quantity: int, price: Decimal,
                       starts_at: datetime, ends_at: datetime | None, per_user_limit: int,
                       hold_seconds: int, idempotency_key: str | None,
-                      fingerprint: str, waiting_room: RoomConfig | None) -> asyncpg.Record:
+                      fingerprint: str, waiting_room: RoomConfig | None,
+                      buckets: int) -> asyncpg.Record:
         async with self.pool.acquire() as conn, conn.transaction():
             moved = await conn.fetchval(
                 "UPDATE inventory SET available_qty = available_qty - $2,"
@@ -162,14 +183,15 @@ class Sales:
             return await conn.fetchrow(
                 "INSERT INTO flash_sales (product_id, quantity, price, starts_at, ends_at,"
                 " per_user_limit, hold_seconds, status, idempotency_key, request_fingerprint,"
-                " room_rate, room_pass_seconds, room_margin_percent, room_stock_aware)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, 'loading', $8, $9, $10, $11, $12, $13)"
+                " room_rate, room_pass_seconds, room_margin_percent, room_stock_aware, buckets)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, 'loading', $8, $9, $10, $11, $12, $13,"
+                " $14)"
                 f" RETURNING {SALE_COLUMNS}",
                 product_id, quantity, price, starts_at, ends_at, per_user_limit, hold_seconds,
                 idempotency_key, fingerprint,
                 *((waiting_room.admission_rate, waiting_room.pass_seconds,
                    waiting_room.pass_margin_percent, waiting_room.stock_aware)
-                  if waiting_room else (None, None, None, None)))
+                  if waiting_room else (None, None, None, None)), buckets)
 
     async def _made_before(self, key: str, fingerprint: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
@@ -231,21 +253,22 @@ class Sales:
             raise Conflict(
                 f"Sale {sale_id} is already {sale['status']}; its tokens were loaded. If Redis "
                 "lost them, use `flashsale sale recover`.")
-        keys = sale_keys(sale_id)
         room = room_of(sale)
         if room is not None:  # before the tokens: no unit is ever sold past the room
             await configure(self.redis, sale_id, room)
-        answer = await SCRIPTS.load_tokens(self.redis, keys.for_load, (
-            sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]),
-            to_ms(sale["ends_at"]), sale["per_user_limit"], sale["hold_seconds"] * 1000,
-            sale["quantity"], sale["quantity"], 0, 0, identity(sale)))
-        if answer[0] == b"foreign":
-            raise Conflict(foreign_message(sale_id))
-        if answer[0] == b"exists":
-            # Loaded before a crash kept us from marking it ready: finish, never load twice.
-            loaded = 0
-        else:
-            loaded = answer[1]
+        count = sale["buckets"]
+        loaded = 0
+        # Bucket 0 last: its meta (with the bucket count) says every bucket is loaded.
+        for bucket, share in reversed(list(enumerate(shares(sale["quantity"], count)))):
+            answer = await SCRIPTS.load_tokens(self.redis, sale_keys(sale_id, bucket).for_load, (
+                sale["product_id"], str(sale["price"]), to_ms(sale["starts_at"]),
+                to_ms(sale["ends_at"]), sale["per_user_limit"], sale["hold_seconds"] * 1000,
+                share, share, 0, 0, identity(sale), 0, count))
+            if answer[0] == b"foreign":
+                raise Conflict(foreign_message(sale_id))
+            # "exists": loaded before a crash kept us from marking it ready: finish, never
+            # load twice.
+            loaded += answer[1] if answer[0] == b"ok" else 0
         await self.redis.sadd(ACTIVE_SALES, sale_id)
         await self.pool.execute(
             "UPDATE flash_sales SET status = 'ready' WHERE sale_id = $1 AND status = 'loading'",
@@ -267,8 +290,14 @@ class Sales:
                     f"`flashsale sale load-tokens {sale_id}` first.",
                     details={"sale_id": sale_id, "status": "loading", "action": action})
             # Redis moves first, inside the row lock: a second operator waits for us.
+            # Bucket 0 decides (and answers); the other buckets follow it.
+            channel = channel_of(self.redis)
             answer = await SCRIPTS.change_sale_state(
-                self.redis, keys.for_state, (action, channel_of(self.redis), sale_id))
+                self.redis, keys.for_state, (action, channel, sale_id))
+            if answer[0] == b"ok":
+                for other in all_keys(sale_id, await self.bucket_count(sale_id))[1:]:
+                    await SCRIPTS.change_sale_state(self.redis, other.for_state,
+                                                    (action, channel, other.name))
             if answer[0] == b"no_sale":
                 raise Conflict(
                     f"Sale {sale_id} has no state in Redis (lost?): rebuild it with "
@@ -298,12 +327,14 @@ class Sales:
         keys = sale_keys(sale_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(keys.meta, "product_id", "price", "starts_ms", "ends_ms", "state",
-                       "per_user_limit", "tokens")
+                       "per_user_limit", "tokens", "buckets")
             (meta,) = await pipe.execute()
         if meta[0] is None:
             raise NotFound(f"No sale {sale_id}.")
-        product_id, price, starts, ends, state, limit, tokens = meta
+        product_id, price, starts, ends, state, limit, tokens, count = meta
         remaining = int(tokens or 0)
+        if count is not None and int(count) > 1:  # the sum over buckets
+            remaining += sum(await read_tokens(self.redis, all_keys(sale_id, int(count))[1:]))
         now = time.time() * 1000
         if state == b"closed" or (int(ends) and now >= int(ends)):
             status = "ended"
@@ -319,14 +350,26 @@ class Sales:
                         remaining=remaining, status=status, starts_at=from_ms(int(starts)),
                         ends_at=from_ms(int(ends)), per_user_limit=int(limit))
 
+    async def bucket_count(self, sale_id: int) -> int:
+        """The sale's bucket count (1 also when Redis has no such sale)."""
+        return int(await self.redis.hget(sale_keys(sale_id).meta, "buckets") or 1)
+
     async def counts(self, sale_id: int) -> dict[str, int]:
-        """Redis's books for a sale: initial, tokens, held, confirmed (absent: KeyError)."""
-        keys = sale_keys(sale_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.meta, "initial", "held", "confirmed", "tokens")
-            pipe.zcard(keys.holds)
-            (initial, held, confirmed, tokens), holds = await pipe.execute()
-        if initial is None:
+        """Redis's books for a sale, summed over its buckets: initial, tokens, held,
+        confirmed, in_transit (units between two buckets), live_holds, buckets, and how
+        many buckets' own books do not balance or are missing (absent sale: KeyError)."""
+        count = await self.bucket_count(sale_id)
+        books = [await bucket_books(self.redis, sale_id, b) for b in range(count)]
+        if books[0] is None:
             raise KeyError(sale_id)
-        return {"initial": int(initial), "tokens": int(tokens or 0), "held": int(held),
-                "confirmed": int(confirmed), "live_holds": int(holds)}
+        holds = await asyncio.gather(*(self.redis.zcard(k.holds)
+                                       for k in all_keys(sale_id, count)))
+        present = [b for b in books if b is not None]
+        return {"initial": sum(b.initial for b in present),
+                "tokens": sum(b.tokens for b in present),
+                "held": sum(b.held for b in present),
+                "confirmed": sum(b.confirmed for b in present),
+                "in_transit": sum(b.moved_out - b.moved_in for b in present),
+                "live_holds": sum(holds), "buckets": count,
+                "buckets_missing": count - len(present),
+                "buckets_unbalanced": sum(1 for b in present if not b.balanced)}

@@ -63,7 +63,7 @@ class Scripts:
     """Every script of ``lua/``, loaded once per process."""
 
     NAMES = ("reserve", "release", "confirm", "expire_holds", "load_tokens", "change_sale_state",
-             "take_from_cart")
+             "take_from_cart", "move_out", "move_in")
 
     def __init__(self) -> None:
         for name in self.NAMES:
@@ -76,6 +76,8 @@ class Scripts:
     load_tokens: Script
     change_sale_state: Script
     take_from_cart: Script  # orders/cart.py: a checkout's units leave the cart
+    move_out: Script  # engine/buckets.py: tokens leave one bucket of a sale...
+    move_in: Script  # ...and reach another, once
 
     async def load_all(self, redis: aioredis.Redis) -> None:
         for name in self.NAMES:

@@ -10,6 +10,8 @@
 --          sale id from another database (a recreated one) is a different sale
 -- ARGV[12] seq: the number of the last reservation id issued (absent = 0; `sale recover`
 --          passes the highest it knows)
+-- ARGV[13] how many buckets the sale is split into (engine/buckets.py; absent = 1). Bucket 0
+--          is loaded last, so a sale whose bucket 0 exists has every bucket loaded.
 --
 -- Returns {"ok", tokens}; {"exists", tokens_now} when this very sale is loaded already (a
 -- sale's tokens are never loaded twice); {"foreign"} when Redis holds another sale under
@@ -26,5 +28,8 @@ redis.call("HSET", KEYS[1], "product_id", ARGV[1], "price", ARGV[2], "starts_ms"
   "ends_ms", ARGV[4], "per_user_limit", ARGV[5], "hold_ms", ARGV[6], "initial", ARGV[8],
   "held", ARGV[9], "confirmed", ARGV[10], "state", "ready", "loaded_ms", now,
   "identity", ARGV[11], "tokens", ARGV[7], "seq", ARGV[12] or "0")
+if ARGV[13] and ARGV[13] ~= "1" then
+  redis.call("HSET", KEYS[1], "buckets", ARGV[13])
+end
 redis.call("XADD", KEYS[2], "*", "t", "loaded", "q", ARGV[7], "ts", now)
 return {"ok", tonumber(ARGV[7])}

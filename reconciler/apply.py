@@ -185,11 +185,17 @@ async def _move_counters(conn: asyncpg.Connection, rows: dict[str, _Row],
 
 
 async def _advance_stream_ids(conn: asyncpg.Connection, events: list[SaleEvent]) -> None:
+    # Bucket 0's stream: ids of other buckets' streams (other masters) do not compare
+    # with it, and the books check compares Postgres with Redis at this stream's point.
     newest: dict[int, str] = {}
     for e in events:
+        if e.bucket:
+            continue
         if e.sale_id not in newest or stream_id_key(e.stream_id) > stream_id_key(
                 newest[e.sale_id]):
             newest[e.sale_id] = e.stream_id
+    if not newest:
+        return
     current = {r["sale_id"]: r["last_stream_id"] for r in await conn.fetch(
         "SELECT sale_id, last_stream_id FROM flash_sales WHERE sale_id = ANY($1)",
         list(newest))}

@@ -1,6 +1,8 @@
 """The stock audit: the books must balance in Redis, and Postgres must agree.
 
-In Redis, at every moment: ``initial = tokens + held + confirmed``, the counters agree with
+In Redis, at every moment: ``initial = tokens + held + confirmed`` (+ units in transit
+between the buckets of a sale split into buckets, each bucket balancing by itself), the
+counters agree with
 the reservation records they summarise, and no buyer holds more than the limit. Once the
 reconciler has drained the sale's stream, Postgres agrees unit for unit, by status, and
 reservation by reservation: the same ids, each with the same owner, quantity and state
@@ -16,8 +18,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.buckets import all_keys, in_transit_records
 from engine.errors import NotFound
-from engine.keys import ACTIVE_SALES, sale_keys, units_by_buyer
+from engine.keys import ACTIVE_SALES, bucket_of_reservation, sale_keys, units_by_buyer
 from engine.records import ReservationRecord
 from engine.sales import Sales
 from reconciler.lag import stream_lag
@@ -51,19 +54,20 @@ class SaleAudit:
 Record = tuple[int, int, str]  # user, quantity, state
 
 
-async def _records(sales: Sales, sale_id: int
+async def _records(sales: Sales, sale_id: int, buckets: int = 1
                    ) -> tuple[Counter, Counter, dict[str, Record]]:
     """Units by state, units per buyer (held or confirmed), and every reservation, from
-    the reservation records."""
+    the reservation records of every bucket."""
     units: Counter = Counter()
     per_buyer: Counter = Counter()
     records: dict[str, Record] = {}
-    async for rid, raw in sales.redis.hscan_iter(sale_keys(sale_id).res, count=1000):
-        record = ReservationRecord.parse(raw)
-        units[record.state] += record.quantity
-        if record.state in ("held", "confirmed"):
-            per_buyer[record.user_id] += record.quantity
-        records[rid.decode()] = (record.user_id, record.quantity, record.state)
+    for keys in all_keys(sale_id, buckets):
+        async for rid, raw in sales.redis.hscan_iter(keys.res, count=1000):
+            record = ReservationRecord.parse(raw)
+            units[record.state] += record.quantity
+            if record.state in ("held", "confirmed"):
+                per_buyer[record.user_id] += record.quantity
+            records[rid.decode()] = (record.user_id, record.quantity, record.state)
     return units, per_buyer, records
 
 
@@ -106,7 +110,8 @@ async def _settle(sales: Sales, sale_id: int, redis: dict[str, Record],
             "SELECT reservation_id, user_id, quantity, status FROM sale_reservations"
             " WHERE reservation_id = ANY($1)", suspects):
         postgres[r["reservation_id"]] = (r["user_id"], r["quantity"], r["status"])
-    raws = await sales.redis.hmget(sale_keys(sale_id).res, suspects)
+    raws = [await sales.redis.hget(sale_keys(*(bucket_of_reservation(rid) or (sale_id, 0))).res,
+                                   rid) for rid in suspects]
     for rid, raw in zip(suspects, raws, strict=True):
         if raw is not None:
             record = ReservationRecord.parse(raw)
@@ -130,7 +135,6 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
     except NotFound:
         report.fail("active in Redis but unknown to Postgres (Redis from another database?)")
         return report
-    keys = sale_keys(sale_id)
     _report_parked(report, **await parked(sales, sale_id))
     try:
         books = await sales.counts(sale_id)
@@ -145,9 +149,22 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
                                         books["confirmed"])
     if initial != sale["quantity"]:
         report.fail(f"Redis initial {initial} != sale quantity {sale['quantity']} in Postgres")
-    if initial != tokens + held + confirmed:
+    in_transit, count = books["in_transit"], books["buckets"]
+    if initial != tokens + held + confirmed + in_transit:
         report.fail(f"Redis books do not balance: initial {initial} != tokens {tokens} + held "
-                    f"{held} + confirmed {confirmed}")
+                    f"{held} + confirmed {confirmed} + in transit {in_transit}")
+    if count != sale["buckets"]:
+        report.fail(f"Redis has {count} buckets, Postgres {sale['buckets']}")
+    if books["buckets_missing"] or books["buckets_unbalanced"]:
+        report.fail(f"of {count} buckets, {books['buckets_missing']} are missing in Redis and "
+                    f"{books['buckets_unbalanced']} do not balance by themselves")
+    if count > 1 and in_transit != await in_transit_records(sales.redis, sale_id, count):
+        await asyncio.sleep(0.5)  # a transfer between its two steps: read again
+        recorded = await in_transit_records(sales.redis, sale_id, count)
+        in_transit = (await sales.counts(sale_id))["in_transit"]
+        if in_transit != recorded:
+            report.fail(f"{in_transit} units in transit by the counters, {recorded} by the "
+                        "transfer records")
     if tokens < 0:
         report.fail(f"negative tokens: {tokens}")
     report.oversold = max(0, held + confirmed - initial)
@@ -155,12 +172,14 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
     # an id in this Postgres snapshot but not in the later Redis one is truly lost there,
     # even while buyers keep buying.
     pg_records = await _postgres_records(sales, sale_id)
-    units, per_buyer, records = await _records(sales, sale_id)
+    units, per_buyer, records = await _records(sales, sale_id, count)
     if units["held"] != held or units["confirmed"] != confirmed:
         report.fail(f"reservation records say held {units['held']}, confirmed "
                     f"{units['confirmed']}; counters say held {held}, confirmed {confirmed}")
-    buyers = units_by_buyer(await sales.redis.hgetall(keys.buyers))
-    if buyers != dict(+per_buyer):
+    buyers: Counter = Counter()
+    for keys in all_keys(sale_id, count):  # a buyer has units in one bucket only
+        buyers.update(units_by_buyer(await sales.redis.hgetall(keys.buyers)))
+    if dict(+buyers) != dict(+per_buyer):
         report.fail("per-buyer counts disagree with the reservation records")
     limit = sale["per_user_limit"]
     over = [u for u, q in per_buyer.items() if q > limit]
@@ -170,7 +189,7 @@ async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -
     # Postgres: only meaningful once every event is applied.
     deadline = asyncio.get_running_loop().time() + wait_seconds
     while True:
-        report.lag = (await stream_lag(sales.redis, sale_id)).pending
+        report.lag = (await stream_lag(sales.redis, sale_id, count)).pending
         if report.lag == 0 or asyncio.get_running_loop().time() >= deadline:
             break
         await asyncio.sleep(0.2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgspec
 from redis.exceptions import ResponseError
 
+from engine.buckets import bucket_books
 from engine.codec import text
 from engine.keys import sale_keys
 from engine.sales import Sales, from_ms, identity
@@ -62,25 +63,41 @@ class RedisBooks:
     state: str
     starts_ms: int
     ends_ms: int
-    last_id: str  # the stream's last written id ('0-0' when it has none)
+    last_id: str  # the stream's last written id ('0-0' when it has none; '' with buckets)
     identity: str  # which sale of which database loaded this state (engine.sales.identity)
+    in_transit: int = 0  # units between two buckets (engine/buckets.py)
 
 
 async def redis_books(sales: Sales, sale_id: int) -> RedisBooks | None:
-    """The sale's counters and its stream's last id, read atomically; None without state."""
+    """The sale's counters and its stream's last id, read atomically; None without state.
+    A sale split into buckets: the sums over its buckets, each read atomically (each
+    bucket balances by itself, so the sums balance with the units in transit whatever
+    moved between the reads), and no stream point to compare Postgres at."""
     keys = sale_keys(sale_id)
     async with sales.redis.pipeline(transaction=True) as pipe:
         pipe.hmget(keys.meta, "initial", "held", "confirmed", "state", "starts_ms", "ends_ms",
-                   "identity", "tokens")
+                   "identity", "tokens", "buckets", "moved_in", "moved_out")
         pipe.xinfo_stream(keys.events)
         meta, stream = await pipe.execute(raise_on_error=False)
     if meta[0] is None:
         return None
     last = "0-0" if isinstance(stream, ResponseError) else text(stream["last-generated-id"])
-    initial, held, confirmed, state, starts, ends, loaded_by, tokens = meta
-    return RedisBooks(initial=int(initial), tokens=int(tokens or 0), held=int(held),
-                      confirmed=int(confirmed), state=text(state), starts_ms=int(starts),
-                      ends_ms=int(ends), last_id=last, identity=text(loaded_by or b""))
+    (initial, held, confirmed, state, starts, ends, loaded_by, tokens, count, moved_in,
+     moved_out) = meta
+    books = RedisBooks(initial=int(initial), tokens=int(tokens or 0), held=int(held),
+                       confirmed=int(confirmed), state=text(state), starts_ms=int(starts),
+                       ends_ms=int(ends), last_id=last, identity=text(loaded_by or b""),
+                       in_transit=int(moved_out or 0) - int(moved_in or 0))
+    if count is None or int(count) == 1:
+        return books
+    others = [await bucket_books(sales.redis, sale_id, b) for b in range(1, int(count))]
+    others = [b for b in others if b is not None]
+    return replace(books, last_id="",
+                   initial=books.initial + sum(b.initial for b in others),
+                   tokens=books.tokens + sum(b.tokens for b in others),
+                   held=books.held + sum(b.held for b in others),
+                   confirmed=books.confirmed + sum(b.confirmed for b in others),
+                   in_transit=books.in_transit + sum(b.moved_out - b.moved_in for b in others))
 
 
 def of_this_sale(books: RedisBooks | None, row: Any) -> RedisBooks | None:
@@ -95,7 +112,7 @@ def mismatch_units(row: Any, books: RedisBooks | None) -> int:
     books = of_this_sale(books, row)
     if books is None:  # no Redis state: fine once closed or while loading, else all is lost
         return 0 if row["status"] in ("closed", "loading") else row["quantity"]
-    gap = abs(books.initial - (books.tokens + books.held + books.confirmed))
+    gap = abs(books.initial - (books.tokens + books.held + books.confirmed + books.in_transit))
     gap += max(0, books.held + books.confirmed - books.initial)  # oversold
     gap += abs(books.initial - row["quantity"])
     if row["last_stream_id"] == books.last_id:  # Postgres stands exactly where Redis read

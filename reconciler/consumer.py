@@ -30,7 +30,7 @@ from engine.codec import text
 from engine.connections import is_cluster
 from engine.errors import POSTGRES_DOWN, REDIS_DOWN
 from engine.events import SaleEvent
-from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_of_stream, sale_streams
+from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys, sale_streams, stream_bucket
 from engine.settings import Settings
 from reconciler import metrics
 from reconciler.apply import BatchResult, apply_batch
@@ -73,18 +73,17 @@ class Consumer:
         self.stopping = asyncio.Event()
         self.postgres_ok = True
         self.redis_ok = True
-        self._groups: set[int] = set()
-        self._known: set[int] = set()  # sales Postgres has
+        self._groups: set[int] = set()  # sales whose streams' consumer groups exist
+        self._known: dict[int, int] = {}  # sales Postgres has -> their bucket count
         self._reported: set[int] = set()  # sales Postgres lacks, already logged
         self._sales: list[int] = []
         self._sales_read_at = 0.0
         self._claim_cursor: dict[str, str] = {}  # stream -> XAUTOCLAIM cursor
         self._claimed_at = 0.0
         self._trimmed_at = 0.0
-        # Of the batch in hand: raw fields per (sale, stream id), and entries that could not
-        # be read at all (dead-lettered with the batch's commit).
-        self._raw: dict[tuple[int, str], dict] = {}
-        self._stream_of: dict[tuple[int, str], str] = {}  # (sale, stream id) -> stream key
+        # Of the batch in hand: raw fields per (sale, bucket, stream id), and entries that
+        # could not be read at all (dead-lettered with the batch's commit).
+        self._raw: dict[tuple[int, int, str], dict] = {}
         self._unreadable: list[DeadLetter] = []
         self._commits = 0
 
@@ -128,7 +127,6 @@ class Consumer:
 
     async def _next_batch(self) -> list[SaleEvent]:
         self._raw.clear()
-        self._stream_of.clear()
         self._unreadable.clear()
         sales = await self._active_sales()
         if not sales:
@@ -137,7 +135,7 @@ class Consumer:
         claimed = await self._claim_stale(sales)
         if claimed:
             return claimed
-        streams = {stream: ">" for s in sales for stream in sale_streams(s)}
+        streams = {stream: ">" for s in sales for stream in self.streams_of(s)}
         if is_cluster(self.redis):
             return self._events(await read_by_slot(
                 self.redis, self.name, streams, count=self.settings.reconcile_batch,
@@ -210,7 +208,7 @@ class Consumer:
     async def _ack(self, batch: list[SaleEvent | DeadLetter]) -> None:
         by_stream: dict[str, list[str]] = {}
         for event in batch:
-            stream = self._stream_of[(event.sale_id, event.stream_id)]
+            stream = sale_keys(event.sale_id, event.bucket).events
             by_stream.setdefault(stream, []).append(event.stream_id)
         backoff = Backoff()
         while True:
@@ -256,17 +254,22 @@ class Consumer:
         never applied half-way."""
         unknown = [s for s in sale_ids if s not in self._known]
         if unknown:
-            found = {r["sale_id"] for r in await self.pool.fetch(
-                "SELECT sale_id FROM flash_sales WHERE sale_id = ANY($1)", unknown)}
-            self._known |= found
-            for sale_id in set(unknown) - found - self._reported:
+            found = {r["sale_id"]: r["buckets"] for r in await self.pool.fetch(
+                "SELECT sale_id, buckets FROM flash_sales WHERE sale_id = ANY($1)", unknown)}
+            self._known.update(found)
+            for sale_id in set(unknown) - found.keys() - self._reported:
                 log.warning("sale %d is active in Redis but unknown to Postgres; its events "
                             "are left unread (`flashsale audit` reports it)", sale_id)
                 self._reported.add(sale_id)
         return [s for s in sale_ids if s in self._known]
 
+    def streams_of(self, sale_id: int) -> tuple[str, ...]:
+        """The sale's streams: one per bucket (engine/buckets.py), the count from
+        Postgres."""
+        return sale_streams(sale_id, self._known.get(sale_id, 1))
+
     async def _ensure_group(self, sale_id: int) -> None:
-        for stream in sale_streams(sale_id):
+        for stream in self.streams_of(sale_id):
             try:
                 # From the stream's first entry: nothing written before the group existed
                 # is lost.
@@ -282,7 +285,7 @@ class Consumer:
             return []
         self._claimed_at = now
         events: list[SaleEvent] = []
-        for stream in (stream for sale_id in sales for stream in sale_streams(sale_id)):
+        for stream in (stream for sale_id in sales for stream in self.streams_of(sale_id)):
             cursor = self._claim_cursor.get(stream, "0-0")
             try:
                 next_cursor, entries, *_ = await self.redis.xautoclaim(
@@ -319,14 +322,14 @@ class Consumer:
     def _read(self, stream: str, stream_id: bytes | str, fields: dict) -> SaleEvent | None:
         """The entry of ``stream`` as an event, its raw fields kept for a dead letter; None
         (and a dead letter) when it cannot be read at all."""
-        sid, sale_id = text(stream_id), sale_of_stream(stream)
-        self._raw[(sale_id, sid)] = fields
-        self._stream_of[(sale_id, sid)] = stream
+        sid, (sale_id, bucket) = text(stream_id), stream_bucket(stream)
+        self._raw[(sale_id, bucket, sid)] = fields
         try:
-            return SaleEvent.from_stream(sale_id, sid, fields)
+            return SaleEvent.from_stream(sale_id, sid, fields, bucket)
         except (ValueError, UnicodeDecodeError) as exc:
             self._unreadable.append(DeadLetter(sale_id, sid, raw_json(fields),
-                                               f"unreadable entry: {type(exc).__name__}: {exc}"))
+                                               f"unreadable entry: {type(exc).__name__}: {exc}",
+                                               bucket=bucket))
             return None
 
     # -- trimming ------------------------------------------------------------------------
@@ -337,7 +340,7 @@ class Consumer:
         self._trimmed_at = now
         try:
             for sale_id in self._sales:
-                for stream in sale_streams(sale_id):
+                for stream in self.streams_of(sale_id):
                     await trim_acknowledged(self.redis, stream)
         except REDIS_DOWN:
             metrics.REDIS_ERRORS.inc()

@@ -31,6 +31,7 @@ class DeadLetter:
     raw: str
     error: str
     sqlstate: str | None = None
+    bucket: int = 0  # whose stream the entry came from
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -47,7 +48,7 @@ def raw_json(fields: dict) -> str:
 
 
 async def apply_isolating(conn: asyncpg.Connection, events: list[SaleEvent],
-                          raw_of: dict[tuple[int, str], dict]
+                          raw_of: dict[tuple[int, int, str], dict]
                           ) -> tuple[BatchResult, list[DeadLetter]]:
     """Apply ``events`` in the caller's transaction, setting aside each event Postgres
     refuses permanently. Transient errors propagate (the caller keeps the batch)."""
@@ -65,8 +66,8 @@ async def apply_isolating(conn: asyncpg.Connection, events: list[SaleEvent],
                 event = part[0]
                 letters.append(DeadLetter(
                     event.sale_id, event.stream_id,
-                    _raw(raw_of.get((event.sale_id, event.stream_id)), event),
-                    f"{type(exc).__name__}: {exc}", exc.sqlstate))
+                    _raw(raw_of.get((event.sale_id, event.bucket, event.stream_id)), event),
+                    f"{type(exc).__name__}: {exc}", exc.sqlstate, event.bucket))
                 return
             middle = len(part) // 2
             await attempt(part[:middle])

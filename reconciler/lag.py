@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine.codec import text
-from engine.keys import CONSUMER_GROUP, sale_streams
+from engine.keys import CONSUMER_GROUP, sale_keys, sale_streams
 from reconciler.apply import stream_id_key
 
 
@@ -27,9 +27,12 @@ def _age(stream_id: str) -> float:
     return max(0.0, time.time() - stream_id_key(stream_id)[0] / 1000)
 
 
-async def stream_lag(redis: aioredis.Redis, sale_id: int) -> Lag:
-    """Over every stream of the sale: entries pending, and the oldest one's age."""
-    lags = [await _lag(redis, stream) for stream in sale_streams(sale_id)]
+async def stream_lag(redis: aioredis.Redis, sale_id: int, buckets: int | None = None) -> Lag:
+    """Over every stream of the sale (one per bucket; ``buckets`` read from Redis when
+    not given): entries pending, and the oldest one's age."""
+    if buckets is None:
+        buckets = int(await redis.hget(sale_keys(sale_id).meta, "buckets") or 1)
+    lags = [await _lag(redis, stream) for stream in sale_streams(sale_id, buckets)]
     return Lag(sum(lag.pending for lag in lags), max(lag.oldest_age_seconds for lag in lags))
 
 

@@ -1,7 +1,9 @@
 """The hold-expiry sweeper and the closing of finished sales.
 
 Every ``sweep_interval`` seconds, each active sale's due holds go back to stock through
-``expire_holds.lua`` (atomic and idempotent, so several reconcilers may sweep at once).
+``expire_holds.lua`` (atomic and idempotent, so several reconcilers may sweep at once),
+in every bucket of a sale split into buckets, and every transfer between buckets a crash
+left half-done is finished (engine/buckets.py: idempotent too).
 A sale past its end, with no live hold and every event applied, is closed: its unsold
 units return to the product's regular stock in Postgres and it leaves the active set.
 """
@@ -16,6 +18,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from engine.admission import Admission
+from engine.buckets import all_keys, complete_moves, read_tokens
 from engine.errors import POSTGRES_DOWN, REDIS_DOWN
 from engine.keys import ACTIVE_SALES, sale_keys
 from engine.sales import Sales
@@ -58,15 +61,24 @@ class Sweeper:
         books: dict[int, RedisBooks | None] = {}
         for member in await self.redis.smembers(ACTIVE_SALES):
             sale_id = int(member)
-            while True:
-                expired, _units, left = await self.admission.expire_due(sale_id, limit=500)
-                expired_total += expired
-                if not left:
-                    break
-            lag = await stream_lag(self.redis, sale_id)
+            buckets = await self._sales.bucket_count(sale_id)
+            for bucket in range(buckets):
+                while True:
+                    expired, _units, left = await self.admission.expire_due(
+                        sale_id, limit=500, bucket=bucket)
+                    expired_total += expired
+                    if not left:
+                        break
+            if buckets > 1:
+                finished = await complete_moves(self.redis, sale_id, buckets,
+                                                channel=self.admission.channel)
+                if finished:
+                    log.info("sale %d: %d transfers between buckets finished after a crash",
+                             sale_id, finished)
+            lag = await stream_lag(self.redis, sale_id, buckets)
             oldest = max(oldest, lag.oldest_age_seconds)
             books[sale_id] = await redis_books(self._sales, sale_id)
-            holds = await self._publish_gauges(sale_id, lag)
+            holds = await self._publish_gauges(sale_id, lag, buckets)
             if not holds and not lag.pending:  # live holds may still be paid; events in flight
                 try:
                     if await self.close_if_finished(sale_id):
@@ -84,13 +96,14 @@ class Sweeper:
         metrics.LAST_SWEEP.set_to_current_time()
         return expired_total
 
-    async def _publish_gauges(self, sale_id: int, lag: Lag) -> int:
-        """Set the sale's gauges; returns its live holds."""
-        keys = sale_keys(sale_id)
-        tokens, holds = await asyncio.gather(self.redis.hget(keys.meta, "tokens"),
-                                             self.redis.zcard(keys.holds))
+    async def _publish_gauges(self, sale_id: int, lag: Lag, buckets: int = 1) -> int:
+        """Set the sale's gauges (sums over its buckets); returns its live holds."""
+        keys = all_keys(sale_id, buckets)
+        tokens, *each = await asyncio.gather(read_tokens(self.redis, keys),
+                                             *(self.redis.zcard(k.holds) for k in keys))
+        holds = sum(each)
         label = str(sale_id)
-        metrics.TOKENS_REMAINING.labels(label).set(int(tokens or 0))
+        metrics.TOKENS_REMAINING.labels(label).set(sum(tokens))
         metrics.HOLDS_LIVE.labels(label).set(holds)
         metrics.PENDING_ENTRIES.labels(label).set(lag.pending)
         return holds
@@ -143,7 +156,8 @@ class Sweeper:
                 await conn.execute(
                     "UPDATE flash_sales SET status = 'closed' WHERE sale_id = $1", sale_id)
                 log.info("sale %d closed: %d unsold units back in stock", sale_id, unsold)
-        await self.redis.hset(keys.meta, "state", "closed")
+        for bucket in all_keys(sale_id, await self._sales.bucket_count(sale_id)):
+            await self.redis.hset(bucket.meta, "state", "closed")
         await self.redis.srem(ACTIVE_SALES, sale_id)
         forget_sale(sale_id)
         return True

@@ -12,6 +12,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from engine.errors import NotFound, ValidationFailed
+from engine.keys import MAX_BUCKETS
 from engine.sales import room_of
 from engine.waiting_room import RoomConfig
 from gateway.api import PRINCIPAL, Body, Reply, RouteTable, path_int, principal
@@ -33,6 +34,9 @@ class NewSale(Body):
     ends_at: datetime | None = None
     per_user_limit: Annotated[int, Meta(ge=1, le=1000)] = 1
     hold_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
+    # Split the tokens over this many Redis buckets (slots), for a hot product on a
+    # cluster (engine/buckets.py); at most the quantity, 1 with a waiting room.
+    buckets: Annotated[int, Meta(ge=1, le=MAX_BUCKETS)] = 1
     # A stock-aware waiting room (engine/waiting_room.py) and its tuning.
     waiting_room: bool = False
     admission_rate: Annotated[int, Meta(ge=1, le=100_000)] | None = None
@@ -72,6 +76,7 @@ class Sale(msgspec.Struct):
     hold_seconds: int
     status: SaleStatus
     waiting_room: WaitingRoomSettings | None = None
+    buckets: int = 1
 
 
 class SalePublic(msgspec.Struct):
@@ -109,13 +114,13 @@ async def create_sale(request: web.Request, body: NewSale) -> Sale:
     row = await svc.sales.create(
         product_id=body.product_id, quantity=body.quantity, price=body.price,
         starts_at=body.starts_at, ends_at=body.ends_at, per_user_limit=body.per_user_limit,
-        hold_seconds=body.hold_seconds, waiting_room=body.room())
+        hold_seconds=body.hold_seconds, waiting_room=body.room(), buckets=body.buckets)
     view = await svc.sales.view(row["sale_id"])
     room = room_of(row)
     return Sale(sale_id=row["sale_id"], product_id=row["product_id"], quantity=row["quantity"],
                 price=row["price"], starts_at=row["starts_at"], ends_at=row["ends_at"],
                 per_user_limit=row["per_user_limit"], hold_seconds=row["hold_seconds"],
-                status=view.status,
+                status=view.status, buckets=row["buckets"],
                 waiting_room=None if room is None else WaitingRoomSettings(
                     admission_rate=room.admission_rate, pass_seconds=room.pass_seconds,
                     pass_margin_percent=room.pass_margin_percent,

@@ -1,0 +1,160 @@
+"""Hot-product buckets: one sale's tokens split over K buckets on K Redis Cluster slots, so
+K masters share one product's attempts (``sale create --buckets K``).
+
+A bucket is a full copy of a sale's key set (engine/keys.py: ``sale_keys(sale, b)``) with
+its share of the tokens; bucket 0 is the sale's keys as they always were (K = 1 changes
+nothing) and its meta carries ``buckets`` = K. Every script runs on one bucket, unchanged.
+
+- **Home bucket.** A buyer's attempts all go to bucket ``user_id mod K``: the per-user limit
+  and idempotent replays stay exact, since all of a buyer's holds live in one bucket.
+  Holds, expiry, release and confirm run in the bucket that issued the hold, which the
+  reservation id names (``<sale>-<b>-<n>``).
+- **Transfers.** Tokens move between buckets in two steps, with the units in transit in
+  the books: ``move_out.lua`` on the donor takes m tokens and records transfer id ->
+  (recipient, m) in the donor's ``moves_out``; ``move_in.lua`` on the recipient credits m
+  once per transfer id (remembered in its ``moves_in``); then the donor's record is
+  dropped. A crash between the steps leaves the record, and ``complete_moves`` (the
+  reconciler's sweeper, every sweep) finishes it idempotently. Each bucket's books:
+  ``initial_b + moved_in_b - moved_out_b = tokens_b + held_b + confirmed_b``, each side
+  written by one script, so it holds at every moment; summed over buckets,
+  ``initial = tokens + held + confirmed + in transit`` with
+  ``in transit = sum(moved_out) - sum(moved_in)``.
+- **Stealing.** A ``sold_out`` answer from the home bucket makes the gateway read every
+  bucket's tokens, move half of the richest bucket's tokens home and try again (up to
+  ``STEAL_ROUNDS`` times); it answers ``sold_out`` only when one read saw every bucket
+  empty. So a buyer is told ``sold_out`` while tokens remain only when they were in
+  transit (between the two steps of someone else's transfer: two script calls) or back
+  from expiry after the read, or after ``STEAL_ROUNDS`` rounds lost to other buyers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from engine.codec import text
+from engine.keys import MAX_BUCKETS, SaleKeys, sale_keys
+from engine.scripts import SCRIPTS, Scripts
+
+STEAL_ROUNDS = 3
+Run = Callable[[Any, Sequence[str], Sequence[Any]], Awaitable[Any]]
+
+
+def home_bucket(user_id: int, buckets: int) -> int:
+    """The bucket every attempt of ``user_id`` goes to (stable for the sale's life)."""
+    return user_id % buckets
+
+
+def shares(quantity: int, buckets: int) -> list[int]:
+    """Tokens each bucket starts with: as even as can be, the first ones one more."""
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise ValueError(f"buckets must be between 1 and {MAX_BUCKETS}")
+    base, extra = divmod(quantity, buckets)
+    return [base + (1 if b < extra else 0) for b in range(buckets)]
+
+
+def all_keys(sale_id: int, buckets: int) -> list[SaleKeys]:
+    return [sale_keys(sale_id, b) for b in range(buckets)]
+
+
+async def bucket_count(redis: aioredis.Redis, sale_id: int) -> int | None:
+    """K of a sale from its bucket 0's meta; None when Redis has no such sale."""
+    count, initial = await redis.hmget(sale_keys(sale_id).meta, "buckets", "initial")
+    if initial is None:
+        return None
+    return int(count or 1)
+
+
+async def read_tokens(redis: aioredis.Redis, keys: Sequence[SaleKeys]) -> list[int]:
+    """Each bucket's tokens (one read per bucket; buckets live on several masters)."""
+    raw = await asyncio.gather(*(redis.hget(k.meta, "tokens") for k in keys))
+    return [int(v or 0) for v in raw]
+
+
+async def move(run: Run, sale_id: int, source: int, target: int, units: int, *,
+               channel: str, redis: aioredis.Redis, scripts: Scripts = SCRIPTS) -> int:
+    """Move up to ``units`` tokens from bucket ``source`` to ``target``; the units moved."""
+    donor, recipient = sale_keys(sale_id, source), sale_keys(sale_id, target)
+    tid, moved = await run(scripts.move_out, donor.for_move_out, (source, target, units))
+    if not moved:
+        return 0
+    tid = text(tid)
+    await run(scripts.move_in, recipient.for_move_in, (tid, moved, channel, recipient.name))
+    await redis.hdel(donor.moves_out, tid)
+    return int(moved)
+
+
+async def steal(run: Run, sale_id: int, buckets: int, home: int, *, channel: str,
+                redis: aioredis.Redis, scripts: Scripts = SCRIPTS) -> tuple[int, list[int]]:
+    """Move half of the richest other bucket's tokens (at least 1) to ``home``. Returns
+    (units moved, the tokens each bucket had when read)."""
+    keys = all_keys(sale_id, buckets)
+    tokens = await read_tokens(redis, keys)
+    donor = max((b for b in range(buckets) if b != home), key=tokens.__getitem__)
+    if tokens[donor] <= 0:
+        return 0, tokens
+    moved = await move(run, sale_id, donor, home, (tokens[donor] + 1) // 2, channel=channel,
+                       redis=redis, scripts=scripts)
+    return moved, tokens
+
+
+async def complete_moves(redis: aioredis.Redis, sale_id: int, buckets: int, *, channel: str,
+                         scripts: Scripts = SCRIPTS) -> int:
+    """Finish every transfer a crash left half-done (its record still in the donor's
+    ``moves_out``): credit the recipient (once per transfer id), drop the record.
+    Idempotent; returns the transfers finished."""
+    finished = 0
+    for source in range(buckets):
+        donor = sale_keys(sale_id, source)
+        for tid, entry in (await redis.hgetall(donor.moves_out)).items():
+            target, _, units = text(entry).partition(":")
+            recipient = sale_keys(sale_id, int(target))
+            await scripts.move_in(redis, recipient.for_move_in,
+                                  (text(tid), int(units), channel, recipient.name))
+            await redis.hdel(donor.moves_out, tid)
+            finished += 1
+    return finished
+
+
+@dataclass(frozen=True, slots=True)
+class BucketBooks:
+    """One bucket's counters, read atomically (one bucket lives on one master)."""
+    bucket: int
+    initial: int
+    moved_in: int
+    moved_out: int
+    tokens: int
+    held: int
+    confirmed: int
+
+    @property
+    def balanced(self) -> bool:
+        return (self.initial + self.moved_in - self.moved_out
+                == self.tokens + self.held + self.confirmed)
+
+
+async def bucket_books(redis: aioredis.Redis, sale_id: int, bucket: int) -> BucketBooks | None:
+    keys = sale_keys(sale_id, bucket)
+    initial, moved_in, moved_out, held, confirmed, tokens = await redis.hmget(
+        keys.meta, "initial", "moved_in", "moved_out", "held", "confirmed", "tokens")
+    if initial is None:
+        return None
+    return BucketBooks(bucket=bucket, initial=int(initial), moved_in=int(moved_in or 0),
+                       moved_out=int(moved_out or 0), tokens=int(tokens or 0),
+                       held=int(held or 0), confirmed=int(confirmed or 0))
+
+
+async def in_transit_records(redis: aioredis.Redis, sale_id: int, buckets: int) -> int:
+    """Units of the transfers recorded in the donors and not yet credited to their
+    recipient (equal to sum(moved_out) - sum(moved_in) when nothing moves meanwhile)."""
+    units = 0
+    for source in range(buckets):
+        for tid, entry in (await redis.hgetall(sale_keys(sale_id, source).moves_out)).items():
+            target, _, moved = text(entry).partition(":")
+            if not await redis.hexists(sale_keys(sale_id, int(target)).moves_in, tid):
+                units += int(moved)
+    return units
