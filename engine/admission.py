@@ -91,6 +91,7 @@ class Admission:
         self.refusals = SaleRefusals(redis, channel=self.channel, ttl=refusal_ttl)
         self._buckets: dict[int, int] = {}  # sale id -> its bucket count (fixed for life)
         self._asking: dict[int, asyncio.Future] = {}  # one read of it at a time per sale
+        self._stealing: dict[tuple[int, int], asyncio.Future] = {}  # (sale, bucket) -> steal
         self.steals = 0  # transfers this process made for buyers whose bucket was empty
 
     def _run(self, script, keys, args) -> Awaitable:
@@ -137,9 +138,7 @@ class Admission:
                 # The home bucket is empty: bring tokens from the richest bucket, retry.
                 rounds += 1
                 read_at = time.monotonic()
-                moved, seen = await steal(self._run, sale_id, buckets, keys.bucket,
-                                          channel=self.channel, redis=self.redis,
-                                          scripts=self.scripts)
+                moved, seen = await self._steal(sale_id, buckets, keys.bucket)
                 if not moved:
                     for bucket, left in enumerate(seen):
                         if left <= 0:
@@ -160,6 +159,19 @@ class Admission:
         finally:
             _OUTCOMES.inc((outcome,))
             _LATENCY.observe((), time.perf_counter() - started)
+
+    async def _steal(self, sale_id: int, buckets: int, home: int) -> tuple[int, list[int]]:
+        """One transfer to ``home`` at a time per bucket and process: the attempts that
+        found it empty meanwhile share the transfer in flight (no stampede of transfers
+        and reads when a bucket runs dry under load)."""
+        key = (sale_id, home)
+        running = self._stealing.get(key)
+        if running is None:
+            running = self._stealing[key] = asyncio.ensure_future(
+                steal(self._run, sale_id, buckets, home, channel=self.channel,
+                      redis=self.redis, scripts=self.scripts))
+            running.add_done_callback(lambda _: self._stealing.pop(key, None))
+        return await asyncio.shield(running)
 
     async def _bucket_count(self, sale_id: int) -> int:
         """The sale's bucket count, read once per process (1 while Redis has no such sale:

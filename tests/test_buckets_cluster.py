@@ -1,0 +1,128 @@
+"""Hot-product buckets on the local Redis Cluster (scripts/cluster.sh, as
+tests/test_cluster.py): one sale's buckets on several masters, 300 buyers x 3 attempts on
+150 units over 3 buckets with a limit of 2, and a master SIGKILLed mid-sale.
+
+Skipped, with the reason, when the cluster cannot start here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+from engine.admission import Admission
+from engine.buckets import all_keys
+from engine.errors import SoldOut
+from engine.keys import bucket_of_reservation
+from tests.buckets_support import bucket_report, load_buckets, three_hundred_buyers
+from tests.test_cluster import (  # noqa: F401 (fixtures)
+    DOWN,
+    ROOT,
+    SCRIPT,
+    cluster,
+    cluster_client,
+    cluster_url,
+    wait_cluster_ok,
+)
+
+
+def spread_sale(cluster, buckets: int, masters: int, start: int = 1) -> int:
+    """A sale id whose ``buckets`` buckets live on ``masters`` different masters."""
+    for sale in range(start, 10_000):
+        if len(masters_of(cluster, sale, buckets)) == masters:
+            return sale
+    raise AssertionError("no such sale id")
+
+
+def masters_of(cluster, sale: int, buckets: int) -> set[str]:
+    return {cluster.get_node_from_key(k.meta).name for k in all_keys(sale, buckets)}
+
+
+async def test_three_hundred_buyers_over_three_buckets_on_three_masters(cluster):
+    sale = spread_sale(cluster, 3, 3)
+    await load_buckets(cluster, sale, 150, 3, limit=2)
+    workers = [Admission(cluster) for _ in range(3)]
+    for w in workers:
+        await w.start()
+    try:
+        results = await three_hundred_buyers(workers, sale)
+        # Sold out everywhere now: refused at once, without Redis.
+        for w in workers:
+            try:
+                await w.reserve(sale, 999, 1, "late")
+            except SoldOut:
+                pass
+    finally:
+        for w in workers:
+            await w.close()
+    ids = [rid for got in results for rid in got]
+    assert len(ids) == len(set(ids)) == 150
+    assert max(len(got) for got in results) <= 2
+    report = await bucket_report(cluster, sale, 3)
+    assert report["tokens"] == 0 and report["held"] == 150, report
+    assert report["in_transit"] == report["recorded_in_transit"] == 0
+    assert max(report["per_user"].values()) <= 2
+    assert {bucket_of_reservation(rid)[1] for rid in ids} == {0, 1}  # homes of BUYERS
+    assert sum(w.steals for w in workers) > 0
+    assert len(masters_of(cluster, sale, 3)) == 3  # the sale's keys on three masters
+    # Each master served its bucket's attempts.
+    calls = []
+    for node in {cluster.get_node_from_key(k.meta) for k in all_keys(sale, 3)}:
+        stats = await cluster.info("commandstats", target_nodes=node)
+        calls.append(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    assert all(c > 0 for c in calls), calls
+
+
+async def test_a_master_killed_mid_sale_with_buckets(cluster):
+    """SIGKILL the master of one bucket while buyers buy: its replica takes over, the
+    attempts of that bucket's buyers are admitted again by themselves, and every bucket's
+    books balance afterwards."""
+    sale = spread_sale(cluster, 3, 3, start=200)
+    await load_buckets(cluster, sale, 600, 3, limit=1)
+    victim = cluster.get_node_from_key(all_keys(sale, 3)[1].meta)
+    port = victim.port
+    pid = int((ROOT / ".var" / "cluster" / str(port) / "redis.pid").read_text())
+    workers = [Admission(cluster) for _ in range(2)]
+    admitted: dict[int, str] = {}
+    outages = 0
+    stop = asyncio.Event()
+    killed_at: float | None = None
+    resumed_at: float | None = None
+
+    async def buyer(user: int) -> None:
+        nonlocal outages, resumed_at
+        while not stop.is_set() and user not in admitted:
+            try:
+                hold = await workers[user % 2].reserve(sale, user, 1, "k")
+                admitted[user] = hold.reservation_id
+                if (killed_at is not None and resumed_at is None
+                        and bucket_of_reservation(hold.reservation_id)[1] == 1):
+                    resumed_at = time.monotonic()
+            except SoldOut:
+                return
+            except DOWN:
+                outages += 1
+                await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.gather(*(buyer(u) for u in range(1, 151)))
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        rest = [asyncio.ensure_future(buyer(u)) for u in range(151, 451)]
+        done, _ = await asyncio.wait(rest, timeout=60)
+        stop.set()
+        await asyncio.gather(*rest, return_exceptions=True)
+        assert resumed_at is not None, "bucket 1 did not admit again after the failover"
+        assert len(done) == len(rest)
+        report = await bucket_report(cluster, sale, 3)  # every bucket balances
+        assert report["initial"] == 600 and report["held"] >= 300
+        assert len(set(admitted.values())) == len(admitted)
+        print(f"failover with buckets: bucket 1 admitted again {resumed_at - killed_at:.2f} s "
+              f"after SIGKILL, {outages} attempts met the outage")
+    finally:
+        for w in workers:
+            await w.close()
+        subprocess.run(["bash", str(SCRIPT), "node", str(port)], timeout=60, check=True)
+        await wait_cluster_ok(port)
