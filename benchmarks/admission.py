@@ -9,6 +9,11 @@ EVALSHA per call) for a fixed time; throughput and per-call latency p50/p99. The
 ``redis-benchmark`` sending EVALSHA of reserve.lua with the same keys and arguments, 50
 clients unpipelined and pipelined by 16. The interesting number is the ratio.
 
+Buckets (``benchmarks/buckets.py``): one hot sale on a single Redis vs the local Redis
+Cluster without and with 3 buckets, each master's share of the calls, and how long a buyer
+can be told sold_out while another bucket still has a unit (``--buckets`` runs only this
+part; skipped with the reason when the cluster cannot start).
+
 Durability: the same engine load against two private redis-servers started side by side
 for this run (AOF ``appendfsync always`` as deploy/redis.conf ships it, and ``everysec``),
 files on the working tree's disk; the cost of ``always`` is the ratio of the two
@@ -29,7 +34,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from benchmarks import gate_cost
+from benchmarks import buckets, gate_cost
 from benchmarks.common import BENCH_REDIS_URL, latency_summary, table, write_results
 from engine.admission import Admission
 from engine.connections import create_redis
@@ -164,6 +169,7 @@ async def main_async(mode: str) -> dict:
         await redis.flushdb()
         await redis.aclose()
     results["durability"] = await durability(mode)
+    results["buckets"] = await buckets.measure(mode)
     return results
 
 
@@ -183,6 +189,8 @@ def report(results: dict) -> str:
              gate_cost.report(results.get("gate_cost"))]
     if results.get("durability"):
         parts.append(durability_report(results["durability"]))
+    if results.get("buckets"):
+        parts.append(buckets.report(results["buckets"]))
     return "\n\n".join(parts)
 
 
@@ -193,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--full", action="store_true", help="longer runs, steadier numbers")
     parser.add_argument("--durability", action="store_true",
                         help="only the appendfsync always vs everysec comparison")
+    parser.add_argument("--buckets", action="store_true",
+                        help="only one hot sale on one Redis vs the cluster with 3 buckets")
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
+    if args.buckets:
+        return buckets.main(["--full"] if args.full else ["--quick"])
     if args.durability:
         results = {"durability": uvloop.run(durability(mode))}
         print(durability_report(results["durability"]))
