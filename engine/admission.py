@@ -8,6 +8,7 @@ or a typed error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -91,7 +92,8 @@ class Admission:
         self.refusals = SaleRefusals(redis, channel=self.channel, ttl=refusal_ttl)
         self._buckets: dict[int, int] = {}  # sale id -> its bucket count (fixed for life)
         self._asking: dict[int, asyncio.Future] = {}  # one read of it at a time per sale
-        self._stealing: dict[tuple[int, int], asyncio.Future] = {}  # (sale, bucket) -> steal
+        # (sale, bucket) -> (when it started, the transfer in flight to that bucket)
+        self._stealing: dict[tuple[int, int], tuple[float, asyncio.Future]] = {}
         self.steals = 0  # transfers this process made for buyers whose bucket was empty
 
     def _run(self, script, keys, args) -> Awaitable:
@@ -137,12 +139,11 @@ class Admission:
             while answer[0] == b"sold_out" and buckets > 1 and rounds < STEAL_ROUNDS:
                 # The home bucket is empty: bring tokens from the richest bucket, retry.
                 rounds += 1
-                read_at = time.monotonic()
-                moved, seen = await self._steal(sale_id, buckets, keys.bucket)
-                if not moved:
+                moved, seen = await self._steal(sale_id, buckets, keys.bucket, sent_at)
+                if not moved:  # every bucket read empty (after this attempt was sent)
                     for bucket, left in enumerate(seen):
                         if left <= 0:
-                            self.refusals.sold_out(sale_id, sent_at=read_at, bucket=bucket)
+                            self.refusals.sold_out(sale_id, sent_at=sent_at, bucket=bucket)
                     break
                 self.steals += 1
                 sent_at = time.monotonic()
@@ -160,17 +161,29 @@ class Admission:
             _OUTCOMES.inc((outcome,))
             _LATENCY.observe((), time.perf_counter() - started)
 
-    async def _steal(self, sale_id: int, buckets: int, home: int) -> tuple[int, list[int]]:
+    async def _steal(self, sale_id: int, buckets: int, home: int,
+                     sent_at: float) -> tuple[int, list[int]]:
         """One transfer to ``home`` at a time per bucket and process: the attempts that
-        found it empty meanwhile share the transfer in flight (no stampede of transfers
-        and reads when a bucket runs dry under load)."""
+        found it empty share the transfer in flight (no stampede of transfers and reads
+        when a bucket runs dry under load), if it started after their attempt was sent
+        (an older one read the buckets before this attempt's answer: wait for it, then
+        start or join a fresh one)."""
         key = (sale_id, home)
-        running = self._stealing.get(key)
-        if running is None:
-            running = self._stealing[key] = asyncio.ensure_future(
-                steal(self._run, sale_id, buckets, home, channel=self.channel,
-                      redis=self.redis, scripts=self.scripts))
-            running.add_done_callback(lambda _: self._stealing.pop(key, None))
+        for _ in range(2):
+            started, running = self._stealing.get(key, (0.0, None))
+            if running is None:
+                started = time.monotonic()
+                running = asyncio.ensure_future(
+                    steal(self._run, sale_id, buckets, home, channel=self.channel,
+                          redis=self.redis, scripts=self.scripts))
+                self._stealing[key] = (started, running)
+                running.add_done_callback(
+                    lambda done: self._stealing.get(key, (0, None))[1] is done
+                    and self._stealing.pop(key))
+            if started >= sent_at:
+                break
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)
         return await asyncio.shield(running)
 
     async def _bucket_count(self, sale_id: int) -> int:

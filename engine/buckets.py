@@ -41,6 +41,8 @@ from engine.keys import MAX_BUCKETS, SaleKeys, sale_keys
 from engine.scripts import SCRIPTS, Scripts
 
 STEAL_ROUNDS = 3
+IN_TRANSIT_WAITS = 5  # looks again while transfers are between their steps...
+IN_TRANSIT_PAUSE = 0.002  # ...this long apart (seconds)
 Run = Callable[[Any, Sequence[str], Sequence[Any]], Awaitable[Any]]
 
 
@@ -91,12 +93,23 @@ async def move(run: Run, sale_id: int, source: int, target: int, units: int, *,
 async def steal(run: Run, sale_id: int, buckets: int, home: int, *, channel: str,
                 redis: aioredis.Redis, scripts: Scripts = SCRIPTS) -> tuple[int, list[int]]:
     """Move half of the richest other bucket's tokens (at least 1) to ``home``. Returns
-    (units moved, the tokens each bucket had when read)."""
+    (units moved, or 1 when none moved but the home bucket has tokens again; the tokens
+    each bucket had when read)."""
     keys = all_keys(sale_id, buckets)
     tokens = await read_tokens(redis, keys)
+    for _ in range(IN_TRANSIT_WAITS):
+        if any(tokens):  # (the home bucket too: another transfer may have filled it)
+            break
+        # Every bucket empty, unless units are between the two steps of another transfer:
+        # those reach their bucket within two script calls, so look again shortly.
+        moving = await asyncio.gather(*(redis.hlen(k.moves_out) for k in keys))
+        if not any(moving):
+            break
+        await asyncio.sleep(IN_TRANSIT_PAUSE)
+        tokens = await read_tokens(redis, keys)
     donor = max((b for b in range(buckets) if b != home), key=tokens.__getitem__)
     if tokens[donor] <= 0:
-        return 0, tokens
+        return int(tokens[home] > 0), tokens  # home refilled meanwhile: worth a retry
     moved = await move(run, sale_id, donor, home, (tokens[donor] + 1) // 2, channel=channel,
                        redis=redis, scripts=scripts)
     return moved, tokens

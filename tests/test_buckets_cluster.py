@@ -28,19 +28,19 @@ from tests.test_cluster import (  # noqa: F401 (fixtures)
 )
 
 
-def spread_sale(cluster, buckets: int, masters: int, start: int = 1) -> int:
+def spread_sale(client, buckets: int, masters: int, start: int = 1) -> int:
     """A sale id whose ``buckets`` buckets live on ``masters`` different masters."""
     for sale in range(start, 10_000):
-        if len(masters_of(cluster, sale, buckets)) == masters:
+        if len(masters_of(client, sale, buckets)) == masters:
             return sale
     raise AssertionError("no such sale id")
 
 
-def masters_of(cluster, sale: int, buckets: int) -> set[str]:
-    return {cluster.get_node_from_key(k.meta).name for k in all_keys(sale, buckets)}
+def masters_of(client, sale: int, buckets: int) -> set[str]:
+    return {client.get_node_from_key(k.meta).name for k in all_keys(sale, buckets)}
 
 
-async def test_three_hundred_buyers_over_three_buckets_on_three_masters(cluster):
+async def test_three_hundred_buyers_over_three_buckets_on_three_masters(cluster):  # noqa: F811
     sale = spread_sale(cluster, 3, 3)
     await load_buckets(cluster, sale, 150, 3, limit=2)
     workers = [Admission(cluster) for _ in range(3)]
@@ -75,7 +75,7 @@ async def test_three_hundred_buyers_over_three_buckets_on_three_masters(cluster)
     assert all(c > 0 for c in calls), calls
 
 
-async def test_a_master_killed_mid_sale_with_buckets(cluster):
+async def test_a_master_killed_mid_sale_with_buckets(cluster):  # noqa: F811
     """SIGKILL the master of one bucket while buyers buy: its replica takes over, the
     attempts of that bucket's buyers are admitted again by themselves, and every bucket's
     books balance afterwards."""
