@@ -58,6 +58,8 @@ def _board_text(b: dict) -> str:
         f"  limits:     {b['per_user_limit']} per buyer, holds last {b['hold_seconds']} s",
         f"  units:      initial {b['initial']}  remaining {b['remaining']}  held {b['held']}"
         f"  confirmed {b['confirmed']}  released {b['released']}  expired {b['expired']}",
+        *([f"  buckets:    {b['buckets']} (units summed over them; {b['in_transit']} moving "
+           "between two)"] if b.get("buckets", 1) > 1 else []),
         f"  admitted:   {b['admissions_total']} units so far (as applied to Postgres)",
         f"  reconciler: {b['reconciler_lag']} events not yet in Postgres",
         f"  books:      {books}",

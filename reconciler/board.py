@@ -52,6 +52,8 @@ class SaleBoard(msgspec.Struct):
     books_mismatch_units: int  # 0 when balanced
     admissions_total: int  # units admitted, as applied to Postgres (monotonic)
     waiting_room: dict[str, Any] | None = None
+    buckets: int = 1  # Redis buckets the tokens are split over (engine/buckets.py)
+    in_transit: int = 0  # units moving between two buckets (0 with one bucket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,8 @@ def board_status(books: RedisBooks | None, row: Any, now_ms: float) -> str:
 BOARD_QUERY = (
     "SELECT f.sale_id, f.product_id, p.name AS product_name, f.quantity, f.price,"
     " f.starts_at, f.ends_at, f.per_user_limit, f.hold_seconds, f.status, f.held_qty,"
-    " f.confirmed_qty, f.released_qty, f.expired_qty, f.last_stream_id, f.created_at"
+    " f.confirmed_qty, f.released_qty, f.expired_qty, f.last_stream_id, f.created_at,"
+    " f.buckets"
     " FROM flash_sales f JOIN products p USING (product_id)")
 
 
@@ -169,7 +172,8 @@ async def _board(sales: Sales, sale_id: int) -> SaleBoard | None:
         books_mismatch_units=mismatch,
         admissions_total=(row["held_qty"] + row["confirmed_qty"] + row["released_qty"]
                           + row["expired_qty"]),
-        waiting_room=await room_figures(sales.redis, sale_id))
+        waiting_room=await room_figures(sales.redis, sale_id), buckets=row["buckets"],
+        in_transit=books.in_transit if books is not None else 0)
 
 
 async def sale_board(sales: Sales, sale_id: int) -> SaleBoard | None:
