@@ -144,7 +144,7 @@ def create(product_id, quantity, price, per_user_limit, hold_seconds, starts_at,
     from engine.errors import ValidationFailed
     from engine.sales import check_buckets
     try:
-        check_buckets(buckets, quantity, room)
+        check_buckets(buckets, quantity)
     except ValidationFailed as exc:
         raise CommandError(f"--buckets {buckets}: {exc.details[0]['message']}.",
                            code="validation_failed") from None

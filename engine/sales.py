@@ -90,17 +90,13 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_buckets(buckets: int, quantity: int, waiting_room: RoomConfig | None) -> None:
-    """A sale's bucket count: 1 to MAX_BUCKETS, at most one per unit, and 1 with a
-    waiting room (the room reads the stock of one bucket's slot)."""
+def check_buckets(buckets: int, quantity: int) -> None:
+    """A sale's bucket count: 1 to MAX_BUCKETS, and at most one per unit."""
     if not 1 <= buckets <= MAX_BUCKETS:
         raise ValidationFailed.at("$.buckets", f"must be between 1 and {MAX_BUCKETS}")
     if buckets > quantity:
         raise ValidationFailed.at("$.buckets", "must be at most the quantity (every bucket "
                                   "starts with a unit at least)")
-    if buckets > 1 and waiting_room is not None:
-        raise ValidationFailed.at("$.buckets", "a sale with a waiting room has 1 bucket "
-                                  "(the room follows the stock of one slot)")
 
 
 def room_of(sale: dict[str, Any]) -> RoomConfig | None:
@@ -129,7 +125,7 @@ class Sales:
         ``buckets`` > 1 splits the tokens over that many buckets (engine/buckets.py)."""
         if quantity < 1:
             raise ValidationFailed.at("$.quantity", "must be at least 1")
-        check_buckets(buckets, quantity, waiting_room)
+        check_buckets(buckets, quantity)
         request = {
             "product_id": product_id, "quantity": quantity, "price": str(price),
             "starts_at": starts_at and starts_at.isoformat(),

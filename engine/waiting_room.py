@@ -26,6 +26,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from engine import metrics
+from engine.buckets import all_keys, read_tokens
 from engine.cluster import batcher_beside
 from engine.errors import NotFound, QueueRequired, RateLimited
 from engine.keys import room_keys, sale_keys
@@ -153,6 +154,7 @@ class WaitingRoom:
         self.join_rate = join_rate
         self._configs: dict[int, asyncio.Future] = {}
         self._known: dict[int, RoomConfig | None] = {}  # loaded sales: their room or None
+        self._buckets: dict[int, int] = {}  # sale id -> its bucket count, once loaded
         self._gauges = _Gauges()
 
     async def _run(self, script: Script, keys: tuple[str, ...], args: tuple) -> Any:
@@ -192,9 +194,11 @@ class WaitingRoom:
 
     async def _read_config(self, sale_id: int) -> tuple[bool, RoomConfig | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(sale_keys(sale_id).meta)
+            pipe.hmget(sale_keys(sale_id).meta, "initial", "buckets")
             pipe.hmget(room_keys(sale_id).room, "rate", "pass_ms", "margin", "aware")
-            loaded, values = await pipe.execute()
+            (loaded, buckets), values = await pipe.execute()
+        if loaded is not None:
+            self._buckets[sale_id] = int(buckets or 1)
         config = (RoomConfig.from_fields(dict(zip((b"rate", b"pass_ms", b"margin", b"aware"),
                                                   values, strict=True)))
                   if values[0] is not None else None)
@@ -203,12 +207,14 @@ class WaitingRoom:
     # -- the buyer's side ----------------------------------------------------------------
     async def join(self, sale_id: int, user_id: int, *, client: str = "") -> Ticket:
         answer = await self._run(JOIN, room_keys(sale_id).for_scripts,
-                                 (user_id, client, self.join_rate))
+                                 (user_id, client, self.join_rate,
+                                  *await self._other_buckets(sale_id)))
         return self._ticket(sale_id, user_id, answer)
 
     async def look(self, sale_id: int, user_id: int) -> Ticket:
         """The caller's ticket, after advancing the room; NotFound without one."""
-        answer = await self._run(READ, room_keys(sale_id).for_scripts, (user_id,))
+        answer = await self._run(READ, room_keys(sale_id).for_scripts,
+                                 (user_id, *await self._other_buckets(sale_id)))
         ticket = self._ticket(sale_id, user_id, answer)
         if ticket is None:
             raise NotFound("You have no ticket for this sale's waiting room: join first.")
@@ -232,6 +238,25 @@ class WaitingRoom:
             await self.redis.zrem(room_keys(sale_id).fresh, user_id)
 
     # -- internals -----------------------------------------------------------------------
+    async def _other_buckets(self, sale_id: int) -> tuple[int, int]:
+        """Tokens and held units of a bucketed sale's buckets other than 0 (whose keys
+        the room's scripts read themselves), read just before the script: the room
+        follows the whole sale's stock. A reservation in another bucket between this read
+        and the script can be counted once more as a free unit (its pass no longer counts
+        as unused): passes may run ahead of the stock by the reservations of that moment.
+        (0, 0) for a sale of one bucket, at no cost once the sale's room is known."""
+        count = self._buckets.get(sale_id)
+        if count is None:
+            await self.config(sale_id)
+            count = self._buckets.get(sale_id, 1)
+        if count == 1:
+            return 0, 0
+        keys = all_keys(sale_id, count)[1:]
+        tokens, held = await asyncio.gather(
+            read_tokens(self.redis, keys),
+            asyncio.gather(*(self.redis.hget(k.meta, "held") for k in keys)))
+        return sum(tokens), sum(int(h or 0) for h in held)
+
     def _ticket(self, sale_id: int, user_id: int, answer: list) -> Ticket | None:
         tag = answer[0]
         if tag == b"no_room":

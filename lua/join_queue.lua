@@ -2,7 +2,8 @@
 -- advance the room. (Loaded after room_advance.lua, which declares KEYS and the answer.)
 --
 -- ARGV[1] user_id   ARGV[2] client address   ARGV[3] new tickets per second per address
--- (0 = off; burst twice that)
+-- (0 = off; burst twice that)   ARGV[4], ARGV[5] tokens and held units in the sale's other
+-- buckets (absent or 0 for a sale of one bucket; room_advance.lua)
 --
 -- A user already waiting or holding a live pass gets the same ticket (tag "replay"); a
 -- user whose pass ran out joins again at the back (tag "new", a new arrival number). A
@@ -14,9 +15,10 @@ if redis.call("EXISTS", KEYS[1]) == 0 then
   return {"no_room"}
 end
 local user = ARGV[1]
+others.tokens, others.held = tonumber(ARGV[4] or "0"), tonumber(ARGV[5] or "0")
 local stock = redis.call("HMGET", KEYS[7], "tokens", "held")
-local tokens = tonumber(stock[1] or "0")
-local held = tonumber(stock[2] or "0")
+local tokens = tonumber(stock[1] or "0") + others.tokens
+local held = tonumber(stock[2] or "0") + others.held
 local now = now_ms()
 
 local live = redis.call("ZSCORE", KEYS[2], user)

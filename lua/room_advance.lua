@@ -14,7 +14,10 @@
 -- KEYS[7] the sale's meta, as engine/keys.py names it ("tokens": units left; "held":
 --         units held that may still come back; its window and state: nobody is admitted
 --         before the sale starts or while it is paused, and a sale that has ended or
---         closed has nothing left to wait for)
+--         closed has nothing left to wait for); bucket 0's meta for a sale split into
+--         buckets: the scripts also take the tokens and held units of its other buckets,
+--         read by the gateway just before the call, and add them to bucket 0's (`others`
+--         below)
 --
 -- advance(now) admits the head of the line: at `rate` per second (credit
 -- refills continuously, at most one second's worth saved up), and, when stock-aware, only
@@ -28,10 +31,14 @@
 
 local MEASURE_WINDOW_MS = 2000
 
+-- Tokens and held units of the sale's other buckets (0 and 0 for a sale of one bucket),
+-- set by the script from its ARGV before it calls advance.
+local others = {tokens = 0, held = 0}
+
 local function advance(now)
   local sale = redis.call("HMGET", KEYS[7], "held", "state", "starts_ms", "ends_ms", "tokens")
-  local tokens = tonumber(sale[5] or "0")
-  local held = tonumber(sale[1] or "0")
+  local tokens = tonumber(sale[5] or "0") + others.tokens
+  local held = tonumber(sale[1] or "0") + others.held
   local ends = tonumber(sale[4] or "0")
   local over = (sale[2] ~= "ready" and sale[2] ~= "paused") or (ends > 0 and now >= ends)
   local holding = sale[2] == "paused" or now < tonumber(sale[3] or "0")

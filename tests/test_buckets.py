@@ -24,8 +24,16 @@ from reconciler.audit import audit_sale
 from reconciler.board import sale_board
 from reconciler.recovery import recover_sale
 from tests.buckets_support import bucket_report, load_buckets, three_hundred_buyers
-from tests.conftest import TEST_REDIS_URL, assert_error, create_product
+from tests.conftest import TEST_REDIS_URL, assert_error, create_product, create_sale
 from tests.reconciler_proc import ReconcilerProcess, new_sale, wait_drained
+from tests.test_waiting_room import (  # noqa: F401 (gateways: a fixture)
+    arrival,
+    buyer_headers,
+    gateways,
+    join_all,
+    look_all,
+    reserve,
+)
 
 
 async def test_each_buyer_has_a_home_bucket_and_ids_name_their_bucket(redis):
@@ -265,9 +273,6 @@ async def test_the_api_takes_and_validates_buckets(api):
                                  expect=422, json={**base, "buckets": wrong})
         assert_error(body, "validation_failed")
         assert "buckets" in str(body)
-    _, body = await api.call("POST", "/api/v1/admin/sales", headers=api.admin, expect=422,
-                             json={**base, "buckets": 2, "waiting_room": True})
-    assert_error(body, "validation_failed")
 
 
 def test_the_cli_refuses_bad_buckets_in_one_line(settings):
@@ -280,3 +285,44 @@ def test_the_cli_refuses_bad_buckets_in_one_line(settings):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--buckets 9" in lines[0] and "quantity" in lines[0], lines
+
+
+async def test_a_waiting_room_follows_the_stock_of_every_bucket(gateways, pool):  # noqa: F811
+    """200 buyers for 30 units over 3 buckets behind a stock-aware room (margin 0): the
+    room reads the other buckets' stock just before each step, so passes stay within 1.5x
+    the units, follow arrival order, and all 30 units are sold to pass holders."""
+    api = gateways[0]
+    sale = await create_sale(api, quantity=30, waiting_room=True, admission_rate=20,
+                             buckets=3)
+    sale_id = sale["sale_id"]
+    assert sale["buckets"] == 3
+    buyers = await buyer_headers(pool, 200, first=5000)
+    tickets = await join_all(gateways, sale_id, buyers)
+    # The room opens with a second's worth of passes (20) capped by the stock it sees: more
+    # than bucket 0's 10 units means it sees the other buckets too.
+    assert 10 < sum(t["status"] == "admitted" for t in tickets) <= 30
+    bought: dict[int, str] = {}
+    passes_seen: set[int] = set()
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(bought) < 30:
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(bought)} bought"
+        looks = await look_all(gateways, sale_id, buyers)
+        passes_seen.update(arrival(t) for t in looks if t["status"] == "admitted")
+        waiting = [arrival(t) for t in looks if t["status"] == "waiting"]
+        if waiting and passes_seen:
+            assert max(passes_seen) < min(waiting)
+        assert len(passes_seen) <= 30 * 1.5
+        holders = [(h, t) for h, t in zip(buyers, looks, strict=True)
+                   if t["status"] == "admitted" and arrival(t) not in bought]
+        results = await asyncio.gather(*(reserve(gateways[n % 2], sale_id, h, t["pass"])
+                                         for n, (h, t) in enumerate(holders)))
+        for (_, t), (status, body) in zip(holders, results, strict=True):
+            if status == 201:
+                bought[arrival(t)] = body["reservation_id"]
+            else:  # a pass issued ahead of the stock meets an empty sale
+                assert status == 409 and body["error"]["code"] == "sold_out", body
+        await asyncio.sleep(0.05)
+    assert len(set(bought.values())) == 30
+    assert {bucket_of_reservation(rid)[1] for rid in bought.values()} == {0, 1, 2}
+    _, public = await api.call("GET", f"/api/v1/sales/{sale_id}", expect=200)
+    assert public["remaining"] == 0 and public["status"] == "sold_out"

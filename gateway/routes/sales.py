@@ -35,7 +35,7 @@ class NewSale(Body):
     per_user_limit: Annotated[int, Meta(ge=1, le=1000)] = 1
     hold_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 600
     # Split the tokens over this many Redis buckets (slots), for a hot product on a
-    # cluster (engine/buckets.py); at most the quantity, 1 with a waiting room.
+    # cluster (engine/buckets.py); at most the quantity.
     buckets: Annotated[int, Meta(ge=1, le=MAX_BUCKETS)] = 1
     # A stock-aware waiting room (engine/waiting_room.py) and its tuning.
     waiting_room: bool = False
