@@ -17,7 +17,13 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from engine.admission import Admission
 from engine.buckets import all_keys, complete_moves, home_bucket, move
-from engine.errors import FlashsaleError, IdempotencyKeyReused, PurchaseLimitExceeded, SoldOut
+from engine.errors import (
+    Conflict,
+    FlashsaleError,
+    IdempotencyKeyReused,
+    PurchaseLimitExceeded,
+    SoldOut,
+)
 from engine.keys import ACTIVE_SALES, bucket_of_reservation, sale_keys
 from engine.scripts import SCRIPTS
 from reconciler.audit import audit_sale
@@ -256,6 +262,18 @@ async def test_a_bucketed_sale_reconciles_audits_and_recovers(settings, redis, p
         assert again.ok, again.problems
         counts = await sales.counts(sale)
         assert (counts["tokens"], counts["held"], counts["confirmed"]) == (16, 43, 1)
+        # One master loses its bucket: the audit says so, recover needs --force (the rest
+        # of the sale is still in Redis) and then rebuilds every bucket.
+        lost = all_keys(sale, 3)[2]
+        await redis.delete(*lost.all)
+        broken = await audit_sale(sales, sale)
+        assert not broken.ok and any("missing" in p for p in broken.problems), broken.problems
+        with pytest.raises(Conflict):
+            await recover_sale(sales, sale)
+        await recover_sale(sales, sale, force=True)
+        healed = await audit_sale(sales, sale, wait_seconds=10)
+        assert healed.ok, healed.problems
+        assert (await adm.reserve(sale, 2, 1, "k")).replayed
     finally:
         await adm.close()
 
