@@ -29,7 +29,8 @@ from tests.reconciler_proc import ReconcilerProcess, wait_drained
 BOARD_FIELDS = {"sale_id", "product_id", "product_name", "price", "status", "initial",
                 "remaining", "held", "confirmed", "released", "expired", "starts_at",
                 "ends_at", "per_user_limit", "hold_seconds", "reconciler_lag",
-                "books_balanced", "books_mismatch_units", "admissions_total", "waiting_room"}
+                "books_balanced", "books_mismatch_units", "admissions_total", "waiting_room",
+                "buckets", "in_transit"}
 
 
 def test_the_board_has_the_contract_fields() -> None:
