@@ -177,14 +177,18 @@ class Admission:
                     steal(self._run, sale_id, buckets, home, channel=self.channel,
                           redis=self.redis, scripts=self.scripts))
                 self._stealing[key] = (started, running)
-                running.add_done_callback(
-                    lambda done: self._stealing.get(key, (0, None))[1] is done
-                    and self._stealing.pop(key))
+                running.add_done_callback(lambda done: self._stolen(key, done))
             if started >= sent_at:
                 break
             with contextlib.suppress(Exception):
                 await asyncio.shield(running)
         return await asyncio.shield(running)
+
+    def _stolen(self, key: tuple[int, int], done: asyncio.Future) -> None:
+        if self._stealing.get(key, (0.0, None))[1] is done:
+            del self._stealing[key]
+        if not done.cancelled() and done.exception() is None:
+            metrics.BUCKET_STEALS.labels("yes" if done.result()[0] else "no").inc()
 
     async def _bucket_count(self, sale_id: int) -> int:
         """The sale's bucket count, read once per process (1 while Redis has no such sale:

@@ -65,6 +65,9 @@ ADMISSIONS = Counter(
 RESERVATION_LATENCY = Histogram(
     "flashsale_reservation_latency_seconds", "Time to answer a reservation attempt",
     buckets=LATENCY_BUCKETS, registry=GATEWAY)
+BUCKET_STEALS = Counter(
+    "flashsale_bucket_steals", "Transfers of tokens to a buyer's empty home bucket "
+    "(engine/buckets.py), by whether any unit was left to move", ["moved"], registry=GATEWAY)
 
 # -- waiting rooms (per sale, as of the last join or look) --------------------------------
 ROOM_WAITING = Gauge(

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
+from engine import metrics
 from engine.admission import Admission
 from engine.buckets import all_keys, complete_moves, home_bucket, move
 from engine.errors import (
@@ -98,6 +99,7 @@ async def test_sold_out_only_when_every_bucket_is_empty(redis):
                 break
         assert sold == 30
         assert adm.steals >= 2
+        assert metrics.BUCKET_STEALS.labels("yes")._value.get() >= 2
         # Now every bucket is flagged: refused without Redis.
         with pytest.raises(SoldOut):
             await adm.reserve(sale, 1, 1, "k")
