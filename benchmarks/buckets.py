@@ -51,7 +51,7 @@ async def load(client, sale: int, quantity: int, buckets: int, limit: int = 10**
         await client.delete(*keys.all)
     for bucket, share in reversed(list(enumerate(shares(quantity, buckets)))):
         await SCRIPTS.load_tokens(client, all_keys(sale, buckets)[bucket].for_load, (
-            1, "9.99", 0, 0, limit, 600_000, share, share, 0, 0, "bench", buckets))
+            1, "9.99", 0, 0, limit, 600_000, share, share, 0, 0, "bench", 0, buckets))
 
 
 async def admit(admission: Admission, sale: int, seconds: float) -> dict:

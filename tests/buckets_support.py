@@ -10,6 +10,7 @@ from collections import Counter
 from engine.admission import Admission
 from engine.buckets import all_keys, bucket_books, in_transit_records, shares
 from engine.errors import PurchaseLimitExceeded, SoldOut
+from engine.keys import units_by_buyer
 from engine.scripts import SCRIPTS
 
 
@@ -21,7 +22,7 @@ async def load_buckets(client, sale: int, quantity: int, buckets: int, *, limit:
     for bucket, share in reversed(list(enumerate(shares(quantity, buckets)))):
         keys = all_keys(sale, buckets)[bucket]
         answer = await SCRIPTS.load_tokens(client, keys.for_load, (
-            1, "1.00", 0, 0, limit, hold_ms, share, share, 0, 0, "test", buckets))
+            1, "1.00", 0, 0, limit, hold_ms, share, share, 0, 0, "test", 0, buckets))
         assert answer[0] == b"ok", answer
 
 
@@ -44,8 +45,7 @@ async def bucket_report(client, sale: int, buckets: int) -> dict:
                 mine[int(u)] += int(q)
                 homes.setdefault(int(u), set()).add(keys.bucket)
         assert units[b"h"] == books.held and units[b"c"] == books.confirmed, (books, units)
-        buyers = {int(u): int(q) for u, q in (await client.hgetall(keys.buyers)).items()
-                  if int(q)}
+        buyers = units_by_buyer(await client.hgetall(keys.buyers))
         assert buyers == dict(mine), (keys.bucket, buyers, mine)
         per_user.update(mine)
         for name in ("initial", "tokens", "held", "confirmed"):
