@@ -5,7 +5,8 @@
 -- ARGV[1] action: "pause" | "resume" | "end"
 -- ARGV[2] channel to PUBLISH the sale id on when a sale resumes ("" = none): gateway
 --         workers drop the flag that refuses it while paused (engine/refusals.py)
--- ARGV[3] sale id
+-- ARGV[3] the bucket's name (the sale id for bucket 0: engine/keys.py); a sale split
+--         into buckets runs this on bucket 0 first, then on each other bucket
 --
 -- The status before the move is derived as the gateway derives it: ended (closed, or past
 -- ends_ms), paused, scheduled (before starts_ms), sold_out (no tokens), active.

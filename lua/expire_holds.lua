@@ -3,7 +3,7 @@
 -- KEYS[1] meta  KEYS[2] buyers  KEYS[3] holds  KEYS[4] res  KEYS[5] events
 --   (layouts as in reserve.lua; tokens and held are fields of meta)
 -- ARGV[1] N, the most holds to expire in this call (keeps the script short)
--- ARGV[2] channel to PUBLISH the sale id on when units go back ("" = none)   ARGV[3] sale id
+-- ARGV[2] channel to PUBLISH the sale id on when units go back ("" = none)   ARGV[3] the bucket's name (the sale id for bucket 0: engine/keys.py)
 --
 -- Returns {holds_expired, units_returned, holds_still_due}. Idempotent: a hold is expired
 -- once; a second call finds nothing due. {0, 0, 0, "old_layout"}: holds are due but the

@@ -8,7 +8,7 @@
 -- ARGV[3] "1" to also release a confirmed reservation (order cancelled), else "0"
 -- ARGV[4] reason (cancelled | payment_failed | order_cancelled | ...)
 -- ARGV[5] channel to PUBLISH the sale id on when units go back ("" = none): gateway
---         workers drop their sold-out flag (engine/refusals.py)   ARGV[6] sale id
+--         workers drop their sold-out flag (engine/refusals.py)   ARGV[6] the bucket's name (the sale id for bucket 0: engine/keys.py)
 --
 -- Returns {"ok", state_name, quantity, expires_ms} where state_name is "released" when
 -- this call or an earlier one released it, or "expired" if the sweeper got there first

@@ -9,7 +9,9 @@
 -- KEYS[3] holds   zset: reservation id -> expiry (ms)
 -- KEYS[4] res     hash: reservation id -> its record (format in prelude.lua)
 -- KEYS[5] events  stream: one entry per state change, read by the reconciler
--- ARGV[1] sale_id   ARGV[2] user_id   ARGV[3] quantity   ARGV[4] idempotency key
+-- ARGV[1] the bucket's name: the sale id, or "<sale_id>-<b>" for bucket b >= 1 of a sale
+--         split into buckets (engine/keys.py); it prefixes the ids and the messages
+-- ARGV[2] user_id   ARGV[3] quantity   ARGV[4] idempotency key
 -- ARGV[5] rate limit per second (0 = off)   ARGV[6] client address
 -- ARGV[7] channel on which the admission that takes the last token PUBLISHes "-<sale_id>"
 --         ("" = none): every gateway worker then refuses the sale without Redis until a
@@ -122,7 +124,7 @@ end
 
 -- Admission: every check passed.
 local left = tokens - qty
--- Reservation ids are "<sale_id>-<n>", n = max(last n + 1, Redis clock in microseconds):
+-- Reservation ids are "<bucket name>-<n>", n = max(last n + 1, Redis clock in microseconds):
 -- never reissued even when Redis forgets its last writes (engine/keys.py says why).
 local n = string.format("%d", math.max(tonumber(meta[8] or "0") + 1, now_us))
 local rid = sale_id .. "-" .. n
