@@ -12,6 +12,8 @@ import signal
 import subprocess
 import time
 
+import redis.asyncio as aioredis
+
 from engine.admission import Admission
 from engine.buckets import all_keys
 from engine.errors import SoldOut
@@ -126,3 +128,23 @@ async def test_a_master_killed_mid_sale_with_buckets(cluster):  # noqa: F811
             await w.close()
         subprocess.run(["bash", str(SCRIPT), "node", str(port)], timeout=60, check=True)
         await wait_cluster_ok(port)
+        await wait_replica_synced(port)
+
+
+async def wait_replica_synced(port: int, timeout: float = 30.0) -> None:
+    """Until the node started again is a replica in sync with its master: a later
+    failover test may kill that master, and a replica still syncing cannot take over."""
+    client = aioredis.Redis(port=port, socket_timeout=2.0)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                info = await client.info("replication")
+                if (info.get("role") == "slave" and info.get("master_link_status") == "up"
+                        and not info.get("master_sync_in_progress")):
+                    return
+            except DOWN:
+                pass
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
