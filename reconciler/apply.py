@@ -125,10 +125,10 @@ async def _record_conflicts(conn: asyncpg.Connection,
     await conn.executemany(
         "INSERT INTO sale_event_conflicts (sale_id, stream_id, reservation_id, event_type,"
         " user_id, quantity, idempotency_key, known_user_id, known_quantity,"
-        " known_idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        " ON CONFLICT (sale_id, stream_id) DO NOTHING",
+        " known_idempotency_key, bucket) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (sale_id, bucket, stream_id) DO NOTHING",
         [(e.sale_id, e.stream_id, e.reservation_id, e.type, e.user_id, e.quantity,
-          e.idempotency_key, *known) for e, known in conflicts])
+          e.idempotency_key, *known, e.bucket) for e, known in conflicts])
 
 
 async def _upsert(conn: asyncpg.Connection, rows: list[_Row]) -> None:

@@ -90,7 +90,7 @@ def _raw(fields: dict | None, event: SaleEvent) -> str:
 async def park(conn: asyncpg.Connection, letters: list[DeadLetter]) -> None:
     """Record dead letters (a replay after a crash before XACK records nothing twice)."""
     await conn.executemany(
-        "INSERT INTO sale_dead_letters (sale_id, stream_id, raw, sqlstate, error)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sale_id, stream_id) DO NOTHING",
-        [(d.sale_id, d.stream_id, d.raw, d.sqlstate, d.error[:2000].replace("\x00", "\\x00"))
-         for d in letters])
+        "INSERT INTO sale_dead_letters (sale_id, stream_id, raw, sqlstate, error, bucket)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sale_id, bucket, stream_id) DO NOTHING",
+        [(d.sale_id, d.stream_id, d.raw, d.sqlstate, d.error[:2000].replace("\x00", "\\x00"),
+          d.bucket) for d in letters])

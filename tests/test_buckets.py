@@ -346,3 +346,18 @@ async def test_a_waiting_room_follows_the_stock_of_every_bucket(gateways, pool):
     assert {bucket_of_reservation(rid)[1] for rid in bought.values()} == {0, 1, 2}
     _, public = await api.call("GET", f"/api/v1/sales/{sale_id}", expect=200)
     assert public["remaining"] == 0 and public["status"] == "sold_out"
+
+
+async def test_entries_set_aside_are_kept_per_bucket(pool):
+    """Two buckets' streams (two masters) can give two entries the same stream id: a dead
+    letter of each is kept, and a replay of either records nothing twice."""
+    from reconciler.deadletter import DeadLetter, park
+
+    letters = [DeadLetter(99, "1700000000000-0", "{}", f"bucket {b}", bucket=b)
+               for b in (0, 1)]
+    async with pool.acquire() as conn:
+        await park(conn, letters)
+        await park(conn, letters)
+    rows = await pool.fetch("SELECT bucket, error FROM sale_dead_letters WHERE sale_id = 99"
+                            " ORDER BY bucket")
+    assert [(r["bucket"], r["error"]) for r in rows] == [(0, "bucket 0"), (1, "bucket 1")]
