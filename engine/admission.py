@@ -7,8 +7,6 @@ or a typed error.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -19,7 +17,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import metrics
-from engine.buckets import STEAL_ROUNDS, bucket_count, home_bucket, steal
+from engine.bucket_router import BucketRouter
+from engine.buckets import STEAL_ROUNDS, home_bucket
 from engine.cluster import batcher_beside
 from engine.codec import text
 from engine.errors import (
@@ -90,10 +89,10 @@ class Admission:
         self.channel = channel_of(redis)
         # Answers without Redis for sold-out and inactive sales once start() has run.
         self.refusals = SaleRefusals(redis, channel=self.channel, ttl=refusal_ttl)
-        self._buckets: dict[int, int] = {}  # sale id -> its bucket count (fixed for life)
-        self._asking: dict[int, asyncio.Future] = {}  # one read of it at a time per sale
-        # (sale, bucket) -> (when it started, the transfer in flight to that bucket)
-        self._stealing: dict[tuple[int, int], tuple[float, asyncio.Future]] = {}
+        # Sales split into buckets: bucket counts, transfers for empty home buckets.
+        self.buckets = BucketRouter(redis, run=self._run, scripts=scripts, channel=self.channel,
+                                    batcher=self._batcher,
+                                    wait_timeout_ms=self._wait_timeout_ms)
         self.steals = 0  # transfers this process made for buyers whose bucket was empty
 
     def _run(self, script, keys, args) -> Awaitable:
@@ -128,7 +127,7 @@ class Admission:
         started = time.perf_counter()
         outcome = "error"
         try:
-            buckets = self._buckets.get(sale_id) or await self._bucket_count(sale_id)
+            buckets = self.buckets.known(sale_id) or await self.buckets.count(sale_id)
             self.refusals.check(sale_id, user_id, buckets)
             sent_at = time.monotonic()
             keys = sale_keys(sale_id, home_bucket(user_id, buckets))
@@ -139,7 +138,7 @@ class Admission:
             while answer[0] == b"sold_out" and buckets > 1 and rounds < STEAL_ROUNDS:
                 # The home bucket is empty: bring tokens from the richest bucket, retry.
                 rounds += 1
-                moved, seen = await self._steal(sale_id, buckets, keys.bucket, sent_at)
+                moved, seen = await self.buckets.steal(sale_id, buckets, keys.bucket, sent_at)
                 if not moved:  # every bucket read empty (after this attempt was sent)
                     for bucket, left in enumerate(seen):
                         if left <= 0:
@@ -160,60 +159,6 @@ class Admission:
         finally:
             _OUTCOMES.inc((outcome,))
             _LATENCY.observe((), time.perf_counter() - started)
-
-    async def _steal(self, sale_id: int, buckets: int, home: int,
-                     sent_at: float) -> tuple[int, list[int]]:
-        """One transfer to ``home`` at a time per bucket and process: the attempts that
-        found it empty share the transfer in flight (no stampede of transfers and reads
-        when a bucket runs dry under load), if it started after their attempt was sent
-        (an older one read the buckets before this attempt's answer: wait for it, then
-        start or join a fresh one)."""
-        key = (sale_id, home)
-        for _ in range(2):
-            started, running = self._stealing.get(key, (0.0, None))
-            if running is None:
-                started = time.monotonic()
-                running = asyncio.ensure_future(
-                    steal(self._run, sale_id, buckets, home, channel=self.channel,
-                          redis=self.redis, scripts=self.scripts))
-                self._stealing[key] = (started, running)
-                running.add_done_callback(lambda done: self._stolen(key, done))
-            if started >= sent_at:
-                break
-            with contextlib.suppress(Exception):
-                await asyncio.shield(running)
-        return await asyncio.shield(running)
-
-    def _stolen(self, key: tuple[int, int], done: asyncio.Future) -> None:
-        if self._stealing.get(key, (0.0, None))[1] is done:
-            del self._stealing[key]
-        if not done.cancelled() and done.exception() is None:
-            metrics.BUCKET_STEALS.labels("yes" if done.result()[0] else "no").inc()
-
-    async def _bucket_count(self, sale_id: int) -> int:
-        """The sale's bucket count, read once per process (1 while Redis has no such sale:
-        the script then answers no_sale)."""
-        asking = self._asking.get(sale_id)
-        if asking is not None:  # concurrent attempts share one read
-            return await asyncio.shield(asking)
-        asking = self._asking[sale_id] = asyncio.get_running_loop().create_future()
-        try:
-            count = await bucket_count(self.redis, sale_id)
-        except Exception as exc:
-            asking.set_exception(exc)
-            asking.exception()  # retrieved: nobody else may be waiting
-            raise
-        except BaseException:  # cancelled: the others ask again
-            asking.cancel()
-            raise
-        finally:
-            del self._asking[sale_id]
-        if count is not None:
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()
-            self._buckets[sale_id] = count
-        asking.set_result(count or 1)
-        return count or 1
 
     def _reserve_answer(self, sale_id: int, user_id: int, answer: list,
                         sent_at: float, bucket: int) -> tuple[str, Hold]:

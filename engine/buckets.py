@@ -41,9 +41,13 @@ from engine.keys import MAX_BUCKETS, SaleKeys, sale_keys
 from engine.scripts import SCRIPTS, Scripts
 
 STEAL_ROUNDS = 3
+REPLICATION_TIMEOUT = 2.0  # seconds a transfer step waits for the replicas (see move())
 IN_TRANSIT_WAITS = 5  # looks again while transfers are between their steps...
 IN_TRANSIT_PAUSE = 0.002  # ...this long apart (seconds)
 Run = Callable[[Any, Sequence[str], Sequence[Any]], Awaitable[Any]]
+# durable(key): True once the replicas of the master serving ``key`` have every write made
+# there so far by this process's connection (WAIT), False after a timeout.
+Durable = Callable[[str], Awaitable[bool]]
 
 
 def home_bucket(user_id: int, buckets: int) -> int:
@@ -78,20 +82,33 @@ async def read_tokens(redis: aioredis.Redis, keys: Sequence[SaleKeys]) -> list[i
 
 
 async def move(run: Run, sale_id: int, source: int, target: int, units: int, *,
-               channel: str, redis: aioredis.Redis, scripts: Scripts = SCRIPTS) -> int:
-    """Move up to ``units`` tokens from bucket ``source`` to ``target``; the units moved."""
+               channel: str, redis: aioredis.Redis, scripts: Scripts = SCRIPTS,
+               durable: Durable | None = None) -> int:
+    """Move up to ``units`` tokens from bucket ``source`` to ``target``; the units the
+    recipient has now (0 when none moved, or the transfer waits for the sweeper).
+
+    On a cluster the two buckets live on two masters, each replicated asynchronously: a
+    failover that lost the donor's step after the recipient was credited would make units
+    out of nothing (an oversell), and one that lost the recipient's step after the
+    donor's record was dropped would lose them. So with ``durable`` each step waits for
+    its master's replicas before the next: the recipient is credited only once the
+    donor's step is on the donor's replicas, and the record is dropped only once the
+    credit is on the recipient's. A step whose replicas do not answer in time leaves the
+    record, and the sweeper finishes the transfer (``complete_moves``)."""
     donor, recipient = sale_keys(sale_id, source), sale_keys(sale_id, target)
     tid, moved = await run(scripts.move_out, donor.for_move_out, (source, target, units))
-    if not moved:
+    if not moved or (durable is not None and not await durable(donor.meta)):
         return 0
     tid = text(tid)
     await run(scripts.move_in, recipient.for_move_in, (tid, moved, channel, recipient.name))
-    await redis.hdel(donor.moves_out, tid)
+    if durable is None or await durable(recipient.meta):
+        await redis.hdel(donor.moves_out, tid)
     return int(moved)
 
 
 async def steal(run: Run, sale_id: int, buckets: int, home: int, *, channel: str,
-                redis: aioredis.Redis, scripts: Scripts = SCRIPTS) -> tuple[int, list[int]]:
+                redis: aioredis.Redis, scripts: Scripts = SCRIPTS,
+                durable: Durable | None = None) -> tuple[int, list[int]]:
     """Move half of the richest other bucket's tokens (at least 1) to ``home``. Returns
     (units moved, or 1 when none moved but the home bucket has tokens again; the tokens
     each bucket had when read)."""
@@ -111,26 +128,59 @@ async def steal(run: Run, sale_id: int, buckets: int, home: int, *, channel: str
     if tokens[donor] <= 0:
         return int(tokens[home] > 0), tokens  # home refilled meanwhile: worth a retry
     moved = await move(run, sale_id, donor, home, (tokens[donor] + 1) // 2, channel=channel,
-                       redis=redis, scripts=scripts)
+                       redis=redis, scripts=scripts, durable=durable)
     return moved, tokens
 
 
 async def complete_moves(redis: aioredis.Redis, sale_id: int, buckets: int, *, channel: str,
-                         scripts: Scripts = SCRIPTS) -> int:
-    """Finish every transfer a crash left half-done (its record still in the donor's
-    ``moves_out``): credit the recipient (once per transfer id), drop the record.
-    Idempotent; returns the transfers finished."""
+                         scripts: Scripts = SCRIPTS,
+                         timeout: float = REPLICATION_TIMEOUT) -> int:
+    """Finish every transfer a crash (or a replica slow to answer) left half-done, its
+    record still in the donor's ``moves_out``: once the donor's replicas have the record,
+    credit the recipient (once per transfer id); once the recipient's replicas have the
+    credit, drop the record (``move`` says why). Idempotent; returns the transfers
+    finished."""
     finished = 0
     for source in range(buckets):
         donor = sale_keys(sale_id, source)
-        for tid, entry in (await redis.hgetall(donor.moves_out)).items():
+        records = await redis.hgetall(donor.moves_out)
+        if not records or not await replicated(redis, donor.meta, timeout=timeout):
+            continue
+        for tid, entry in records.items():
             target, _, units = text(entry).partition(":")
             recipient = sale_keys(sale_id, int(target))
             await scripts.move_in(redis, recipient.for_move_in,
                                   (text(tid), int(units), channel, recipient.name))
-            await redis.hdel(donor.moves_out, tid)
-            finished += 1
+            if await replicated(redis, recipient.meta, timeout=timeout):
+                await redis.hdel(donor.moves_out, tid)
+                finished += 1
     return finished
+
+
+async def replication(redis: aioredis.Redis, key: str) -> dict:
+    """``INFO replication`` of the master serving ``key``."""
+    if isinstance(redis, aioredis.RedisCluster):
+        return await redis.info("replication", target_nodes=redis.get_node_from_key(key))
+    return await redis.info("replication")
+
+
+async def replicated(redis: aioredis.Redis, key: str, *,
+                     timeout: float = REPLICATION_TIMEOUT) -> bool:
+    """True once every replica of the master serving ``key`` has acknowledged the
+    master's replication offset as of now (every write made there so far, whoever made
+    it); False after ``timeout``. Replicas acknowledge about once a second, so this is for
+    the sweeper; a gateway WAITs on its own connection instead (engine/admission.py)."""
+    info = await replication(redis, key)
+    target = int(info.get("master_repl_offset") or 0)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        replicas = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()]
+        if all(int(r.get("offset", 0)) >= target for r in replicas):
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+        info = await replication(redis, key)
 
 
 @dataclass(frozen=True, slots=True)

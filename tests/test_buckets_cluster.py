@@ -15,9 +15,10 @@ import time
 import redis.asyncio as aioredis
 
 from engine.admission import Admission
-from engine.buckets import all_keys
+from engine.buckets import all_keys, complete_moves
 from engine.errors import SoldOut
 from engine.keys import bucket_of_reservation
+from engine.scripts import SCRIPTS
 from tests.buckets_support import bucket_report, load_buckets, three_hundred_buyers
 from tests.test_cluster import (  # noqa: F401 (fixtures)
     DOWN,
@@ -38,6 +39,15 @@ def spread_sale(client, buckets: int, masters: int, start: int = 1) -> int:
     raise AssertionError("no such sale id")
 
 
+async def command_calls(client, sale: int, command: str) -> int:
+    """Calls of ``command`` on the masters of the sale's 3 buckets (INFO commandstats)."""
+    total = 0
+    for node in {client.get_node_from_key(k.meta) for k in all_keys(sale, 3)}:
+        stats = await client.info("commandstats", target_nodes=node)
+        total += stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+    return total
+
+
 def masters_of(client, sale: int, buckets: int) -> set[str]:
     return {client.get_node_from_key(k.meta).name for k in all_keys(sale, buckets)}
 
@@ -45,6 +55,7 @@ def masters_of(client, sale: int, buckets: int) -> set[str]:
 async def test_three_hundred_buyers_over_three_buckets_on_three_masters(cluster):  # noqa: F811
     sale = spread_sale(cluster, 3, 3)
     await load_buckets(cluster, sale, 150, 3, limit=2)
+    waits_before = await command_calls(cluster, sale, "wait")
     workers = [Admission(cluster) for _ in range(3)]
     for w in workers:
         await w.start()
@@ -69,6 +80,9 @@ async def test_three_hundred_buyers_over_three_buckets_on_three_masters(cluster)
     assert {bucket_of_reservation(rid)[1] for rid in ids} == {0, 1}  # homes of BUYERS
     assert sum(w.steals for w in workers) > 0
     assert len(masters_of(cluster, sale, 3)) == 3  # the sale's keys on three masters
+    # Every transfer waited for its master's replica between its steps (no failover can
+    # make units out of a donor's lost step).
+    assert await command_calls(cluster, sale, "wait") > waits_before
     # Each master served its bucket's attempts.
     calls = []
     for node in {cluster.get_node_from_key(k.meta) for k in all_keys(sale, 3)}:
@@ -148,3 +162,31 @@ async def wait_replica_synced(port: int, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
     finally:
         await client.aclose()
+
+
+async def test_a_half_done_transfer_waits_for_the_donors_replica(cluster):  # noqa: F811
+    """A gateway died after a transfer's first step. The sweeper credits the recipient
+    only once the donor's replica has that step (a failover losing it would otherwise make
+    units out of nothing): while the replica is stopped, nothing is credited and the units
+    stay in transit; once it runs again, the transfer is finished."""
+    sale = spread_sale(cluster, 3, 3, start=400)
+    await load_buckets(cluster, sale, 30, 3)
+    donor = all_keys(sale, 3)[1]
+    master = cluster.get_node_from_key(donor.meta)
+    info = await cluster.info("replication", target_nodes=master)
+    replica_pid = int((ROOT / ".var" / "cluster" / str(info["slave0"]["port"])
+                       / "redis.pid").read_text())
+    os.kill(replica_pid, signal.SIGSTOP)  # alive for the master, acknowledging nothing
+    try:
+        _tid, moved = await SCRIPTS.move_out(cluster, donor.for_move_out, (1, 0, 5))
+        assert moved == 5
+        assert await complete_moves(cluster, sale, 3, channel="", timeout=0.5) == 0
+        report = await bucket_report(cluster, sale, 3)
+        assert report["in_transit"] == report["recorded_in_transit"] == 5
+        assert report["tokens"] == 25
+    finally:
+        os.kill(replica_pid, signal.SIGCONT)
+    assert await complete_moves(cluster, sale, 3, channel="", timeout=10) == 1
+    report = await bucket_report(cluster, sale, 3)
+    assert report["in_transit"] == report["recorded_in_transit"] == 0
+    assert report["tokens"] == 30
