@@ -168,11 +168,6 @@ def sale_streams(sale_id: int, buckets: int = 1) -> tuple[str, ...]:
     return tuple(sale_keys(sale_id, b).events for b in range(buckets))
 
 
-def sale_of_stream(stream: str) -> int:
-    """The sale whose events ``stream`` (one of ``sale_streams``) carries."""
-    return stream_bucket(stream)[0]
-
-
 # Reservation ids: the one place their format is written down.
 #
 # ``<bucket name>-<n>``: ``<sale_id>-<n>`` in bucket 0, ``<sale_id>-<b>-<n>`` in bucket b >= 1,
