@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from decimal import Decimal
-
-import redis.asyncio as aioredis
 
 from engine.admission import Admission
 from engine.buckets import all_keys, complete_moves
@@ -29,10 +26,11 @@ from tests.buckets_support import BUYERS, bucket_report, load_buckets, three_hun
 from tests.cluster_support import (
     DOWN,
     ROOT,
-    SCRIPT,
+    buy_across_a_master_kill,
     master_pid,
     restart_node,
     wait_cluster_ok,
+    wait_replica_synced,
 )
 from tests.conftest import make_settings
 from tests.reconciler_proc import ReconcilerProcess, wait_drained
@@ -104,71 +102,17 @@ async def test_a_master_killed_mid_sale_with_buckets(cluster):
     books balance afterwards."""
     sale = spread_sale(cluster, 3, 3, start=200)
     await load_buckets(cluster, sale, 600, 3, limit=1)
-    victim = cluster.get_node_from_key(all_keys(sale, 3)[1].meta)
-    port = victim.port
-    pid = int((ROOT / ".var" / "cluster" / str(port) / "redis.pid").read_text())
-    workers = [Admission(cluster) for _ in range(2)]
-    admitted: dict[int, str] = {}
-    outages = 0
-    stop = asyncio.Event()
-    killed_at: float | None = None
-    resumed_at: float | None = None
-
-    async def buyer(user: int) -> None:
-        nonlocal outages, resumed_at
-        while not stop.is_set() and user not in admitted:
-            try:
-                hold = await workers[user % 2].reserve(sale, user, 1, "k")
-                admitted[user] = hold.reservation_id
-                if (killed_at is not None and resumed_at is None
-                        and bucket_of_reservation(hold.reservation_id)[1] == 1):
-                    resumed_at = time.monotonic()
-            except SoldOut:
-                return
-            except DOWN:
-                outages += 1
-                await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.gather(*(buyer(u) for u in range(1, 151)))
-        os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        rest = [asyncio.ensure_future(buyer(u)) for u in range(151, 451)]
-        done, _ = await asyncio.wait(rest, timeout=60)
-        stop.set()
-        await asyncio.gather(*rest, return_exceptions=True)
-        assert resumed_at is not None, "bucket 1 did not admit again after the failover"
-        assert len(done) == len(rest)
-        report = await bucket_report(cluster, sale, 3)  # every bucket balances
-        assert report["initial"] == 600 and report["held"] >= 300
-        assert len(set(admitted.values())) == len(admitted)
-        print(f"failover with buckets: bucket 1 admitted again {resumed_at - killed_at:.2f} s "
-              f"after SIGKILL, {outages} attempts met the outage")
-    finally:
-        for w in workers:
-            await w.close()
-        subprocess.run(["bash", str(SCRIPT), "node", str(port)], timeout=60, check=True)
-        await wait_cluster_ok(port)
-        await wait_replica_synced(port)
-
-
-async def wait_replica_synced(port: int, timeout: float = 30.0) -> None:
-    """Until the node started again is a replica in sync with its master: a later
-    failover test may kill that master, and a replica still syncing cannot take over."""
-    client = aioredis.Redis(port=port, socket_timeout=2.0)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            try:
-                info = await client.info("replication")
-                if (info.get("role") == "slave" and info.get("master_link_status") == "up"
-                        and not info.get("master_sync_in_progress")):
-                    return
-            except DOWN:
-                pass
-            await asyncio.sleep(0.1)
-    finally:
-        await client.aclose()
+    port = cluster.get_node_from_key(all_keys(sale, 3)[1].meta).port
+    seen = await buy_across_a_master_kill(
+        cluster, sale, port, before=range(1, 151), after=range(151, 451),
+        counts=lambda rid: bucket_of_reservation(rid)[1] == 1)
+    assert seen.resumed_after < float("inf"), "bucket 1 did not admit again after the failover"
+    assert seen.all_done
+    report = await bucket_report(cluster, sale, 3)  # every bucket balances
+    assert report["initial"] == 600 and report["held"] >= 300
+    assert len(set(seen.admitted.values())) == len(seen.admitted)
+    print(f"failover with buckets: bucket 1 admitted again {seen.resumed_after:.2f} s "
+          f"after SIGKILL, {seen.outages} attempts met the outage")
 
 
 async def test_a_bucketed_sale_through_a_failover_under_the_reconciler(

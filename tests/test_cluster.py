@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -28,12 +27,10 @@ from engine.errors import (
 from engine.keys import sale_keys, units_by_buyer
 from engine.scripts import SCRIPTS
 from tests.cluster_support import (
-    DOWN,
     ROOT,
-    SCRIPT,
+    buy_across_a_master_kill,
     master_port,
     sales_on_distinct_masters,
-    wait_cluster_ok,
 )
 
 
@@ -210,52 +207,17 @@ async def test_a_master_killed_mid_sale_fails_over_and_admissions_resume(cluster
     sale = 43
     await load(cluster, sale, 400, limit=1)
     port = cluster.get_node_from_key(sale_keys(sale).meta).port
-    pid = int((ROOT / ".var" / "cluster" / str(port) / "redis.pid").read_text())
-    workers = [Admission(cluster) for _ in range(2)]
-    admitted: dict[int, str] = {}
-    outages = 0
-    stop = asyncio.Event()
-    killed_at: float | None = None
-    resumed_at: float | None = None
-
-    async def buyer(user: int) -> None:
-        nonlocal outages, resumed_at
-        while not stop.is_set() and user not in admitted:
-            try:
-                hold = await workers[user % 2].reserve(sale, user, 1, "k")
-                admitted[user] = hold.reservation_id
-                if killed_at is not None and resumed_at is None:
-                    resumed_at = time.monotonic()
-            except SoldOut:
-                return
-            except DOWN:
-                outages += 1
-                await asyncio.sleep(0.05)
-
-    try:
-        first = [asyncio.ensure_future(buyer(u)) for u in range(1, 101)]
-        await asyncio.gather(*first)
-        os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        rest = [asyncio.ensure_future(buyer(u)) for u in range(101, 301)]
-        done, _ = await asyncio.wait(rest, timeout=60)
-        stop.set()
-        await asyncio.gather(*rest, return_exceptions=True)
-        assert resumed_at is not None, "admissions did not resume after the failover"
-        assert len(done) == len(rest)
-        assert await master_port(cluster, sale) != port
-        # The promoted replica's books balance (each script replicates whole), and every
-        # hold acknowledged after the failover is there.
-        b = await books(cluster, sale)
-        assert b["initial"] == 400 and b["held"] >= 200
-        print(f"failover: admissions resumed {resumed_at - killed_at:.2f} s after SIGKILL, "
-              f"{outages} attempts met the outage")
-    finally:
-        for w in workers:
-            await w.close()
-        # The killed node comes back as a replica of the promoted one.
-        subprocess.run(["bash", str(SCRIPT), "node", str(port)], timeout=60, check=True)
-        await wait_cluster_ok(port)
+    seen = await buy_across_a_master_kill(cluster, sale, port, before=range(1, 101),
+                                          after=range(101, 301))
+    assert seen.resumed_after < float("inf"), "admissions did not resume after the failover"
+    assert seen.all_done
+    assert await master_port(cluster, sale) != port
+    # The promoted replica's books balance (each script replicates whole), and every
+    # hold acknowledged after the failover is there.
+    b = await books(cluster, sale)
+    assert b["initial"] == 400 and b["held"] >= 200
+    print(f"failover: admissions resumed {seen.resumed_after:.2f} s after SIGKILL, "
+          f"{seen.outages} attempts met the outage")
 
 
 async def test_a_listener_on_a_fresh_cluster_client_subscribes_at_once(cluster_url, cluster,
@@ -297,7 +259,6 @@ async def test_a_listener_on_a_fresh_cluster_client_subscribes_at_once(cluster_u
 ])
 def test_cluster_configuration_mistakes_get_one_line(cluster_url, where, setting, says):
     """`flashsale` refuses to start on them, in one line (and exit code 2)."""
-    import os
     import sys
 
     server, db = where.split("/")
