@@ -86,7 +86,7 @@ def redis_benchmark(url: str, *, requests: int, clients: int, pipeline: int) -> 
            "--dbnum", (parts.path.strip("/") or "0"), "-n", str(requests), "-c", str(clients),
            "-P", str(pipeline), "-r", "1000000000", "--csv",
            "EVALSHA", SCRIPTS.reserve.sha, str(len(keys)), *keys,
-           str(SALE), "__rand_int__", "1", "k", "0", "bench"]
+           str(SALE), "0", "", "__rand_int__", "1", "k", "bench"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
     rows = list(csv.reader(io.StringIO(out)))
     data = rows[-1]

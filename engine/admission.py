@@ -1,8 +1,9 @@
 """Admission: reserve, release, confirm and expire holds through the Lua scripts.
 
 This is the hot path. It touches Redis only, with one script call per operation
-(auto-batched with concurrent calls), and turns each script's answer into a typed result
-or a typed error.
+(auto-batched with concurrent calls; the reservation attempts on one sale in one loop
+turn decided by one run of reserve.lua, engine/coalesce.py), and turns each script's
+answer into a typed result or a typed error.
 """
 
 from __future__ import annotations
@@ -99,7 +100,13 @@ class Admission:
         """The script's answer, to be awaited (the batcher's future: no coroutine)."""
         if self._batcher is not None:
             return self._batcher.call(script, keys, args)
+        if script.batch is not None:
+            return self._alone(script, keys, args)
         return script(self.redis, keys, args)
+
+    async def _alone(self, script, keys, args) -> list:
+        """A batchable script (reserve.lua) run for one attempt: its one answer."""
+        return (await script(self.redis, keys, args))[0]
 
     async def _replicated(self, key: str) -> None:
         """Answer a hold only once ``wait_replicas`` replicas have it (WAIT after the
@@ -131,8 +138,8 @@ class Admission:
             self.refusals.check(sale_id, user_id, buckets)
             sent_at = time.monotonic()
             keys = sale_keys(sale_id, home_bucket(user_id, buckets))
-            args = (keys.name, user_id, quantity, idempotency_key, self.rate_limit, client,
-                    self.channel)
+            args = (keys.name, self.rate_limit, self.channel,
+                    user_id, quantity, idempotency_key, client)
             answer = await self._run(self.scripts.reserve, keys.for_reserve, args)
             rounds = 0
             while answer[0] == b"sold_out" and buckets > 1 and rounds < STEAL_ROUNDS:

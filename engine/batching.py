@@ -9,7 +9,8 @@ any number of batches can be in flight on the one connection.
 
 This bypasses redis-py's command machinery on the hot path: the RESP encoding of a call
 is a few byte joins (the sha and key part is cached per key set) and replies are parsed
-by hiredis. Every caller gets its own result or its own exception; NOSCRIPT reloads the
+by hiredis. Reservation attempts on one sale in one write go as one script run
+(engine/coalesce.py). Every caller gets its own result or its own exception; NOSCRIPT reloads the
 script on the same connection and resends the call; a lost connection fails the calls in
 flight with redis's ConnectionError (a 503 at the gateway) and the next call reconnects.
 """
@@ -28,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from engine.coalesce import coalesce
 from engine.scripts import Script
 
 
@@ -60,13 +62,40 @@ _ASKING = encode_command("ASKING")
 
 
 class _Pending:
-    __slots__ = ("args", "future", "keys", "raw", "script", "sent_at")
+    __slots__ = ("args", "future", "keys", "members", "raw", "script", "sent_at", "solo")
 
     def __init__(self, script: Script | None, keys: Sequence[str], args: Sequence[Any],
-                 future: asyncio.Future, raw: bytes | None = None) -> None:
+                 future: asyncio.Future, raw: bytes | None = None, solo: bool = False) -> None:
         self.script, self.keys, self.args, self.future = script, keys, args, future
         self.raw = raw  # a command already encoded (ASKING), sent as it is
         self.sent_at = 0.0
+        self.solo = solo  # never merged with others (it follows its ASKING)
+        # The callers of a merged run (engine/coalesce.py), each answered with its own
+        # answer; None for a call of its own.
+        self.members: list[_Pending] | None = None
+
+    def resolve(self, reply: Any) -> None:
+        if self.members is not None:
+            for member, answer in zip(self.members, reply, strict=True):
+                if not member.future.done():
+                    member.future.set_result(answer)
+        elif self.script is not None and self.script.batch is not None:
+            reply = reply[0]  # a batchable script run for one caller, merged with none
+        if not self.future.done():
+            self.future.set_result(reply)
+
+    def fail(self, exc: BaseException) -> None:
+        for member in self.members or ():
+            member.fail(exc)
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def _merged(script: Script, keys: Sequence[str], common: list) -> _Pending:
+    item = _Pending(script, keys, common, asyncio.get_running_loop().create_future())
+    item.members = []
+    item.future.add_done_callback(lambda f: f.exception())  # its members are the callers
+    return item
 
 
 class _Protocol(asyncio.Protocol):
@@ -123,7 +152,7 @@ class ScriptBatcher:
             ask = _Pending(None, (), (), loop.create_future(), raw=_ASKING)
             ask.future.add_done_callback(lambda f: f.exception())  # read, never raised
             self._queue.append(ask)
-        self._queue.append(_Pending(script, keys, args, future))
+        self._queue.append(_Pending(script, keys, args, future, solo=asking))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -171,7 +200,7 @@ class ScriptBatcher:
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             return  # flushed again once connected
-        batch, self._queue = self._queue, []
+        batch, self._queue = coalesce(self._queue, _merged), []
         self._wait_queued = None
         now = time.monotonic()
         for item in batch:
@@ -196,10 +225,9 @@ class ScriptBatcher:
                 if str(reply).startswith("NOSCRIPT") and item.script is not None:
                     self._reload_and_resend(item)
                     continue
-                if not item.future.done():
-                    item.future.set_exception(reply)
-            elif not item.future.done():
-                item.future.set_result(reply)
+                item.fail(reply)
+            else:
+                item.resolve(reply)
 
     def _reload_and_resend(self, item: _Pending) -> None:
         """Redis lost its script cache (restart, SCRIPT FLUSH): load the source and send
@@ -253,15 +281,13 @@ class ScriptBatcher:
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, deque()
         for item in waiting:
-            if not item.future.done():
-                item.future.set_exception(exc)
+            item.fail(exc)
 
     def _fail_all(self, exc: Exception) -> None:
         self._fail_waiting(exc)
         queued, self._queue = self._queue, []
         for item in queued:
-            if not item.future.done():
-                item.future.set_exception(exc)
+            item.fail(exc)
 
     async def _watch(self) -> None:
         """Redis alive but silent: fail what waits longer than the timeout and reconnect."""
@@ -277,7 +303,8 @@ class ScriptBatcher:
         """Answer the calls in flight, then close (at shutdown)."""
         if self._queue:
             self._flush()
-        pending = [item.future for item in (*self._waiting, *self._queue)]
+        pending = [f for item in (*self._waiting, *self._queue)
+                   for f in (item.future, *(m.future for m in item.members or ()))]
         if pending:
             await asyncio.wait(pending, timeout=self._timeout)
         self._closed = True

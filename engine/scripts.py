@@ -19,11 +19,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from engine import metrics
+from engine.coalesce import Batch
 
 
 class Script:
-    def __init__(self, name: str, source: str) -> None:
+    def __init__(self, name: str, source: str, batch: Batch | None = None) -> None:
         self.name = name
+        # Set for a script that decides many attempts in one run (engine/coalesce.py):
+        # it answers a list, one answer per attempt.
+        self.batch = batch
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._reloads = metrics.SCRIPT_RELOADS.labels(name)
@@ -53,10 +57,15 @@ def _read(name: str) -> str:
 PRELUDE = _read("prelude")
 
 
-def script(name: str, *shared: str) -> Script:
+def script(name: str, *shared: str, batch: Batch | None = None) -> Script:
     """``lua/<name>.lua`` with the prelude in front, and the ``shared`` parts of one family
     of scripts (the waiting room's ``room_advance``) between them."""
-    return Script(name, "\n".join([PRELUDE, *(_read(part) for part in shared), _read(name)]))
+    return Script(name, "\n".join([PRELUDE, *(_read(part) for part in shared), _read(name)]),
+                  batch)
+
+
+# reserve.lua: sale_id, rate limit, channel; then user, quantity, key, client per attempt.
+RESERVE_BATCH = Batch(common=3, fields=4, cap=64)
 
 
 class Scripts:
@@ -68,6 +77,7 @@ class Scripts:
     def __init__(self) -> None:
         for name in self.NAMES:
             setattr(self, name, script(name))
+        self.reserve = script("reserve", batch=RESERVE_BATCH)
 
     reserve: Script
     release: Script

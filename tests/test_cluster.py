@@ -142,14 +142,14 @@ async def test_moved_answers_are_followed_and_the_map_refreshed(cluster):
     try:
         for i, sale in enumerate(sales):
             answer = await batcher.call(SCRIPTS.reserve, sale_keys(sale).for_reserve,
-                                        (sale, 100 + i, 1, "k", 0, "", ""))
+                                        (sale, 0, "", 100 + i, 1, "k", ""))
             assert answer[0] == b"ok"
         assert batcher.redirections >= 2  # the two sales not on that node
         await batcher.refresh()
         seen = batcher.redirections
         for sale in sales:
             await batcher.call(SCRIPTS.reserve, sale_keys(sale).for_reserve,
-                               (sale, 200, 1, "k", 0, "", ""))
+                               (sale, 0, "", 200, 1, "k", ""))
         assert batcher.redirections == seen  # straight to each master now
     finally:
         await batcher.drain()

@@ -105,7 +105,7 @@ async def test_a_sold_out_answer_raises_the_flag(redis, sales, product_factory):
     worker = await started(redis)
     try:
         # Sold through the script without a channel: no message is published.
-        await SCRIPTS.reserve(redis, sale_keys(sale).for_reserve, (sale, 1, 1, "k", 0, "", ""))
+        await SCRIPTS.reserve(redis, sale_keys(sale).for_reserve, (sale, 0, "", 1, 1, "k", ""))
         answers = await asyncio.gather(*(worker.reserve(sale, u, 1, "k") for u in range(2, 34)),
                                        return_exceptions=True)
         assert all(isinstance(a, SoldOut) for a in answers)
