@@ -14,7 +14,8 @@ script runs long. Each caller still gets its own answer, or, when the whole run 
 (NOSCRIPT is reloaded and resent as one; a lost connection, MOVED, a timeout), the same
 exception as every other caller of that batch, as it would alone.
 
-A merged run takes the place of its first attempt in the write: the calls of one turn
+On a sale split into buckets each bucket is its own key set, so its own batch. A merged
+run takes the place of its first attempt in the write: the calls of one turn
 were all made before any was answered, so none can depend on another's order.
 """
 

@@ -39,7 +39,7 @@
 -- with admissions adds one HSET meta, one HSET buyers, one ZADD, one HSET res for all of
 -- them and one XADD per admission (the reconciler's event format unchanged).
 
-local sale_id = ARGV[1]
+local name = ARGV[1]  -- the bucket's name
 local rate = tonumber(ARGV[2])
 local channel = ARGV[3]
 local count = (#ARGV - 3) / 4
@@ -180,7 +180,7 @@ for i, a in ipairs(attempts) do
       -- Reservation ids are "<bucket name>-<n>", n = max(last n + 1, Redis clock in
       -- microseconds): never reissued even when Redis forgets its last writes (keys.py).
       seq = math.max(seq + 1, now_us)
-      local rid = sale_id .. "-" .. string.format("%d", seq)
+      local rid = name .. "-" .. string.format("%d", seq)
       local expires = now + hold_ms
       set(a.units, already + a.qty)
       set(a.idem, rid)
@@ -221,6 +221,6 @@ for _, h in ipairs(admitted) do
     "x", h[3], "ts", now, "k", h[1].key)
 end
 if tokens == 0 and channel ~= "" then
-  redis.call("PUBLISH", channel, "-" .. sale_id)
+  redis.call("PUBLISH", channel, "-" .. name)
 end
 return answers
