@@ -1,12 +1,16 @@
 """What the gate costs Redis, read from a private redis-server's INFO commandstats and INFO
 cpu (part of ``python -m benchmarks.admission``).
 
-- Redis µs per admission and per refusal, for today's ``lua/reserve.lua`` and for the
-  script as it was before the lean-gate change (``benchmarks/baseline/reserve_before.lua``,
-  on the key layout of then, loaded by ``baseline/load_tokens_before.lua``), in the same
-  run: Redis commands per attempt (EVALSHA and the commands it runs), the script's own
-  time (``cmdstat_evalsha`` usec per call) and the whole server process's CPU (user +
-  sys, network included) per call.
+- Redis µs per admission and per refusal, in the same run, for: the script as it was
+  before the lean-gate change (``benchmarks/baseline/reserve_before.lua``, on the key
+  layout of then, loaded by ``baseline/load_tokens_before.lua``); the lean gate's
+  one-attempt script, before attempts were batched (``baseline/reserve_lean.lua``); and
+  today's ``lua/reserve.lua`` deciding at most 1, 8 and 64 attempts per run
+  (engine/coalesce.py). Script runs and Redis commands per attempt (EVALSHA and the
+  commands it runs), the script's own time (``cmdstat_evalsha`` usec per attempt) and the
+  whole server process's CPU (user + sys, network included) per attempt.
+- Engine admissions per second (``Admission.reserve``, 64 callers) with the one-attempt
+  script and with batched runs, alternated in the same run.
 - A sold-out sale: Redis commands for 3,000 attempts through gateway workers that listen
   for returned tokens (engine/refusals.py), against the same attempts without the flag.
 - The delay from a returned token (release.lua) to the next admission on another worker.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import statistics
 import time
 from pathlib import Path
@@ -50,14 +55,49 @@ def _before(name: str, keys: tuple[int, ...]) -> Script:
     return Script(f"{name}_before", "\n".join([PRELUDE, _OLD_KEYS, source]))
 
 
+# The one-attempt scripts read ARGV as sale, user, quantity, key, rate, client, channel;
+# the gate sends bucket name, rate, channel, then user, quantity, key, client per attempt.
+_ONE_ARGV = """local A = {ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[2], ARGV[7], ARGV[3]}
+"""
+
+
+def _one_attempt(source: str) -> str:
+    return _ONE_ARGV + re.sub(r"ARGV\[(\d)\]", r"A[\1]", source)
+
+
 class _Before(Scripts):
     """Today's scripts with the reserve.lua of before the lean-gate change, on the key
     layout of then (its own load_tokens.lua)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.reserve = _before("reserve", (1, 2, 3, 4, 5, 6, 7, 8, 9))
+        self.reserve = Script("reserve_before", _one_attempt(
+            _before("reserve", (1, 2, 3, 4, 5, 6, 7, 8, 9)).source))
         self.load_tokens = _before("load_tokens", (1, 2, 8))
+
+
+class _Lean(Scripts):
+    """Today's scripts with the one-attempt reserve.lua of the lean gate, before attempts
+    were batched (``baseline/reserve_lean.lua``): one script run per attempt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        lean = (BASELINE / "reserve_lean.lua").read_text(encoding="utf-8")
+        self.reserve = Script("reserve_lean", "\n".join([PRELUDE, _one_attempt(lean)]))
+
+
+class _Capped(Scripts):
+    """Today's scripts, reserve.lua deciding at most ``cap`` attempts per run."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.reserve.batch = self.reserve.batch._replace(cap=cap)
+
+
+def versions() -> tuple[tuple[str, Scripts], ...]:
+    return (("before lean gate", _Before()), ("lean, 1 attempt/run", _Lean()),
+            ("batched, cap 1", _Capped(1)), ("batched, cap 8", _Capped(8)),
+            ("batched, cap 64", _Capped(64)))
 
 
 async def _stats(redis: aioredis.Redis) -> tuple[dict, float]:
@@ -108,7 +148,7 @@ async def per_call_cost(redis: aioredis.Redis, *, calls: int, rounds: int = 3) -
              ("refusal: sold out (script), rate limit on", 0, 50))
     samples: dict[tuple[str, str], list[dict]] = {}
     for _ in range(rounds):
-        for version, scripts in (("before", _Before()), ("after", Scripts())):
+        for version, scripts in versions():
             for label, tokens, rate in cases:
                 sale = 900
                 await _load(redis, scripts, sale, tokens)
@@ -120,12 +160,52 @@ async def per_call_cost(redis: aioredis.Redis, *, calls: int, rounds: int = 3) -
                 ev = d["calls"].get("cmdstat_evalsha", 0)
                 samples.setdefault((version, label), []).append({
                     "commands": sum(d["calls"].values()) / calls,
-                    "script_us": d["usec"].get("cmdstat_evalsha", 0) / max(ev, 1),
+                    "runs": ev / calls,
+                    "script_us": d["usec"].get("cmdstat_evalsha", 0) / calls,
                     "process_cpu_us": d["cpu_s"] * 1e6 / calls})
                 await redis.delete(*sale_keys(sale).all, *sale_keys(sale).legacy)
     return [{"script": version, "case": label, "attempts": calls,
              **{k: round(statistics.median(x[k] for x in runs), 2) for k in runs[0]}}
             for (version, label), runs in samples.items()]
+
+
+async def _admits_per_second(admission: Admission, sale: int, seconds: float,
+                             concurrency: int) -> float:
+    calls = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal calls
+        while time.perf_counter() < stop_at:
+            await admission.reserve(sale, next(_users), 1, "k")
+            calls += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return calls / (time.perf_counter() - started)
+
+
+async def engine_rate(redis: aioredis.Redis, *, seconds: float = 2.0, rounds: int = 3,
+                      concurrency: int = 64) -> list[dict]:
+    """Admissions per second through ``Admission.reserve`` (auto-batched) with the
+    one-attempt script and with attempts batched per run, alternated ``rounds`` times in
+    the same run; the median of the rounds, and each round's ratio."""
+    runs: dict[str, list[float]] = {"lean, 1 attempt/run": [], "batched, cap 64": []}
+    for _ in range(rounds):
+        for version, scripts in (("lean, 1 attempt/run", _Lean()),
+                                 ("batched, cap 64", _Capped(64))):
+            sale = 970
+            await _load(redis, scripts, sale, 100_000_000)
+            admission = Admission(redis, scripts=scripts)
+            runs[version].append(await _admits_per_second(admission, sale, seconds,
+                                                          concurrency))
+            await admission.close()
+            await redis.delete(*sale_keys(sale).all)
+    lean = runs["lean, 1 attempt/run"]
+    return [{"version": version, "callers": concurrency, "rounds": rounds,
+             "per_second": round(statistics.median(rates)),
+             "ratio": round(statistics.median(r / b for r, b in zip(rates, lean, strict=True)),
+                            2)} for version, rates in runs.items()]
 
 
 async def sold_out_commands(redis: aioredis.Redis, *, attempts: int = 3000) -> list[dict]:
@@ -206,6 +286,7 @@ async def measure(*, calls: int) -> dict | None:
         redis = aioredis.Redis.from_url(url)
         try:
             return {"per_call": await per_call_cost(redis, calls=calls),
+                    "engine_rate": await engine_rate(redis),
                     "sold_out": await sold_out_commands(redis),
                     "token_return": await token_return_delay(redis)}
         finally:
@@ -216,11 +297,18 @@ def report(cost: dict | None) -> str:
     if cost is None:
         return "gate cost: skipped (no redis-server found for a private instance)"
     per_call = table(
-        "Redis cost per attempt (private redis-server, median of 3 alternated rounds; "
-        "script = EVALSHA usec per call, process = server CPU user+sys per attempt)",
-        ["reserve.lua", "case", "commands", "script µs", "process µs"],
-        [[r["script"], r["case"], r["commands"], r["script_us"],
+        "Redis cost per attempt (private redis-server, 64 attempts in flight, median of 3 "
+        "alternated rounds; runs = script runs per attempt, script = EVALSHA usec per "
+        "attempt, process = server CPU user+sys per attempt)",
+        ["reserve.lua", "case", "runs", "commands", "script µs", "process µs"],
+        [[r["script"], r["case"], r.get("runs", 1.0), r["commands"], r["script_us"],
           r["process_cpu_us"]] for r in cost["per_call"]])
+    rate = table(
+        "Engine admissions/s, Admission.reserve at 64 callers (private redis-server, "
+        "alternated rounds, median; ratio vs the one-attempt script in the same round)",
+        ["reserve.lua", "callers", "admits/s", "ratio"],
+        [[r["version"], r["callers"], r["per_second"], f"{r['ratio']:.2f}x"]
+         for r in cost.get("engine_rate", [])])
     sold = table(
         "A sold-out sale: Redis commands for 3,000 attempts over two workers",
         ["flags", "attempts in flight", "commands", "script runs"],
@@ -229,4 +317,4 @@ def report(cost: dict | None) -> str:
     t = cost["token_return"]
     delay = (f"Returned token -> next admission on another worker: p50 {t['p50_ms']} ms, "
              f"p99 {t['p99_ms']} ms, max {t['max_ms']} ms over {t['rounds']} releases")
-    return "\n\n".join([per_call, sold, delay])
+    return "\n\n".join([per_call, rate, sold, delay])
