@@ -57,49 +57,47 @@ if not meta[1] or not meta[6] then  -- no sale; or the layout of before the lean
   return answers
 end
 
--- The attempts, and every buyer field they read, each named once: ONE HMGET.
-local attempts, fields, wanted = {}, {}, {}
-local function want(field)
-  if not wanted[field] then
-    wanted[field] = true
-    fields[#fields + 1] = field
-  end
-end
+-- The attempts, in flat arrays (no table per attempt: a run's garbage is Redis's CPU), and
+-- every buyer field they read, each named once: ONE HMGET.
+local users, qtys, ikeys, units, idems, rls, als = {}, {}, {}, {}, {}, {}, {}
+local fields, nf, wanted = {}, 0, {}
 for i = 1, count do
   local base = 3 + (i - 1) * 4
   local user = ARGV[base + 1]
-  local a = {user = user, qty = tonumber(ARGV[base + 2]), key = ARGV[base + 3],
-    units = "u:" .. user, idem = "k:" .. user .. ":" .. ARGV[base + 3]}
-  want(a.units)
-  want(a.idem)
+  users[i], qtys[i], ikeys[i] = user, tonumber(ARGV[base + 2]), ARGV[base + 3]
+  local u, k = "u:" .. user, "k:" .. user .. ":" .. ARGV[base + 3]
+  units[i], idems[i] = u, k
+  if not wanted[u] then wanted[u] = true; nf = nf + 1; fields[nf] = u end
+  if not wanted[k] then wanted[k] = true; nf = nf + 1; fields[nf] = k end
   if rate > 0 then
-    a.buckets = {"r:" .. user, "a:" .. ARGV[base + 4]}
-    want(a.buckets[1])
-    want(a.buckets[2])
+    local r, a = "r:" .. user, "a:" .. ARGV[base + 4]
+    rls[i], als[i] = r, a
+    if not wanted[r] then wanted[r] = true; nf = nf + 1; fields[nf] = r end
+    if not wanted[a] then wanted[a] = true; nf = nf + 1; fields[nf] = a end
   end
-  attempts[i] = a
 end
 -- buyer: field -> value, read once, then kept up to date as the batch decides.
 local buyer = {}
 local got = redis.call("HMGET", KEYS[2], unpack(fields))
-for j, field in ipairs(fields) do
-  buyer[field] = got[j]
+for j = 1, nf do
+  buyer[fields[j]] = got[j]
 end
 
 -- The reservations an attempt may replay: ONE HMGET of res (only when some key was seen).
-local records, stored = {}, {}
-for _, a in ipairs(attempts) do
-  local rid = buyer[a.idem]
-  if rid and not records[rid] then
-    records[rid] = true
+-- rec_q / rec_s / rec_x: reservation id -> quantity, state letter, expires_ms.
+local rec_q, rec_s, rec_x, stored = {}, {}, {}, {}
+for i = 1, count do
+  local rid = buyer[idems[i]]
+  if rid and not rec_s[rid] then
+    rec_s[rid] = true
     stored[#stored + 1] = rid
   end
 end
 if #stored > 0 then
   local recs = redis.call("HMGET", KEYS[4], unpack(stored))
   for j, rid in ipairs(stored) do
-    local _, q, s, x = parse_record(recs[j])
-    records[rid] = {tonumber(q), s, tonumber(x)}
+    local _, q, st, x = parse_record(recs[j])
+    rec_q[rid], rec_s[rid], rec_x[rid] = tonumber(q), st, tonumber(x)
   end
 end
 
@@ -128,69 +126,75 @@ local function level(field)
     + (now - tonumber(string.sub(raw, sep + 1))) * rate)
 end
 
-local state_names = {h = "held", c = "confirmed", r = "released", e = "expired"}
-local changed, admitted = {}, {}
-local function set(field, value)
-  if not changed[field] then
-    changed[#changed + 1] = field
-    changed[field] = true
-  end
-  buyer[field] = value
-end
+-- changed: the buyer fields to write, in order; admitted: the attempts admitted, in order,
+-- with their ids and expiries.
+local changed, nc, admitted, rids, expiries = {}, 0, {}, {}, {}
+local sold_out = {"sold_out"}  -- one table for every such answer of the run
 
 -- Each attempt in arrival order, exactly as if it ran alone after the ones before it.
-for i, a in ipairs(attempts) do
-  local answer, levels
+for i = 1, count do
+  local answer, level_r, level_a
   if rate > 0 then
-    levels = {level(a.buckets[1]), level(a.buckets[2])}
+    level_r, level_a = level(rls[i]), level(als[i])
     local wait = 0
-    for b = 1, 2 do
-      if levels[b] < 1000 then
-        wait = math.max(wait, math.ceil((1000 - levels[b]) / rate))
-      end
+    if level_r < 1000 then
+      wait = math.ceil((1000 - level_r) / rate)
+    end
+    if level_a < 1000 then
+      wait = math.max(wait, math.ceil((1000 - level_a) / rate))
     end
     if wait > 0 then
       answer = {"rate_limited", wait}
     end
   end
-  local previous = buyer[a.idem]
+  local qty = qtys[i]
+  local previous = buyer[idems[i]]
   if answer then  -- rate limited
   elseif previous then  -- idempotent replay: the same user and key, the original answer
-    local q, s, x = unpack(records[previous])
-    if q ~= a.qty then
+    if rec_q[previous] ~= qty then
       answer = {"idem_reused"}
     else
-      if s == "h" and x <= now then
-        s = "e"
+      local st, x = rec_s[previous], rec_x[previous]
+      if st == "h" and x <= now then
+        st = "e"
       end
-      answer = {"replay", previous, q, x, state_names[s]}
+      answer = {"replay", previous, qty, x,
+        (st == "h" and "held") or (st == "c" and "confirmed") or (st == "r" and "released")
+        or (st == "e" and "expired") or nil}
     end
   elseif inactive then
     answer = inactive
-  elseif a.qty < 1 or a.qty > limit then
+  elseif qty < 1 or qty > limit then
     answer = {"bad_quantity", limit}
   else
-    local already = tonumber(buyer[a.units] or "0")
-    if already + a.qty > limit then
+    local u = units[i]
+    local already = tonumber(buyer[u] or "0")
+    if already + qty > limit then
       answer = {"limit", already, limit}
-    elseif tokens < a.qty then
-      answer = {"sold_out"}
+    elseif tokens < qty then
+      answer = sold_out
     else  -- admission: every check passed
-      tokens, held = tokens - a.qty, held + a.qty
+      tokens, held = tokens - qty, held + qty
       -- Reservation ids are "<bucket name>-<n>", n = max(last n + 1, Redis clock in
       -- microseconds): never reissued even when Redis forgets its last writes (keys.py).
       seq = math.max(seq + 1, now_us)
       local rid = name .. "-" .. string.format("%d", seq)
       local expires = now + hold_ms
-      set(a.units, already + a.qty)
-      set(a.idem, rid)
+      local k = idems[i]
+      if not changed[u] then changed[u] = true; nc = nc + 1; changed[nc] = u end
+      if not changed[k] then changed[k] = true; nc = nc + 1; changed[nc] = k end
+      buyer[u], buyer[k] = already + qty, rid
       if rate > 0 then
-        set(a.buckets[1], (levels[1] - 1000) .. ":" .. now)
-        set(a.buckets[2], (levels[2] - 1000) .. ":" .. now)
+        local r, a = rls[i], als[i]
+        if not changed[r] then changed[r] = true; nc = nc + 1; changed[nc] = r end
+        if not changed[a] then changed[a] = true; nc = nc + 1; changed[nc] = a end
+        buyer[r] = (level_r - 1000) .. ":" .. now
+        buyer[a] = (level_a - 1000) .. ":" .. now
       end
-      records[rid] = {a.qty, "h", expires}
-      admitted[#admitted + 1] = {a, rid, expires}
-      answer = {"ok", rid, a.qty, expires, "held", tokens}
+      rec_q[rid], rec_s[rid], rec_x[rid] = qty, "h", expires
+      local n = #admitted + 1
+      admitted[n], rids[n], expiries[n] = i, rid, expires
+      answer = {"ok", rid, qty, expires, "held", tokens}
     end
   end
   answers[i] = answer
@@ -202,23 +206,22 @@ end
 -- The writes, after every decision: one per structure, one stream entry per admission.
 redis.call("HSET", KEYS[1], "tokens", tokens, "held", held, "seq", string.format("%d", seq))
 local pairs_ = {}
-for _, field in ipairs(changed) do
-  pairs_[#pairs_ + 1] = field
-  pairs_[#pairs_ + 1] = buyer[field]
+for j = 1, nc do
+  pairs_[2 * j - 1] = changed[j]
+  pairs_[2 * j] = buyer[changed[j]]
 end
 redis.call("HSET", KEYS[2], unpack(pairs_))
 local zadd, hset = {}, {}
-for _, h in ipairs(admitted) do
-  zadd[#zadd + 1] = h[3]
-  zadd[#zadd + 1] = h[2]
-  hset[#hset + 1] = h[2]
-  hset[#hset + 1] = format_record(h[1].user, h[1].qty, "h", h[3], "")
+for j, i in ipairs(admitted) do
+  zadd[2 * j - 1], zadd[2 * j] = expiries[j], rids[j]
+  hset[2 * j - 1] = rids[j]
+  hset[2 * j] = format_record(users[i], qtys[i], "h", expiries[j], "")
 end
 redis.call("ZADD", KEYS[3], unpack(zadd))
 redis.call("HSET", KEYS[4], unpack(hset))
-for _, h in ipairs(admitted) do
-  redis.call("XADD", KEYS[5], "*", "t", "reserved", "r", h[2], "u", h[1].user, "q", h[1].qty,
-    "x", h[3], "ts", now, "k", h[1].key)
+for j, i in ipairs(admitted) do
+  redis.call("XADD", KEYS[5], "*", "t", "reserved", "r", rids[j], "u", users[i], "q", qtys[i],
+    "x", expiries[j], "ts", now, "k", ikeys[i])
 end
 if tokens == 0 and channel ~= "" then
   redis.call("PUBLISH", channel, "-" .. name)
