@@ -169,7 +169,12 @@ for i = 1, count do
   else
     local u = units[i]
     local already = tonumber(buyer[u] or "0")
-    if already + qty > limit then
+    -- An empty sale is sold out for everyone, a buyer at their limit included: the answer
+    -- every gateway's sold-out flag gives without Redis (engine/refusals.py), so whether
+    -- the flag is up yet never changes it.
+    if tokens == 0 then
+      answer = sold_out
+    elseif already + qty > limit then
       answer = {"limit", already, limit}
     elseif tokens < qty then
       answer = sold_out

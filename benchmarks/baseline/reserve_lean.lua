@@ -114,10 +114,13 @@ if qty < 1 or qty > limit then
   return {"bad_quantity", limit}
 end
 local already = tonumber(who[1] or "0")
+local tokens = tonumber(meta[6])
+if tokens == 0 then  -- (as today's reserve.lua: an empty sale is sold out for everyone)
+  return {"sold_out"}
+end
 if already + qty > limit then
   return {"limit", already, limit}
 end
-local tokens = tonumber(meta[6])
 if tokens < qty then
   return {"sold_out"}
 end
