@@ -57,9 +57,9 @@ async def test_reservation_lifecycle_over_http(api) -> None:
 
 
 async def test_contract_errors_on_the_sale_path(api) -> None:
-    sale = await create_sale(api, quantity=1)
+    sale = await create_sale(api, quantity=2)
     url = f"/api/v1/sales/{sale['sale_id']}/reservations"
-    alice, bob = await api.signup(), await api.signup()
+    alice, bob, carol = await api.signup(), await api.signup(), await api.signup()
     good = {"quantity": 1, "idempotency_key": "k"}
     # 401: no token, a forged token
     status, body = await api.call("POST", url, json=good)
@@ -106,14 +106,18 @@ async def test_contract_errors_on_the_sale_path(api) -> None:
     status, body = await api.call("GET", "/api/v1/reservations/not-an-id",
                                   headers=bob["headers"])
     assert status == 404
-    # 422 purchase_limit_exceeded, 409 sold_out, 422 idempotency_key_reused
+    # 422 purchase_limit_exceeded (while units remain), 409 sold_out (for everyone once
+    # none remain, a buyer at their limit included), 422 idempotency_key_reused
     status, body = await api.call("POST", url, headers=alice["headers"],
                                   json={"quantity": 1, "idempotency_key": "k2"})
     assert status == 422
     assert_error(body, "purchase_limit_exceeded")
-    status, body = await api.call("POST", url, headers=bob["headers"], json=good)
-    assert status == 409
-    assert_error(body, "sold_out")
+    await api.call("POST", url, headers=carol["headers"], json=good, expect=201)
+    for buyer, key in ((bob, "k"), (alice, "k3")):
+        status, body = await api.call("POST", url, headers=buyer["headers"],
+                                      json={"quantity": 1, "idempotency_key": key})
+        assert status == 409
+        assert_error(body, "sold_out")
     status, body = await api.call("POST", url, headers=alice["headers"],
                                   json={"quantity": 2, "idempotency_key": "k"})
     assert status == 422
