@@ -142,7 +142,7 @@ def create(product_id, quantity, price, per_user_limit, hold_seconds, starts_at,
                            "--waiting-room.", code="validation_failed")
     room = RoomConfig(**tuning) if waiting_room else None
     from engine.errors import ValidationFailed
-    from engine.sales import check_buckets
+    from engine.sale_records import check_buckets
     try:
         check_buckets(buckets, quantity)
     except ValidationFailed as exc:

@@ -23,7 +23,8 @@ from redis.exceptions import ResponseError
 from engine.buckets import bucket_books
 from engine.codec import text
 from engine.keys import sale_keys
-from engine.sales import Sales, from_ms, identity
+from engine.sale_records import from_ms, identity
+from engine.sales import Sales
 from engine.waiting_room import room_figures
 from reconciler.lag import stream_lag
 
@@ -66,7 +67,7 @@ class RedisBooks:
     starts_ms: int
     ends_ms: int
     last_id: str  # the stream's last written id ('0-0' when it has none; '' with buckets)
-    identity: str  # which sale of which database loaded this state (engine.sales.identity)
+    identity: str  # which sale of which database loaded this state (engine.sale_records.identity)
     in_transit: int = 0  # units between two buckets (engine/buckets.py)
 
 

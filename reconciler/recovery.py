@@ -32,7 +32,8 @@ from engine.keys import (
     sale_keys,
 )
 from engine.records import ReservationRecord
-from engine.sales import Sales, identity, room_of, to_ms
+from engine.sale_records import identity, room_of, to_ms
+from engine.sales import Sales
 from engine.scripts import SCRIPTS
 from engine.waiting_room import configure
 from reconciler.lag import stream_lag

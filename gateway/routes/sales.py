@@ -13,7 +13,7 @@ from msgspec import Meta
 
 from engine.errors import NotFound, ValidationFailed
 from engine.keys import MAX_BUCKETS
-from engine.sales import room_of
+from engine.sale_records import room_of
 from engine.waiting_room import RoomConfig
 from gateway.api import PRINCIPAL, Body, Reply, RouteTable, path_int, principal
 from gateway.context import services
