@@ -55,6 +55,10 @@ HTTP_REQUESTS = Counter(
 HTTP_DURATION = Histogram(
     "flashsale_http_request_duration_seconds", "HTTP request handling time", ["route"],
     buckets=LATENCY_BUCKETS, registry=GATEWAY)
+HOT_LANE_REQUESTS = Counter(
+    "flashsale_http_hot_lane_requests",
+    "HTTP requests the gateway answered in its hot lane, without aiohttp's request objects "
+    "(also counted in flashsale_http_requests)", ["route"], registry=GATEWAY)
 WORKER_RESTARTS = Counter(
     "flashsale_gateway_worker_restarts", "Gateway workers replaced after they died",
     registry=GATEWAY)

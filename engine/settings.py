@@ -71,6 +71,9 @@ class Settings:
     metrics_port: int = 9101
     # One log line per HTTP request (request id, route, status, latency; never a token).
     access_log: bool = False
+    # The reservation endpoint answered without aiohttp's per-request objects
+    # (gateway/hot.py); 0 sends every request through aiohttp.
+    hot_lane: bool = True
     # Fault injection for the chaos suite only (`make chaos`): the reconciler SIGKILLs
     # itself right after its Nth commit, before the XACK. 0 (the default) never.
     fault_kill_after_commit: int = 0

@@ -99,6 +99,7 @@ class Route:
     tag: str
     errors: tuple[int, ...]
     also: tuple[int, ...] = ()  # other success statuses with the same body (200 on replay)
+    hot: bool = False  # answered in the hot lane (gateway/hot.py): its handler uses HotRequest
     decoder: msgspec.json.Decoder | None = field(default=None, repr=False)
 
 
@@ -110,13 +111,13 @@ class RouteTable:
     def route(self, method: str, path: str, *, auth: Auth = "user", body: type | None = None,
               query: type | None = None, response: Any = None, status: int = 200,
               summary: str = "", errors: tuple[int, ...] = (),
-              also: tuple[int, ...] = ()) -> Callable:
+              also: tuple[int, ...] = (), hot: bool = False) -> Callable:
         def register(handler: Callable[..., Awaitable[Any]]) -> Callable:
             self.routes.append(Route(
                 method=method, path=path, handler=handler, auth=auth, body=body, query=query,
                 response=response, status=status,
                 summary=summary or (handler.__doc__ or "").strip().split("\n")[0],
-                tag=self.tag, errors=errors, also=also,
+                tag=self.tag, errors=errors, also=also, hot=hot,
                 decoder=msgspec.json.Decoder(body, dec_hook=decode_hook)
                 if body is not None else None))
             return handler

@@ -14,6 +14,7 @@ from engine.errors import Unavailable
 from engine.settings import Settings
 from gateway import api
 from gateway.context import SERVICES, SETTINGS, build_services
+from gateway.hot import HOT_ROUTES, HotRoutes
 from gateway.middleware import Edge, install_parser_errors
 from gateway.openapi import build_openapi
 from gateway.pages import add_pages
@@ -34,8 +35,13 @@ def create_app(settings: Settings) -> web.Application:
     limits = api.BodyLimits(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout,
                             per_client=settings.body_reads_per_client)
     edge = Edge(app.router, access_log=settings.access_log)
+    hot = HotRoutes()
     for route in routes:
-        edge.add(route.method, route.path, api.bind(route, verify=verify, limits=limits))
+        wrapped = edge.add(route.method, route.path, api.bind(route, verify=verify,
+                                                              limits=limits))
+        if route.hot and settings.hot_lane:
+            hot.add(route.method, route.path, wrapped)
+    app[HOT_ROUTES] = hot
     openapi = encode(build_openapi(routes))
 
     async def openapi_json(request: web.Request) -> web.Response:

@@ -127,13 +127,15 @@ class Edge:
         self._router = router
         self._access_log = access_log
 
-    def add(self, method: str, path: str, handler: Handler, *, head: bool = False) -> None:
-        """Register ``handler`` for ``method`` (and HEAD, ``head``) on ``path``."""
+    def add(self, method: str, path: str, handler: Handler, *, head: bool = False) -> Handler:
+        """Register ``handler`` for ``method`` (and HEAD, ``head``) on ``path``; the
+        wrapped handler the router calls."""
         resource = self._router.add_resource(path)
         wrapped = self.wrap(handler, resource.canonical)
         if head:
             resource.add_route("HEAD", wrapped)
         resource.add_route(method, wrapped)
+        return wrapped
 
     def finish(self) -> None:
         """The catch-all, after every route."""

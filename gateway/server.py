@@ -11,6 +11,7 @@ the workers, which finish their requests and exit; then the parent exits.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -26,6 +27,7 @@ from aiohttp import web
 from engine.errors import Misconfigured
 from engine.settings import Settings
 from gateway.app import create_app
+from gateway.hot import HotAppRunner
 
 log = logging.getLogger("flashsale.gateway")
 
@@ -37,19 +39,32 @@ _EX_CONFIG = 78  # a worker that cannot serve (the port): replacing it cannot he
 
 def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool,
                listening: str) -> None:
-    uvloop.install()
     if settings.uses_dev_secret:
         log.warning("FLASHSALE_SECRET is the development default; set it in production")
     app = create_app(settings)
     app.on_startup.append(_freeze_heap)  # after the services are built (cleanup_ctx)
     try:
-        # run_app calls `print` once its sockets are bound: "listening" is never a lie.
-        web.run_app(app, host=host, port=port, reuse_port=reuse_port,
-                    access_log=None, print=lambda _banner: log.info("%s", listening),
-                    handle_signals=True, shutdown_timeout=5)
+        uvloop.run(_run(app, host, port, reuse_port, listening))
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
     except OSError as exc:  # lost a race for the port after the start-up check
         raise Misconfigured(f"cannot serve the gateway on {host}:{port}: "
                             f"{exc.strerror or exc}") from exc
+
+
+async def _run(app: web.Application, host: str, port: int, reuse_port: bool,
+               listening: str) -> None:
+    """What ``web.run_app`` does, with the hot lane's runner (gateway/hot.py): SIGINT and
+    SIGTERM end it (GracefulExit), requests in flight get 5 s to finish."""
+    runner = HotAppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=5,
+                          keepalive_timeout=75)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        log.info("%s", listening)  # once the socket is bound: "listening" is never a lie
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 async def _freeze_heap(app: web.Application) -> None:

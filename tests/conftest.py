@@ -21,6 +21,7 @@ from engine.connections import create_pool, create_redis, database_name, with_da
 from engine.migrate import migrate
 from engine.settings import Settings
 from gateway.app import create_app
+from gateway.hot import HotAppRunner
 
 TEST_DATABASE_URL = os.environ.get(
     "FLASHSALE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flashsale_test")
@@ -124,9 +125,18 @@ class Api:
                 "headers": {"Authorization": f"Bearer {body['token']}"}}
 
 
+class GatewayServer(TestServer):
+    """aiohttp's TestServer with the runner `flashsale serve` uses: the reservation
+    endpoint is answered in the hot lane (gateway/hot.py), so every test through a
+    server checks the lane."""
+
+    async def _make_runner(self, **kwargs):
+        return HotAppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def app_client(settings: Settings, database: str) -> AsyncIterator[TestClient]:
-    client = TestClient(TestServer(create_app(settings)))
+    client = TestClient(GatewayServer(create_app(settings)))
     await client.start_server()
     yield client
     await client.close()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from catalog.suggest import product_terms
 from gateway.app import create_app
 from gateway.context import SERVICES
-from tests.conftest import Api, assert_error
+from tests.conftest import Api, GatewayServer, assert_error
 
 CONTRACT = {"product_id", "seller_id", "name", "description", "brand", "category_id", "price",
             "currency", "rating_avg", "rating_count", "available_qty", "status"}
@@ -97,7 +97,7 @@ async def test_concurrent_misses_share_one_load(api) -> None:
 
 
 async def test_invalidation_reaches_other_workers(api, settings, database) -> None:
-    other = TestClient(TestServer(create_app(settings)))
+    other = TestClient(GatewayServer(create_app(settings)))
     await other.start_server()
     try:
         other_cache = other.app[SERVICES].catalog_cache

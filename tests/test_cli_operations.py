@@ -146,13 +146,13 @@ def test_configuration_mistakes_are_one_line(settings, case: str) -> None:
 
 
 async def test_a_missing_database_at_run_time_is_a_503(settings, caplog) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestClient
 
     from gateway.app import create_app
-    from tests.conftest import make_settings
+    from tests.conftest import GatewayServer, make_settings
 
     gone = settings.database_url.rsplit("/", 1)[0] + "/dropped_under_us_h15"
-    client = TestClient(TestServer(create_app(make_settings(database_url=gone))))
+    client = TestClient(GatewayServer(create_app(make_settings(database_url=gone))))
     await client.start_server()
     try:
         for path in ("/api/v1/products/1", "/api/v1/products", "/readyz"):

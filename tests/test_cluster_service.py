@@ -24,7 +24,7 @@ from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from engine.admission import Admission
 from engine.errors import SoldOut
@@ -39,13 +39,13 @@ from tests.cluster_support import (
     restart_node,
     wait_cluster_ok,
 )
-from tests.conftest import Api, create_product, create_sale, make_settings
+from tests.conftest import Api, GatewayServer, create_product, create_sale, make_settings
 from tests.orders_support import add_to_cart, place, product, services_of, shopper
 from tests.reconciler_proc import ReconcilerProcess, wait_drained
 
 
 async def start_api(settings) -> Api:
-    client = TestClient(TestServer(create_app(settings)))
+    client = TestClient(GatewayServer(create_app(settings)))
     await client.start_server()
     return Api(client)
 

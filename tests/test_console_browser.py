@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from tests.browser import Browser, Page, find_chromium
 from tests.conftest import (
     ADMIN_TOKEN,
     TEST_REDIS_URL,
+    GatewayServer,
     assert_error,
     create_product,
     create_sale,
@@ -355,7 +356,7 @@ async def test_console_rides_out_a_redis_outage(api, app_client, page) -> None:
     proxy = await TcpProxy(parts.hostname, parts.port or 6379).start()
     settings = make_settings(
         redis_url=TEST_REDIS_URL.replace(parts.netloc.split("@")[-1], f"127.0.0.1:{proxy.port}"))
-    client = TestClient(TestServer(create_app(settings)))
+    client = TestClient(GatewayServer(create_app(settings)))
     await client.start_server()
     try:
         await page.goto(url(client, f"/console#token={ADMIN_TOKEN}"))

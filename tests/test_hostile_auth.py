@@ -9,13 +9,13 @@ import asyncio
 import uuid
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from accounts.passwords import Hasher, N, hash_password
 from accounts.tokens import TokenSigner
 from engine.settings import Settings
 from gateway.app import create_app
-from tests.conftest import SECRET, Api, assert_error, make_settings
+from tests.conftest import SECRET, Api, GatewayServer, assert_error, make_settings
 
 ADMIN_ONLY = "/api/v1/admin/coupons"
 
@@ -23,7 +23,7 @@ ADMIN_ONLY = "/api/v1/admin/coupons"
 @pytest.fixture
 async def other_gateway(settings, database):
     """A second app on the same Redis and Postgres: another worker process's view."""
-    client = TestClient(TestServer(create_app(settings)))
+    client = TestClient(GatewayServer(create_app(settings)))
     await client.start_server()
     yield Api(client)
     await client.close()
@@ -147,7 +147,7 @@ async def test_guessing_unknown_emails_from_one_address_is_throttled(api) -> Non
 
 
 async def test_signups_are_throttled_per_address(database) -> None:
-    client = TestClient(TestServer(create_app(make_settings(signups_per_hour=3))))
+    client = TestClient(GatewayServer(create_app(make_settings(signups_per_hour=3))))
     await client.start_server()
     try:
         statuses = []
@@ -214,7 +214,7 @@ async def test_the_reservation_path_reads_the_standing_from_redis_not_postgres(
 
 
 async def test_a_slow_body_is_timed_out_and_slow_senders_are_capped(database) -> None:
-    client = TestClient(TestServer(create_app(make_settings(body_timeout=0.5,
+    client = TestClient(GatewayServer(create_app(make_settings(body_timeout=0.5,
                                                             body_reads_per_client=3))))
     await client.start_server()
     try:

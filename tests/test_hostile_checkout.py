@@ -8,16 +8,16 @@ import asyncio
 import random
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from tests.conftest import Api, assert_error
+from tests.conftest import Api, GatewayServer, assert_error
 from tests.orders_support import add_to_cart, place, product, shopper, stock
 
 
 @pytest.fixture
 async def second_api(settings, database):
-    client = TestClient(TestServer(create_app(settings)))
+    client = TestClient(GatewayServer(create_app(settings)))
     await client.start_server()
     yield Api(client)
     await client.close()

@@ -138,12 +138,12 @@ async def test_poison_events_are_parked_and_later_holds_reach_postgres(
 
 # -- Redis connections -----------------------------------------------------------------------
 async def test_200_concurrent_reads_on_a_small_pool_get_no_503(database, redis) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestClient
 
     from gateway.app import create_app
-    from tests.conftest import Api
+    from tests.conftest import Api, GatewayServer
 
-    client = TestClient(TestServer(create_app(make_settings(redis_pool_max=8))))
+    client = TestClient(GatewayServer(create_app(make_settings(redis_pool_max=8))))
     await client.start_server()
     try:
         api = Api(client)

@@ -103,12 +103,12 @@ async def test_the_reconciler_gauges_books_backlogs_and_forgets_closed_sales(
 
 
 async def test_the_access_log_has_one_line_per_request_and_no_token(database, caplog) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestClient
 
     from gateway.app import create_app
-    from tests.conftest import ADMIN_TOKEN, make_settings
+    from tests.conftest import ADMIN_TOKEN, GatewayServer, make_settings
 
-    client = TestClient(TestServer(create_app(make_settings(access_log=True))))
+    client = TestClient(GatewayServer(create_app(make_settings(access_log=True))))
     await client.start_server()
     try:
         with caplog.at_level(logging.INFO, logger="flashsale.access"):
@@ -169,14 +169,14 @@ async def test_the_reconciler_sees_a_dead_postgres_without_anyone_asking(
 
 
 async def test_the_gateway_refreshes_dependency_up_without_readyz(database) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestClient
 
     from gateway.app import create_app
-    from tests.conftest import make_settings
+    from tests.conftest import GatewayServer, make_settings
 
     dead_redis = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
                                dependency_timeout=0.3)
-    client = TestClient(TestServer(create_app(dead_redis)))
+    client = TestClient(GatewayServer(create_app(dead_redis)))
     await client.start_server()
     try:
         deadline = time.monotonic() + 20

@@ -8,12 +8,19 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from engine.admission import Admission
 from engine.connections import create_redis
 from gateway.app import create_app
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, Api, assert_error, make_settings
+from tests.conftest import (
+    TEST_DATABASE_URL,
+    TEST_REDIS_URL,
+    Api,
+    GatewayServer,
+    assert_error,
+    make_settings,
+)
 from tests.proxy import TcpProxy
 
 
@@ -54,7 +61,7 @@ async def test_redis_down_gives_503_then_recovers(redis_proxy, database, api) ->
     sale = await create_sale(api, quantity=10, per_user_limit=10)
     buyer = await api.signup()
     settings = make_settings(redis_url=_through(TEST_REDIS_URL, redis_proxy))
-    client = TestClient(TestServer(create_app(settings)))
+    client = TestClient(GatewayServer(create_app(settings)))
     await client.start_server()
     try:
         cut = Api(client)
@@ -91,7 +98,7 @@ async def test_redis_down_gives_503_then_recovers(redis_proxy, database, api) ->
 async def test_postgres_down_gives_503_then_recovers(pg_proxy, database, api) -> None:
     user = await api.signup()
     settings = make_settings(database_url=_through(TEST_DATABASE_URL, pg_proxy))
-    client = TestClient(TestServer(create_app(settings)))
+    client = TestClient(GatewayServer(create_app(settings)))
     await client.start_server()
     try:
         cut = Api(client)

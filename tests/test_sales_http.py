@@ -131,12 +131,12 @@ async def test_contract_errors_on_the_sale_path(api) -> None:
 
 
 async def test_rate_limited_answers_429_with_retry_after(settings, database) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestClient
 
     from gateway.app import create_app
-    from tests.conftest import Api, make_settings
+    from tests.conftest import Api, GatewayServer, make_settings
 
-    client = TestClient(TestServer(create_app(make_settings(rate_limit=2))))
+    client = TestClient(GatewayServer(create_app(make_settings(rate_limit=2))))
     await client.start_server()
     try:
         api = Api(client)

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from accounts.tokens import TokenSigner
 from engine.admission import Admission
 from engine.waiting_room import PassSigner
 from gateway.app import create_app
-from tests.conftest import SECRET, Api, assert_error, create_sale, make_settings
+from tests.conftest import SECRET, Api, GatewayServer, assert_error, create_sale, make_settings
 
 BUYERS = 200
 UNITS = 30
@@ -31,7 +31,7 @@ UNITS = 30
 async def gateways(database) -> AsyncIterator[list[Api]]:
     """Two gateway apps on one Redis and one database; joins are not throttled (every
     buyer here comes from one address)."""
-    clients = [TestClient(TestServer(create_app(make_settings(queue_join_rate=0))))
+    clients = [TestClient(GatewayServer(create_app(make_settings(queue_join_rate=0))))
                for _ in range(2)]
     for client in clients:
         await client.start_server()
@@ -278,7 +278,7 @@ async def test_a_pass_is_bound_to_its_user_sale_and_lifetime(gateways, pool):
 
 
 async def test_joins_are_throttled_per_address(database, pool):
-    client = TestClient(TestServer(create_app(make_settings(queue_join_rate=1))))
+    client = TestClient(GatewayServer(create_app(make_settings(queue_join_rate=1))))
     await client.start_server()
     try:
         api = Api(client)
@@ -396,7 +396,7 @@ async def test_a_recovered_sale_keeps_its_room(sales, product_factory, redis, ga
     await join_all(gateways, sale_id, [alice])
     await redis.delete(*sale_keys(sale_id).all, *room_keys(sale_id).for_scripts)
     await recover_sale(sales, sale_id)
-    fresh = TestClient(TestServer(create_app(make_settings(queue_join_rate=0))))
+    fresh = TestClient(GatewayServer(create_app(make_settings(queue_join_rate=0))))
     await fresh.start_server()  # a gateway that never saw the sale before
     try:
         api = Api(fresh)

@@ -143,7 +143,7 @@ async def get_sale(request: web.Request) -> SalePublic:
 
 @routes.post("/api/v1/sales/{sale_id}/reservations", auth="owner", also=(200,),
              body=ReserveRequest, response=Reservation,
-             status=201, errors=(403, 409, 422, 429))
+             status=201, errors=(403, 409, 422, 429), hot=True)
 async def reserve(request: web.Request, body: ReserveRequest) -> Reservation | Reply:
     """Hold units of a flash sale. The same idempotency key again returns the same hold.
     A sale with a waiting room needs the caller's live queue pass (403 queue_required)."""
