@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -116,7 +118,23 @@ class HotRequest:
         return self._state.get(key, default)
 
 
-_REASONS = {s.value: s.phrase for s in __import__("http").HTTPStatus}
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_HEADS: dict[tuple, bytes] = {}  # status line and fixed headers, per status and headers
+_SKIPPED = frozenset(("content-length", "date", "server", "connection"))
+
+
+def _head(status: int, reason: str, headers: tuple[tuple[str, str], ...], close: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, '')}"]
+    for name, value in headers:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} holds a line break")
+        if name.lower() not in _SKIPPED:
+            lines.append(f"{name}: {value}")
+    lines.append(f"Server: {SERVER_SOFTWARE}")
+    if close:
+        lines.append("Connection: close")
+    lines.append("Content-Length: ")
+    return "\r\n".join(lines).encode("latin-1")
 
 
 def response_bytes(response: web.Response, close: bool) -> bytes:
@@ -124,19 +142,25 @@ def response_bytes(response: web.Response, close: bool) -> bytes:
     body = response.body or b""
     if not isinstance(body, (bytes, bytearray)):
         raise TypeError("the hot lane writes byte bodies only")
-    lines = [f"HTTP/1.1 {response.status} {response.reason or _REASONS.get(response.status, '')}"]
-    for name, value in response.headers.items():
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header {name} holds a line break")
-        if name not in ("Content-Length", "Date", "Server", "Connection"):
-            lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append(f"Date: {rfc822_formatted_time()}")
-    lines.append(f"Server: {SERVER_SOFTWARE}")
-    if close:
-        lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1") + body
+    key = (response.status, response.reason, tuple(response.headers.items()), close)
+    head = _HEADS.get(key)
+    if head is None:
+        head = _head(*key)
+        if len(_HEADS) < 256:  # a few statuses and headers; an X-Request-ID is per request
+            _HEADS[key] = head
+    return b"%s%d\r\nDate: %s\r\n\r\n%s" % (head, len(body), _date(), body)
+
+
+def _date() -> bytes:
+    """The Date header's value, made once a second."""
+    global _DATE
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE = (now, rfc822_formatted_time().encode("latin-1"))
+    return _DATE[1]
+
+
+_DATE: tuple[int, bytes] = (0, b"")
 
 
 class HotConnection(RequestHandler):
