@@ -10,8 +10,10 @@ Load comes from wrk when it is installed (a Lua script posts a reservation body 
 unique idempotency key per request), else from an in-process aiohttp client. For 1 and 2
 workers and 8 and 64 connections it prints throughput, p50/p99/p999 and the ratio of the
 reservation endpoint to the bare one (rate and p99; bare and reserve alternate in
-rounds and the medians are compared), plus how the CPU split between the gateway, Redis
-and the load generator. Writes JSON and a latency CDF (PNG) to benchmarks/results/.
+rounds and the medians are compared), also for a sold-out sale and for the same gateway
+with its hot lane off (``no_lane``, FLASHSALE_HOT_LANE=0), plus how the CPU split between
+the gateway, Redis and the load generator. Writes JSON and a latency CDF (PNG) to
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ SALE = 1
 # nothing there: a worker that admitted a buyer lets that buyer's attempts reach the script.
 SOLD_OUT_SALE = 2
 ROUNDS = 3
+ENDPOINTS = ("bare", "reserve", "sold_out", "no_lane")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -225,19 +228,23 @@ async def _run_cases(mode: str, redis_url: str, private: bool, plan) -> dict:
             # Redis share CPU 1, so Redis's CPU still counts against the gateway's rate.
             server_cpus, load_cpus = ("0", "1") if pin and workers == 1 else (None, None)
             os.sched_setaffinity(redis_pid, {1} if load_cpus else range(os.cpu_count() or 1))
-            bare_port, gw_port = free_port(), free_port()
+            bare_port, gw_port, plain_port = free_port(), free_port(), free_port()
             bare = Server(["benchmarks.bare_server", "--port", str(bare_port), "--workers",
                            str(workers)], {}, bare_port, server_cpus)
             gateway = Server(["cli.main", "serve", "--port", str(gw_port), "--workers",
                               str(workers)], env, gw_port, server_cpus)
+            # The same gateway with the hot lane off: what the lane saves, same run.
+            plain = Server(["cli.main", "serve", "--port", str(plain_port), "--workers",
+                            str(workers)], {**env, "FLASHSALE_HOT_LANE": "0"}, plain_port,
+                           server_cpus)
             try:
                 await bare.ready("/")
                 await gateway.ready("/healthz")
+                await plain.ready("/healthz")
                 for conns in (8, 64):
                     # Bare and reserve alternate in short rounds, so a neighbour's burst on
                     # a shared machine slows one round, not one endpoint; medians reported.
-                    rounds: dict[str, list[dict]] = {"bare": [], "reserve": [],
-                                                     "sold_out": []}
+                    rounds: dict[str, list[dict]] = {name: [] for name in ENDPOINTS}
                     each = seconds / rounds_n
                     for _ in range(rounds_n):
                         rounds["bare"].append(await measure(
@@ -252,18 +259,23 @@ async def _run_cases(mode: str, redis_url: str, private: bool, plan) -> dict:
                             "sold_out", gateway,
                             f"http://127.0.0.1:{gw_port}/api/v1/sales/{SOLD_OUT_SALE}/"
                             "reservations", token, conns, each, redis_pid, load_cpus))
-                    case = {"workers": workers, "connections": conns,
-                            "bare": median_round(rounds["bare"]),
-                            "reserve": median_round(rounds["reserve"]),
-                            "sold_out": median_round(rounds["sold_out"]), "rounds": rounds}
+                        rounds["no_lane"].append(await measure(
+                            "no_lane", plain,
+                            f"http://127.0.0.1:{plain_port}/api/v1/sales/{SALE}/reservations",
+                            token, conns, each, redis_pid, load_cpus))
+                    case = {"workers": workers, "connections": conns, "rounds": rounds,
+                            **{name: median_round(rounds[name]) for name in ENDPOINTS}}
                     case["ratio"] = case["reserve"]["per_second"] / case["bare"]["per_second"]
                     case["p99_ratio"] = case["reserve"]["p99_ms"] / case["bare"]["p99_ms"]
                     case["sold_out_ratio"] = (case["sold_out"]["per_second"]
                                               / case["bare"]["per_second"])
+                    case["no_lane_ratio"] = (case["no_lane"]["per_second"]
+                                             / case["bare"]["per_second"])
                     results["cases"].append(case)
             finally:
                 bare.stop()
                 gateway.stop()
+                plain.stop()
     finally:
         await redis.flushdb()
         await redis.aclose()
@@ -301,7 +313,7 @@ def cdf_png(results: dict, path: Path) -> Path | None:
 def report(results: dict) -> str:
     rows = []
     for c in results["cases"]:
-        for name in ("bare", "reserve", "sold_out"):
+        for name in ENDPOINTS:
             r = c.get(name)
             if r is None:
                 continue
@@ -311,7 +323,8 @@ def report(results: dict) -> str:
             # A sold-out sale answers 409 by design: those are not errors.
             errors = r["socket_errors"] + (r["non_2xx"] if name != "sold_out" else 0)
             rate = {"bare": 1.0, "reserve": c["ratio"],
-                    "sold_out": c.get("sold_out_ratio", 0.0)}[name]
+                    "sold_out": c.get("sold_out_ratio", 0.0),
+                    "no_lane": c.get("no_lane_ratio", 0.0)}[name]
             cpu_us = (r["server_cpu_s"] or 0) * 1e6 / max(r["requests"], 1)
             rows.append([c["workers"], c["connections"], name, r["per_second"], r["p50_ms"],
                          r["p99_ms"], r["p999_ms"], errors, split, cpu_us, f"{rate:.2f}x",
@@ -319,7 +332,8 @@ def report(results: dict) -> str:
     return table(f"Gateway: POST reservation vs bare aiohttp ({results['load_generator']}; "
                  f"median of {results['rounds']} alternated rounds; "
                  + (f"pinned: {results['pinned']}; " if results["pinned"] else "")
-                 + "sold_out = a sold-out sale, answered 409 by the worker's flag)",
+                 + "sold_out = a sold-out sale, answered 409 by the worker's flag; "
+                 "no_lane = reserve on a gateway with FLASHSALE_HOT_LANE=0)",
                  ["workers", "conns", "endpoint", "req/s", "p50 ms", "p99 ms", "p999 ms",
                   "errors", "cores gw/redis/load", "gw CPU µs/req", "rate ratio", "p99 ratio"],
                  rows)
