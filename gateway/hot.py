@@ -166,13 +166,14 @@ _DATE: tuple[int, bytes] = (0, b"")
 class HotConnection(RequestHandler):
     """aiohttp's connection protocol, answering hot routes itself (module docstring)."""
 
-    __slots__ = ("_app", "_busy", "_held", "_hot", "_remote")
+    __slots__ = ("_answering", "_app", "_busy", "_held", "_hot", "_remote")
 
     def __init__(self, manager: HotServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._hot = manager.hot
         self._app = manager.app
         self._busy = False  # a lane request is being answered
+        self._answering: asyncio.Task[None] | None = None  # (a task needs a reference)
         self._held = bytearray()  # what arrived meanwhile, not yet parsed
         self._remote: str | None = None
 
@@ -212,7 +213,8 @@ class HotConnection(RequestHandler):
                 if self._parser is not None:
                     self._parser.message_consumed()
                 self._busy = self._request_in_progress = True
-                self._loop.create_task(self._answer(message, payload, *target))
+                self._answering = self._loop.create_task(
+                    self._answer(message, payload, *target))
                 return
         if waiter is None or waiter.done():
             return  # aiohttp's loop finds the queue when it starts
@@ -249,6 +251,7 @@ class HotConnection(RequestHandler):
             self.log_exception("Error answering a hot-lane request")
         finally:
             self._busy = self._request_in_progress = False
+            self._answering = None
             if self._handler_waiter is not None and not self._handler_waiter.done():
                 self._handler_waiter.set_result(None)  # a graceful shutdown waits for it
             self._done(close)
