@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -214,6 +215,31 @@ async def redis_state(redis: AnyRedis) -> dict[str, str]:
     state = state.decode() if isinstance(state, bytes) else str(state)
     await redis.ping(target_nodes=aioredis.RedisCluster.PRIMARIES)  # every master answers
     return {"redis": "ok", "cluster": state}
+
+
+async def probe_all(probes: dict[str, Callable[[], Awaitable[object]]],
+                    timeout: float) -> dict[str, bool]:
+    """Run every probe at once, each given ``timeout`` seconds: whether each one answered
+    (a probe that raises or runs out of time did not; its cause is the caller's to log).
+
+    Cancelled, it returns only once every probe has ended. asyncio.gather would return
+    as soon as the first cancelled probe did, leaving the others running: a Redis ping
+    still connecting then finds its pool closed under it by the shutdown that cancelled
+    it, and redis-py's retry reconnects a connection nobody closes any more (the
+    ResourceWarning the tests reported; tests/fast/test_probes.py)."""
+    answered = dict.fromkeys(probes, False)
+
+    async def run(name: str, probe: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await asyncio.wait_for(probe(), timeout)
+        except Exception:  # any failure means down
+            return
+        answered[name] = True
+
+    async with asyncio.TaskGroup() as group:
+        for name, probe in probes.items():
+            group.create_task(run(name, probe), name=f"probe-{name}")
+    return answered
 
 
 def db_of(redis: aioredis.Redis | aioredis.RedisCluster) -> int:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from engine import metrics
 from engine.codec import encode, error_document
-from engine.connections import close_pool, create_pool, open_redis, redis_state
+from engine.connections import close_pool, create_pool, open_redis, probe_all, redis_state
 from engine.errors import Unavailable
 from engine.settings import Settings
 from gateway import api
@@ -117,7 +117,6 @@ async def readyz(request: web.Request) -> web.Response:
 async def check_dependencies(svc) -> dict[str, str]:
     """Probe Redis and Postgres; set flashsale_dependency_up; "ok" or "unavailable" each
     (on a Redis Cluster also "cluster": its state, ready only when "ok")."""
-    timeout = svc.settings.dependency_timeout
     checks = {}
 
     async def redis_probe() -> None:
@@ -127,16 +126,13 @@ async def check_dependencies(svc) -> dict[str, str]:
             raise ConnectionError("the Redis Cluster is not ok")
         checks.update(state)
 
-    async def check(name: str, probe) -> None:
-        try:
-            await asyncio.wait_for(probe(), timeout)
-            checks[name] = "ok"
-        except Exception:  # any failure means not ready; the reason is in the logs of the dep
-            checks[name] = "unavailable"
-        metrics.DEPENDENCY_UP.labels(name).set(1 if checks[name] == "ok" else 0)
-
-    await asyncio.gather(check("redis", redis_probe),
-                         check("postgres", lambda: svc.pool.fetchval("SELECT 1")))
+    # Any failure means not ready; the reason is in the logs of the dependency.
+    answered = await probe_all({"redis": redis_probe,
+                                "postgres": lambda: svc.pool.fetchval("SELECT 1")},
+                               svc.settings.dependency_timeout)
+    for name, up in answered.items():
+        checks[name] = "ok" if up else "unavailable"
+        metrics.DEPENDENCY_UP.labels(name).set(1 if up else 0)
     return checks
 
 

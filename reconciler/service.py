@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from engine.codec import error_document
-from engine.connections import close_pool, create_pool, open_redis, redis_state
+from engine.connections import close_pool, create_pool, open_redis, probe_all, redis_state
 from engine.errors import Unavailable
 from engine.metrics import DEPENDENCY_UP, exposition
 from engine.settings import Settings
@@ -20,14 +20,6 @@ from reconciler.metrics import RECONCILER
 from reconciler.sweeper import Sweeper
 
 log = logging.getLogger("flashsale.reconciler")
-
-
-async def _probe(check, timeout: float) -> bool:
-    try:
-        await asyncio.wait_for(check(), timeout)
-        return True
-    except Exception:  # any failure means down; the consumer logs the cause
-        return False
 
 
 async def _redis_ready(redis) -> None:
@@ -41,11 +33,12 @@ async def _refresh_readiness(consumer: Consumer, settings: Settings, every: floa
     """Keep flashsale_dependency_up current whether or not anyone calls /readyz: probe
     each dependency every few seconds (an idle consumer would not notice an outage)."""
     while not consumer.stopping.is_set():
-        redis_up, postgres_up = await asyncio.gather(
-            _probe(lambda: _redis_ready(consumer.redis), settings.dependency_timeout),
-            _probe(lambda: consumer.pool.fetchval("SELECT 1"), settings.dependency_timeout))
-        DEPENDENCY_UP.labels("redis").set(int(redis_up and consumer.redis_ok))
-        DEPENDENCY_UP.labels("postgres").set(int(postgres_up and consumer.postgres_ok))
+        # Any failure means down; the consumer logs the cause.
+        up = await probe_all({"redis": lambda: _redis_ready(consumer.redis),
+                              "postgres": lambda: consumer.pool.fetchval("SELECT 1")},
+                             settings.dependency_timeout)
+        DEPENDENCY_UP.labels("redis").set(int(up["redis"] and consumer.redis_ok))
+        DEPENDENCY_UP.labels("postgres").set(int(up["postgres"] and consumer.postgres_ok))
         try:
             await asyncio.wait_for(consumer.stopping.wait(), every)
         except TimeoutError:
