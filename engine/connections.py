@@ -59,8 +59,10 @@ class _FailoverSafePipeline(ClusterPipeline):
 
 
 def where(url: str) -> str:
-    """host:port of a URL, never its password."""
+    """host:port of a URL (a Unix socket's path), never its password."""
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
     return f"{parts.hostname or 'localhost'}:{parts.port or ''}".rstrip(":")
 
 
@@ -78,10 +80,11 @@ async def open_redis(settings: Settings, *, max_connections: int | None = None) 
 async def cluster_enabled(settings: Settings) -> bool | None:
     """What ``INFO cluster`` of the node FLASHSALE_REDIS_URL names says; None when it does
     not answer. Asked on db 0: a cluster node refuses SELECT of any other db."""
-    options = parse_url(settings.redis_url)
+    options = parse_url(settings.redis_url)  # with its connection_class: unix://, rediss://
     options.pop("db", None)
-    client = aioredis.Redis(**options, socket_connect_timeout=settings.dependency_timeout,
-                            socket_timeout=settings.dependency_timeout)
+    client = aioredis.Redis.from_pool(aioredis.ConnectionPool(
+        **options, socket_connect_timeout=settings.dependency_timeout,
+        socket_timeout=settings.dependency_timeout))
     try:
         info = await client.info("cluster")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
@@ -103,6 +106,10 @@ async def cluster_mode(settings: Settings) -> bool:
     if wanted and db:
         raise Misconfigured(f"FLASHSALE_REDIS_URL names db {db}, but a Redis Cluster has only "
                             "db 0: end the URL with /0.")
+    if wanted and url.lower().startswith("unix:"):
+        raise Misconfigured("FLASHSALE_REDIS_CLUSTER=1 but FLASHSALE_REDIS_URL names a Unix "
+                            "socket: a Redis Cluster is reached over TCP (redis:// or "
+                            "rediss://).")
     enabled = await cluster_enabled(settings)
     if enabled is None:
         if wanted is None:
@@ -118,6 +125,9 @@ async def cluster_mode(settings: Settings) -> bool:
         raise Misconfigured(f"Redis at {where(url)} is a Redis Cluster node but "
                             "FLASHSALE_REDIS_CLUSTER=0: set it to 1 (or leave it unset to "
                             "detect it).")
+    if enabled and url.lower().startswith("unix:"):
+        raise Misconfigured(f"Redis at {where(url)} is a Redis Cluster node: a cluster is "
+                            "reached over TCP (redis:// or rediss://), not a Unix socket.")
     if enabled and db:
         raise Misconfigured(f"Redis at {where(url)} is a Redis Cluster node, which has only "
                             f"db 0, but FLASHSALE_REDIS_URL names db {db}: end the URL with /0.")
