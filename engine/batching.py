@@ -13,11 +13,18 @@ by hiredis. Reservation attempts on one sale in one write go as one script run
 (engine/coalesce.py). Every caller gets its own result or its own exception; NOSCRIPT reloads the
 script on the same connection and resends the call; a lost connection fails the calls in
 flight with redis's ConnectionError (a 503 at the gateway) and the next call reconnects.
+
+The connection goes where and how the redis-py client's own connections go
+(``connect_like``): TCP, TLS (``rediss://``, with the SSL context redis-py builds from the
+URL's ``ssl_*`` options) or a Unix socket (``unix://``); a way of connecting it cannot
+reproduce is refused at start with Misconfigured, never replaced by another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -25,11 +32,13 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.coalesce import coalesce
+from engine.errors import Misconfigured
 from engine.scripts import Script
 
 
@@ -59,6 +68,47 @@ def encode_command(*parts: Any) -> bytes:
 
 
 _ASKING = encode_command("ASKING")
+
+
+def connect_like(connection_class: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """ScriptBatcher's connection arguments for reaching the server the way a redis-py
+    connection built as ``connection_class(**kwargs)`` does (a client's pool, or a cluster
+    node's with its host and port). redis-py builds that connection (no socket opened) so
+    its own parsing of the options decides: the Unix socket path, the TLS context (CA file,
+    certificate checks) and TCP keepalive. Misconfigured (one line) for what the batcher
+    cannot reproduce."""
+    if connection_class not in (Connection, SSLConnection, UnixDomainSocketConnection):
+        raise Misconfigured(f"the Redis script batcher cannot connect the way "
+                            f"{connection_class.__name__} does (only TCP, TLS and "
+                            "Unix socket connections)")
+    if kwargs.get("credential_provider") is not None:
+        raise Misconfigured("the Redis script batcher authenticates with a username and "
+                            "password only, not a credential_provider")
+    try:
+        conn = connection_class(**kwargs)
+    except (RedisError, TypeError, ValueError) as exc:
+        raise Misconfigured(f"Redis connection options: {exc}") from exc
+    timeout = kwargs.get("socket_timeout") or 2.0  # as given (redis-py's default is 5 s)
+    found: dict[str, Any] = dict(
+        db=int(conn.db or 0), username=conn.username, password=conn.password,
+        timeout=timeout, connect_timeout=kwargs.get("socket_connect_timeout") or timeout)
+    if isinstance(conn, UnixDomainSocketConnection):
+        if not conn.path:
+            raise Misconfigured("the Redis URL names a Unix socket without a path "
+                                "(unix:///path/to/redis.sock)")
+        return {**found, "path": conn.path}
+    found.update(host=conn.host, port=int(conn.port),
+                 keepalive=conn.socket_keepalive_options if conn.socket_keepalive else None)
+    if isinstance(conn, SSLConnection):
+        try:
+            found["ssl"] = conn.ssl_context.get()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            files = ", ".join(f"{k}={v}" for k, v in kwargs.items()
+                              if k in ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile",
+                                       "ssl_keyfile") and v)
+            raise Misconfigured(f"Redis TLS settings (rediss://) unusable: {exc}"
+                                + (f" ({files})" if files else "")) from exc
+    return found
 
 
 class _Pending:
@@ -112,8 +162,14 @@ class _Protocol(asyncio.Protocol):
 class ScriptBatcher:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, db: int = 0,
                  username: str | None = None, password: str | None = None,
-                 connect_timeout: float = 1.5, timeout: float = 2.0) -> None:
+                 connect_timeout: float = 1.5, timeout: float = 2.0,
+                 path: str | None = None, ssl: ssl.SSLContext | None = None,
+                 keepalive: dict[int, int | bytes] | None = None) -> None:
+        """``path``: a Unix socket instead of ``host``:``port``; ``ssl``: TLS with this
+        context (the server's name checked as ``host``); ``keepalive``: TCP keepalive on,
+        with these socket options (``connect_like`` gives all of them as redis-py would)."""
         self._host, self._port, self._db = host, port, db
+        self._path, self._ssl, self._keepalive = path, ssl, keepalive
         self._username, self._password = username, password
         self._connect_timeout = connect_timeout
         self._timeout = timeout
@@ -131,13 +187,10 @@ class ScriptBatcher:
 
     @classmethod
     def beside(cls, client: aioredis.Redis) -> ScriptBatcher:
-        """A batcher talking to the same server and db as ``client``."""
-        kw = client.connection_pool.connection_kwargs
-        timeout = kw.get("socket_timeout") or 2.0
-        return cls(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)),
-                   db=int(kw.get("db") or 0), username=kw.get("username"),
-                   password=kw.get("password"), timeout=timeout,
-                   connect_timeout=kw.get("socket_connect_timeout") or timeout)
+        """A batcher talking to the same server and db as ``client``, the way its pool's
+        connections do (TCP, TLS or Unix socket); Misconfigured when it cannot."""
+        pool = client.connection_pool
+        return cls(**connect_like(pool.connection_class, pool.connection_kwargs))
 
     # -- calls ---------------------------------------------------------------------------
     def call(self, script: Script, keys: Sequence[str], args: Sequence[Any], *,
@@ -243,9 +296,7 @@ class ScriptBatcher:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self), self._host, self._port),
-                self._connect_timeout)
+            transport, _ = await asyncio.wait_for(self._open(loop), self._connect_timeout)
             self._reader = hiredis.Reader(replyError=ResponseError)
             self._transport, self._loop = transport, loop
             await self._handshake()
@@ -260,6 +311,23 @@ class ScriptBatcher:
             self._watchdog = asyncio.ensure_future(self._watch())
         if self._queue and self._transport is not None:
             self._flush()
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Transport, Any]:
+        if self._path is not None:
+            return await loop.create_unix_connection(lambda: _Protocol(self), self._path)
+        transport, protocol = await loop.create_connection(
+            lambda: _Protocol(self), self._host, self._port, ssl=self._ssl,
+            server_hostname=self._host if self._ssl is not None else None)
+        sock = transport.get_extra_info("socket")
+        if self._keepalive is not None and sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for option, value in self._keepalive.items():
+                    sock.setsockopt(socket.SOL_TCP, option, value)
+            except (OSError, TypeError) as exc:
+                transport.abort()
+                raise OSError(f"TCP keepalive options: {exc}") from exc
+        return transport, protocol
 
     async def _handshake(self) -> None:
         loop = asyncio.get_running_loop()

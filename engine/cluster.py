@@ -15,6 +15,9 @@ here, each resent only when Redis says the script did not run:
 - A node that cannot be reached or stops answering fails its calls in flight (a script
   may have run: it is not resent, as with a single Redis) and makes the map refresh, so
   once a replica is promoted the next call reaches it.
+
+Every connection to a node (the batchers', the slot map reads) goes the way the cluster
+client's own do: TLS with its context when its URL is ``rediss://``.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine.batching import ScriptBatcher
+from engine.batching import ScriptBatcher, connect_like
 from engine.codec import text
+from engine.errors import Misconfigured
 from engine.scripts import Script
 
 SLOTS = 16384
@@ -59,10 +64,16 @@ def batcher_beside(client: aioredis.Redis | aioredis.RedisCluster
 class ClusterScriptBatcher:
     def __init__(self, *, nodes: Sequence[Node], username: str | None = None,
                  password: str | None = None, connect_timeout: float = 1.5,
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, tls: dict[str, Any] | None = None,
+                 keepalive: dict[int, int | bytes] | None = None) -> None:
+        """``tls``: redis-py's ``ssl_*`` options (the cluster client's) for TLS to every
+        node, None for plain TCP; ``keepalive``: TCP keepalive socket options."""
         self._seeds = list(nodes)
         self._username, self._password = username, password
         self._connect_timeout, self._timeout = connect_timeout, timeout
+        self._tls = tls
+        self._keepalive = keepalive
+        self._ssl = connect_like(SSLConnection, tls)["ssl"] if tls is not None else None
         self._slots: list[Node | None] = [None] * SLOTS
         self._batchers: dict[Node, ScriptBatcher] = {}
         self._refreshing: asyncio.Task | None = None
@@ -71,13 +82,25 @@ class ClusterScriptBatcher:
 
     @classmethod
     def beside(cls, client: aioredis.RedisCluster) -> ClusterScriptBatcher:
+        """Batchers for ``client``'s masters, connecting as its nodes' connections do
+        (plain TCP or TLS); Misconfigured when they cannot."""
         kw = client.connection_kwargs
-        timeout = kw.get("socket_timeout") or 2.0
+        if client.nodes_manager.address_remap is not None:
+            raise Misconfigured("the Redis script batcher cannot follow a RedisCluster "
+                                "address_remap")
+        connection_class = kw.get("connection_class", Connection)
         nodes = [(n.host, n.port) for n in client.get_nodes()] or [
             (n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
-        return cls(nodes=nodes, username=kw.get("username"), password=kw.get("password"),
-                   connect_timeout=kw.get("socket_connect_timeout") or timeout,
-                   timeout=timeout)
+        # How a node's connection is built (redis.asyncio.cluster.ClusterNode).
+        node_kwargs = {k: v for k, v in kw.items()
+                       if k not in ("max_connections", "connection_class", "response_callbacks")}
+        host, port = nodes[0] if nodes else ("127.0.0.1", 6379)
+        found = connect_like(connection_class, {**node_kwargs, "host": host, "port": port})
+        tls = ({k: v for k, v in kw.items() if k.startswith("ssl_")}
+               if connection_class is SSLConnection else None)
+        return cls(nodes=nodes, username=found["username"], password=found["password"],
+                   connect_timeout=found["connect_timeout"], timeout=found["timeout"],
+                   tls=tls, keepalive=found["keepalive"])
 
     def master_of(self, key: str) -> Node | None:
         return self._slots[key_slot(key.encode())]
@@ -135,7 +158,8 @@ class ClusterScriptBatcher:
         if batcher is None:
             batcher = self._batchers[node] = ScriptBatcher(
                 host=node[0], port=node[1], username=self._username, password=self._password,
-                connect_timeout=self._connect_timeout, timeout=self._timeout)
+                connect_timeout=self._connect_timeout, timeout=self._timeout,
+                ssl=self._ssl, keepalive=self._keepalive)
         return batcher
 
     # -- the slot map --------------------------------------------------------------------
@@ -156,7 +180,9 @@ class ClusterScriptBatcher:
                 client = aioredis.Redis(host=host, port=port, username=self._username,
                                         password=self._password,
                                         socket_connect_timeout=self._connect_timeout,
-                                        socket_timeout=self._timeout)
+                                        socket_timeout=self._timeout,
+                                        **({"ssl": True, **self._tls} if self._tls is not None
+                                           else {}))
                 try:
                     ranges = await client.execute_command("CLUSTER SLOTS")
                 except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
@@ -165,7 +191,10 @@ class ClusterScriptBatcher:
                     await client.aclose()
                 slots: list[Node | None] = [None] * SLOTS
                 for start, end, master, *_replicas in ranges:
-                    slots[start:end + 1] = [(text(master[0]), int(master[1]))] * (end - start + 1)
+                    # An empty address: the node that answered (a node that has met no
+                    # other does not know its own address; redis-py reads it so too).
+                    where = (text(master[0]) or host, int(master[1]))
+                    slots[start:end + 1] = [where] * (end - start + 1)
                 self._slots = slots
                 self._seeds = list(dict.fromkeys([*self._seeds, *(n for n in slots if n)]))
                 return
