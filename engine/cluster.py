@@ -34,10 +34,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine.batching import ScriptBatcher, connect_like
+from engine.batching import ScriptBatcher
 from engine.codec import text
 from engine.errors import Misconfigured
 from engine.scripts import Script
+from engine.transport import connect_like
 
 SLOTS = 16384
 Node = tuple[str, int]
