@@ -103,11 +103,11 @@ def write_results(name: str, mode: str, data: dict[str, Any]) -> Path:
 
 
 @contextlib.contextmanager
-def private_redis(*extra: str) -> Iterator[str | None]:
+def private_redis(*extra: str, unix: bool = False) -> Iterator[str | None]:
     """A throwaway redis-server on a free port (no persistence unless ``extra`` asks),
     for measurements that read server-wide figures (INFO commandstats, INFO cpu): on the
-    shared server other clients' commands would be counted too. Yields its URL, or None
-    when no redis-server is found."""
+    shared server other clients' commands would be counted too. ``unix``: on a Unix
+    socket only (a unix:// URL). Yields its URL, or None when no redis-server is found."""
     exe = shutil.which("redis-server") or next(
         (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.path.exists(p)),
         None)
@@ -118,18 +118,22 @@ def private_redis(*extra: str) -> Iterator[str | None]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="flashsale-bench-redis-") as tmp:
+        path = os.path.join(tmp, "redis.sock")
+        where = ["--port", "0", "--unixsocket", path] if unix else [
+            "--port", str(port), "--bind", "127.0.0.1"]
         proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
-             "--appendonly", "no", *extra],
+            [exe, *where, "--dir", tmp, "--save", "", "--appendonly", "no", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                with contextlib.suppress(OSError), socket.create_connection(
-                        ("127.0.0.1", port), timeout=0.2):
+                with contextlib.suppress(OSError), socket.socket(
+                        socket.AF_UNIX if unix else socket.AF_INET) as probe:
+                    probe.settimeout(0.2)
+                    probe.connect(path if unix else ("127.0.0.1", port))
                     break
                 time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"unix://{path}?db=0" if unix else f"redis://127.0.0.1:{port}/0"
         finally:
             proc.terminate()
             proc.wait(timeout=10)

@@ -5,6 +5,7 @@ connections, same run.
     python -m benchmarks.gateway --full       (3 rounds of 10 s per case)
     ... --rounds 7 --workers 1 --pin          (more rounds; 1 worker only; the server on
                                                CPU 0, wrk and Redis on CPU 1)
+    ... --unix                                (the gateway reaches Redis over a Unix socket)
 
 Load comes from wrk when it is installed (a Lua script posts a reservation body with a
 unique idempotency key per request), else from an in-process aiohttp client. For 1 and 2
@@ -204,7 +205,9 @@ async def bench_buyer(database_url: str) -> int:
 async def main_async(mode: str, plan: argparse.Namespace) -> dict:
     # A private redis-server when one can be started: the shared one's other clients would
     # make the gateway wait on them and the ratio measure the neighbours.
-    with private_redis() as private:
+    with private_redis(unix=plan.unix) as private:
+        if private is None and plan.unix:
+            raise SystemExit("--unix needs redis-server to start a private Redis")
         return await _run_cases(mode, private or BENCH_REDIS_URL, private is not None, plan)
 
 
@@ -220,6 +223,7 @@ async def _run_cases(mode: str, redis_url: str, private: bool, plan) -> dict:
            "FLASHSALE_SECRET": SECRET, "FLASHSALE_RATE_LIMIT": "0"}
     results = {"load_generator": "wrk -t1" if shutil.which("wrk") else "in-process aiohttp",
                "seconds_per_case": seconds, "private_redis": private, "rounds": rounds_n,
+               "redis_over": "a Unix socket" if redis_url.startswith("unix:") else "TCP",
                "pinned": "1 worker: servers on CPU 0, wrk and Redis on CPU 1" if pin else "",
                "cases": []}
     try:
@@ -332,6 +336,7 @@ def report(results: dict) -> str:
     return table(f"Gateway: POST reservation vs bare aiohttp ({results['load_generator']}; "
                  f"median of {results['rounds']} alternated rounds; "
                  + (f"pinned: {results['pinned']}; " if results["pinned"] else "")
+                 + f"Redis over {results.get('redis_over', 'TCP')}; "
                  + "sold_out = a sold-out sale, answered 409 by the worker's flag; "
                  "no_lane = reserve on a gateway with FLASHSALE_HOT_LANE=0)",
                  ["workers", "conns", "endpoint", "req/s", "p50 ms", "p99 ms", "p999 ms",
@@ -349,12 +354,16 @@ def main(argv: list[str] | None = None) -> int:
                         default=[1, 2], help="gateway workers per case, e.g. 1 or 1,2")
     parser.add_argument("--pin", action="store_true",
                         help="1 worker: bare and gateway on CPU 0, wrk and Redis on CPU 1")
+    parser.add_argument("--unix", action="store_true",
+                        help="the gateway reaches its private Redis over a Unix socket")
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
     results = uvloop.run(main_async(mode, args))
     print(report(results))
-    png = cdf_png(results, RESULTS / f"gateway-latency-cdf-{mode}{'-pinned' * args.pin}.png")
-    path = write_results("gateway", mode + ("-pinned" if args.pin else ""), results)
+    png = cdf_png(results, RESULTS / f"gateway-latency-cdf-{mode}{'-pinned' * args.pin}"
+                                     f"{'-unix' * args.unix}.png")
+    path = write_results("gateway", mode + ("-pinned" if args.pin else "")
+                         + ("-unix" if args.unix else ""), results)
     print(f"\nwritten: {path.relative_to(path.parents[2])}"
           + (f", {png.relative_to(png.parents[2])}" if png else ""))
     return 0
