@@ -114,9 +114,6 @@ class HotRequest:
     def __setitem__(self, key: Any, value: Any) -> None:
         self._state[key] = value
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self._state.get(key, default)
-
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _HEADS: dict[tuple, bytes] = {}  # status line and fixed headers, per status and headers
