@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,39 +71,43 @@ async def master_port(cluster, sale: int) -> int:
     return batcher.master_of(sale_keys(sale).meta)[1]
 
 
-async def wait_cluster_ok(port: int, timeout: float = 30.0) -> None:
+async def _wait_until(port: int, timeout: float,
+                      ready: Callable[[aioredis.Redis], Awaitable[bool]]) -> None:
+    """Poll the node on ``port`` every 0.1 s until ``ready`` says so (a node still down
+    counts as not ready), or ``timeout`` passes."""
     client = aioredis.Redis(port=port, socket_timeout=2.0)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             try:
-                info = await client.execute_command("CLUSTER INFO")  # parsed to a dict
-                if info.get("cluster_state") == "ok":
+                if await ready(client):
                     return
             except DOWN:
                 pass
             await asyncio.sleep(0.1)
     finally:
         await client.aclose()
+
+
+async def _cluster_ok(client: aioredis.Redis) -> bool:
+    info = await client.execute_command("CLUSTER INFO")  # parsed to a dict
+    return info.get("cluster_state") == "ok"
+
+
+async def _replica_synced(client: aioredis.Redis) -> bool:
+    info = await client.info("replication")
+    return (info.get("role") == "slave" and info.get("master_link_status") == "up"
+            and not info.get("master_sync_in_progress"))
+
+
+async def wait_cluster_ok(port: int, timeout: float = 30.0) -> None:
+    await _wait_until(port, timeout, _cluster_ok)
 
 
 async def wait_replica_synced(port: int, timeout: float = 30.0) -> None:
     """Until the node started again is a replica in sync with its master: a later
     failover test may kill that master, and a replica still syncing cannot take over."""
-    client = aioredis.Redis(port=port, socket_timeout=2.0)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            try:
-                info = await client.info("replication")
-                if (info.get("role") == "slave" and info.get("master_link_status") == "up"
-                        and not info.get("master_sync_in_progress")):
-                    return
-            except DOWN:
-                pass
-            await asyncio.sleep(0.1)
-    finally:
-        await client.aclose()
+    await _wait_until(port, timeout, _replica_synced)
 
 
 @dataclass
