@@ -293,3 +293,45 @@ async def test_shutdown_waits_for_an_answer_in_flight(settings, database, sale_a
     assert re.match(rb"HTTP/1.1 201 ", head), head
     writer.close()
 
+
+
+def _lane_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "") == "HotConnection._lane"]
+
+
+async def test_one_lane_task_per_connection_gone_with_it(app_client, sale_and_buyer) -> None:
+    """Lane answers on a keep-alive connection share one task, which ends when the
+    connection does (closed by the client, or by the server after ``Connection: close``):
+    none is left behind, however many connections came and went."""
+    sale_id, buyer = sale_and_buyer
+    target = f"/api/v1/sales/{sale_id}/reservations"
+    assert _lane_tasks() == []
+    conns = [await asyncio.open_connection("127.0.0.1", app_client.port) for _ in range(8)]
+    for round_ in range(3):
+        for i, (reader, writer) in enumerate(conns):
+            writer.write(_post(target, buyer["token"],
+                               b'{"quantity":1,"idempotency_key":"t%d-%d"}' % (i, round_)))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 201 "), head
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            await reader.readexactly(length)
+        assert len(_lane_tasks()) == len(conns)  # one each, waiting for the next request
+    for _, writer in conns[:4]:
+        writer.close()
+    out, closed = await _exchange(app_client.port, [_post(
+        target, buyer["token"], b'{"quantity":1,"idempotency_key":"last"}',
+        extra="Connection: close\r\n")], 1)
+    assert out[0][0] == 201 and closed
+    for _ in range(100):
+        if len(_lane_tasks()) == 4:
+            break
+        await asyncio.sleep(0.02)
+    assert len(_lane_tasks()) == 4
+    for _, writer in conns[4:]:
+        writer.close()
+    for _ in range(100):
+        if not _lane_tasks():
+            break
+        await asyncio.sleep(0.02)
+    assert _lane_tasks() == []
