@@ -99,6 +99,21 @@ def holds_money(kind: Any) -> bool:
     return _money_in(msgspec.inspect.type_info(kind), set())
 
 
+def decimal_fields(kind: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields of ``kind`` whose value can itself be a Decimal (Money, Price or plain,
+    optional or in a union): the ones a body's own checks look at."""
+    names = []
+    for field in msgspec.inspect.type_info(kind).fields:
+        parts = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (
+            field.type,)
+        if any(isinstance(part, msgspec.inspect.DecimalType)
+               or (isinstance(part, msgspec.inspect.CustomType)
+                   and isinstance(part.cls, type) and issubclass(part.cls, Decimal))
+               for part in parts):
+            names.append(field.name)
+    return tuple(names)
+
+
 def _money_in(info: Any, seen: set[int]) -> bool:
     if isinstance(info, msgspec.inspect.CustomType):
         return isinstance(info.cls, type) and issubclass(info.cls, Money)
