@@ -11,7 +11,8 @@ Load comes from wrk when it is installed (a Lua script posts a reservation body 
 unique idempotency key per request), else from an in-process aiohttp client. For 1 and 2
 workers and 8 and 64 connections it prints throughput, p50/p99/p999 and the ratio of the
 reservation endpoint to the bare one (rate and p99; bare and reserve alternate in
-rounds and the medians are compared), also for a sold-out sale and for the same gateway
+rounds: the medians are compared, and each round with the bare round before it, the
+median of those ratios given as ``paired``), also for a sold-out sale and for the same gateway
 with its hot lane off (``no_lane``, FLASHSALE_HOT_LANE=0), plus how the CPU split between
 the gateway, Redis and the load generator. Writes JSON and a latency CDF (PNG) to
 benchmarks/results/.
@@ -185,6 +186,20 @@ def median_round(runs: list[dict]) -> dict:
     return middle
 
 
+def paired(rounds: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Per endpoint, the median over rounds of its rate and p99 divided by those of the
+    bare round just before it: a neighbour's burst or a slower minute moves both servers
+    of a round, so the pairs cancel it where the medians of each alone do not (on this
+    2-vCPU box one round's p99 ranges over 2-5x for the same server)."""
+    out = {}
+    for name, runs in rounds.items():
+        pairs = list(zip(rounds["bare"], runs, strict=True))
+        out[name] = {"rate": statistics.median(r["per_second"] / b["per_second"]
+                                               for b, r in pairs),
+                     "p99": statistics.median(r["p99_ms"] / b["p99_ms"] for b, r in pairs)}
+    return out
+
+
 async def bench_buyer(database_url: str) -> int:
     """A real account for the load's token: the gateway refuses tokens of unknown users."""
     import asyncpg
@@ -275,6 +290,7 @@ async def _run_cases(mode: str, redis_url: str, private: bool, plan) -> dict:
                                               / case["bare"]["per_second"])
                     case["no_lane_ratio"] = (case["no_lane"]["per_second"]
                                              / case["bare"]["per_second"])
+                    case["paired"] = paired(rounds)
                     results["cases"].append(case)
             finally:
                 bare.stop()
@@ -299,8 +315,8 @@ def cdf_png(results: dict, path: Path) -> Path | None:
             cdf = case[name].get("cdf_ms") or {}
             if not cdf:
                 continue
-            qs = sorted(cdf)
-            ax.plot([cdf[q] for q in qs], qs, marker=".",
+            points = sorted((float(q), ms) for q, ms in cdf.items())  # str keys from JSON
+            ax.plot([ms for _, ms in points], [q for q, _ in points], marker=".",
                     label=f"{name}, {case['workers']} worker(s), {case['connections']} conns")
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, log scale)")
@@ -330,17 +346,23 @@ def report(results: dict) -> str:
                     "sold_out": c.get("sold_out_ratio", 0.0),
                     "no_lane": c.get("no_lane_ratio", 0.0)}[name]
             cpu_us = (r["server_cpu_s"] or 0) * 1e6 / max(r["requests"], 1)
+            pair = c.get("paired", {}).get(name)
             rows.append([c["workers"], c["connections"], name, r["per_second"], r["p50_ms"],
                          r["p99_ms"], r["p999_ms"], errors, split, cpu_us, f"{rate:.2f}x",
-                         f"{r['p99_ms'] / c['bare']['p99_ms']:.2f}x"])
+                         f"{r['p99_ms'] / c['bare']['p99_ms']:.2f}x",
+                         f"{pair['rate']:.2f}x" if pair else "-",
+                         f"{pair['p99']:.2f}x" if pair else "-"])
     return table(f"Gateway: POST reservation vs bare aiohttp ({results['load_generator']}; "
                  f"median of {results['rounds']} alternated rounds; "
                  + (f"pinned: {results['pinned']}; " if results["pinned"] else "")
                  + f"Redis over {results.get('redis_over', 'TCP')}; "
                  + "sold_out = a sold-out sale, answered 409 by the worker's flag; "
-                 "no_lane = reserve on a gateway with FLASHSALE_HOT_LANE=0)",
+                 "no_lane = reserve on a gateway with FLASHSALE_HOT_LANE=0; ratios: of the "
+                 "medians, and paired = median of each round's ratio to the bare round "
+                 "before it)",
                  ["workers", "conns", "endpoint", "req/s", "p50 ms", "p99 ms", "p999 ms",
-                  "errors", "cores gw/redis/load", "gw CPU µs/req", "rate ratio", "p99 ratio"],
+                  "errors", "cores gw/redis/load", "gw CPU µs/req", "rate ratio", "p99 ratio",
+                  "rate paired", "p99 paired"],
                  rows)
 
 
