@@ -58,7 +58,15 @@ class Hold(msgspec.Struct, frozen=True):
 
     @property
     def expires_at(self) -> datetime:
-        return datetime.fromtimestamp(self.expires_ms / 1000, UTC)
+        global _LAST_EXPIRY
+        last = _LAST_EXPIRY  # the holds of one script run share their expiry
+        if last[0] != self.expires_ms:
+            last = _LAST_EXPIRY = (self.expires_ms,
+                                   datetime.fromtimestamp(self.expires_ms / 1000, UTC))
+        return last[1]
+
+
+_LAST_EXPIRY: tuple[int, datetime] = (-1, datetime.fromtimestamp(0, UTC))
 
 
 # Outcomes and latency counted in plain ints between scrapes (engine.metrics tallies).

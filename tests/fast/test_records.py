@@ -40,3 +40,17 @@ async def test_lua_and_python_read_and_write_the_same_record(record) -> None:
     assert (int(o) if o else None) == record.order_id
     assert written == raw.encode()
     assert ReservationRecord.parse(written) == record
+
+
+@given(st.lists(st.integers(0, 4_102_444_800_000), min_size=1, max_size=20))
+def test_a_holds_expiry_is_its_own_whatever_came_before(expiries) -> None:
+    """Hold.expires_at remembers the last expiry it converted (a script run's holds share
+    one): each hold still gets exactly its own, in any order, repeats included."""
+    from datetime import UTC, datetime
+
+    from engine.admission import Hold
+
+    for ms in [*expiries, *reversed(expiries)]:
+        hold = Hold(reservation_id="1-1", sale_id=1, quantity=1, status="held",
+                    expires_ms=ms)
+        assert hold.expires_at == datetime.fromtimestamp(ms / 1000, UTC)
