@@ -229,11 +229,8 @@ def ready_body(request: web.Request, decoder: msgspec.json.Decoder,
 
 async def read_body(request: web.Request, decoder: msgspec.json.Decoder,
                     limits: BodyLimits, money: bool = True) -> Any:
-    """The decoded body, waiting for it when it is still on its way (``ready_body``
-    first: a route's endpoint calls this only when that answered ``UNREAD``)."""
-    body = ready_body(request, decoder, limits, money)
-    if body is not UNREAD:
-        return body
+    """A body still on its way (``ready_body`` answered ``UNREAD``, its declared length
+    checked): waited for within the limits, then decoded."""
     try:
         raw = await _receive(request, limits)
     except web.HTTPRequestEntityTooLarge as exc:
