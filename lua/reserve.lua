@@ -15,8 +15,8 @@
 -- ARGV[3] channel on which the batch that takes the last token PUBLISHes "-<bucket name>"
 --         ("" = none): every gateway worker then refuses the bucket without Redis until a
 --         script that returns tokens publishes "<bucket name>" (engine/refusals.py)
--- then 4 fields per attempt, N >= 1 attempts: user_id, quantity, idempotency key, client
--- address. The gateway sends the attempts on one bucket made in one event-loop turn as one
+-- then 4 fields per attempt, N >= 1 attempts: user_id, quantity (a decimal integer, as
+-- the engine sends it: stored and streamed as sent), idempotency key, client address. The gateway sends the attempts on one bucket made in one event-loop turn as one
 -- run (engine/coalesce.py): EVALSHA's fixed cost is paid once per batch, the way a
 -- database group-commits. N = 1 is the plain path.
 --
@@ -38,6 +38,10 @@
 -- when some attempt may be a replay). A batch without admissions writes nothing; one
 -- with admissions adds one HSET meta, one HSET buyers, one ZADD, one HSET res for all of
 -- them and one XADD per admission (the reconciler's event format unchanged).
+-- Numbers become text once per run: Lua 5.1 and Redis 7.0 turn a number into text with
+-- printf's %g, about 4,400 instructions each (strtod for text to number, 1,600), more than
+-- a command; so the run's expiry and clock are formatted once and quantities are written
+-- as they came (benchmarks/README.md: "Redis instructions per run").
 
 local name = ARGV[1]  -- the bucket's name
 local rate = tonumber(ARGV[2])
@@ -59,12 +63,13 @@ end
 
 -- The attempts, in flat arrays (no table per attempt: a run's garbage is Redis's CPU), and
 -- every buyer field they read, each named once: ONE HMGET.
-local users, qtys, ikeys, units, idems, rls, als = {}, {}, {}, {}, {}, {}, {}
+local users, qtys, qtexts, ikeys, units, idems, rls, als = {}, {}, {}, {}, {}, {}, {}, {}
 local fields, nf, wanted = {}, 0, {}
 for i = 1, count do
   local base = 3 + (i - 1) * 4
   local user = ARGV[base + 1]
-  users[i], qtys[i], ikeys[i] = user, tonumber(ARGV[base + 2]), ARGV[base + 3]
+  local q = ARGV[base + 2]
+  users[i], qtys[i], qtexts[i], ikeys[i] = user, tonumber(q), q, ARGV[base + 3]
   local u, k = "u:" .. user, "k:" .. user .. ":" .. ARGV[base + 3]
   units[i], idems[i] = u, k
   if not wanted[u] then wanted[u] = true; nf = nf + 1; fields[nf] = u end
@@ -101,7 +106,8 @@ if #stored > 0 then
   end
 end
 
-local limit, hold_ms = tonumber(meta[4]), tonumber(meta[5])
+local limit, expires = tonumber(meta[4]), now + tonumber(meta[5])  -- every hold of the run
+local expires_text, now_text  -- as text, made at the first admission
 local tokens, held, seq = tonumber(meta[6]), tonumber(meta[7] or "0"), tonumber(meta[8] or "0")
 local inactive
 if meta[1] ~= "ready" then
@@ -127,8 +133,8 @@ local function level(field)
 end
 
 -- changed: the buyer fields to write, in order; admitted: the attempts admitted, in order,
--- with their ids and expiries.
-local changed, nc, admitted, rids, expiries = {}, 0, {}, {}, {}
+-- with their ids.
+local changed, nc, admitted, rids = {}, 0, {}, {}
 local sold_out = {"sold_out"}  -- one table for every such answer of the run
 
 -- Each attempt in arrival order, exactly as if it ran alone after the ones before it.
@@ -184,7 +190,9 @@ for i = 1, count do
       -- microseconds): never reissued even when Redis forgets its last writes (keys.py).
       seq = math.max(seq + 1, now_us)
       local rid = name .. "-" .. string.format("%d", seq)
-      local expires = now + hold_ms
+      if not now_text then
+        expires_text, now_text = string.format("%d", expires), string.format("%d", now)
+      end
       local k = idems[i]
       if not changed[u] then changed[u] = true; nc = nc + 1; changed[nc] = u end
       if not changed[k] then changed[k] = true; nc = nc + 1; changed[nc] = k end
@@ -193,12 +201,12 @@ for i = 1, count do
         local r, a = rls[i], als[i]
         if not changed[r] then changed[r] = true; nc = nc + 1; changed[nc] = r end
         if not changed[a] then changed[a] = true; nc = nc + 1; changed[nc] = a end
-        buyer[r] = (level_r - 1000) .. ":" .. now
-        buyer[a] = (level_a - 1000) .. ":" .. now
+        buyer[r] = (level_r - 1000) .. ":" .. now_text
+        buyer[a] = (level_a - 1000) .. ":" .. now_text
       end
       rec_q[rid], rec_s[rid], rec_x[rid] = qty, "h", expires
       local n = #admitted + 1
-      admitted[n], rids[n], expiries[n] = i, rid, expires
+      admitted[n], rids[n] = i, rid
       answer = {"ok", rid, qty, expires, "held", tokens}
     end
   end
@@ -218,15 +226,15 @@ end
 redis.call("HSET", KEYS[2], unpack(pairs_))
 local zadd, hset = {}, {}
 for j, i in ipairs(admitted) do
-  zadd[2 * j - 1], zadd[2 * j] = expiries[j], rids[j]
+  zadd[2 * j - 1], zadd[2 * j] = expires_text, rids[j]
   hset[2 * j - 1] = rids[j]
-  hset[2 * j] = format_record(users[i], qtys[i], "h", expiries[j], "")
+  hset[2 * j] = format_record(users[i], qtexts[i], "h", expires_text, "")
 end
 redis.call("ZADD", KEYS[3], unpack(zadd))
 redis.call("HSET", KEYS[4], unpack(hset))
 for j, i in ipairs(admitted) do
-  redis.call("XADD", KEYS[5], "*", "t", "reserved", "r", rids[j], "u", users[i], "q", qtys[i],
-    "x", expiries[j], "ts", now, "k", ikeys[i])
+  redis.call("XADD", KEYS[5], "*", "t", "reserved", "r", rids[j], "u", users[i], "q", qtexts[i],
+    "x", expires_text, "ts", now_text, "k", ikeys[i])
 end
 if tokens == 0 and channel ~= "" then
   redis.call("PUBLISH", channel, "-" .. name)
