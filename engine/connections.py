@@ -27,21 +27,33 @@ AnyRedis = aioredis.Redis | aioredis.RedisCluster
 CLUSTER_POOL_FACTOR = 4
 
 
-def _outage(exc: AttributeError) -> RedisConnectionError:
+def _closed_under_us(exc: AttributeError | RuntimeError) -> bool:
+    """A command that met its connection closed: redis-py's writer gone (AttributeError),
+    or uvloop refusing to write on a closed transport (RuntimeError "... the handler is
+    closed", where asyncio's own loop would only log). Any other RuntimeError is a bug."""
+    return isinstance(exc, AttributeError) or "the handler is closed" in str(exc)
+
+
+def _outage(exc: AttributeError | RuntimeError) -> RedisConnectionError:
     return RedisConnectionError(f"Redis Cluster connection closed during a failover ({exc})")
 
 
 class FailoverSafeCluster(aioredis.RedisCluster):
     """redis-py (8.1) answers CLUSTERDOWN or an uncovered slot (a failover under way) by
     closing every connection of the client, also those other tasks are using at that
-    moment; their commands then fail with an AttributeError (a socket writer that is gone)
-    instead of a connection error. Here that is the outage it is: a ConnectionError, which
-    the callers already retry (the reconciler) or answer with a 503 (the gateway)."""
+    moment, and a cluster node's connections are taken from its pool without a check: a
+    command then fails with an AttributeError (a socket writer that is gone) or, on uvloop,
+    a RuntimeError (a write on a closed transport: a node that died and came back) instead
+    of a connection error. Here that is the outage it is: a ConnectionError, which the
+    callers already retry (the reconciler) or answer with a 503 (the gateway); the
+    connection is dropped, so the retry connects afresh."""
 
     async def execute_command(self, *args, **kwargs):
         try:
             return await super().execute_command(*args, **kwargs)
-        except AttributeError as exc:
+        except (AttributeError, RuntimeError) as exc:
+            if not _closed_under_us(exc):
+                raise
             raise _outage(exc) from exc
 
     def pipeline(self, transaction=None, shard_hint=None) -> ClusterPipeline:
@@ -54,7 +66,9 @@ class _FailoverSafePipeline(ClusterPipeline):
     async def execute(self, *args, **kwargs):
         try:
             return await super().execute(*args, **kwargs)
-        except AttributeError as exc:
+        except (AttributeError, RuntimeError) as exc:
+            if not _closed_under_us(exc):
+                raise
             raise _outage(exc) from exc
 
 

@@ -25,15 +25,25 @@ def test_db_of_a_url():
     assert redis_db("redis://h:1") == 0
 
 
-async def test_a_connection_closed_under_a_command_is_an_outage(monkeypatch):
-    """redis-py closes every connection on CLUSTERDOWN; a command in flight on another
-    task then meets an AttributeError: it must reach callers as a connection error
-    (503 / retry), never as a 500 or a dead reconciler."""
+CLOSED_UNDER_US = [
+    # redis-py closed every connection on CLUSTERDOWN; a command in flight on another task
+    AttributeError("'NoneType' object has no attribute 'writelines'"),
+    # uvloop, writing on a connection whose node died and came back (a reconciler started
+    # during a failover died of this one)
+    RuntimeError("unable to perform operation on <TCPTransport closed=True reading=False "
+                 "0x5640>; the handler is closed"),
+]
+
+
+@pytest.mark.parametrize("error", CLOSED_UNDER_US, ids=lambda e: type(e).__name__)
+async def test_a_connection_closed_under_a_command_is_an_outage(monkeypatch, error):
+    """A command that meets its connection closed must reach callers as a connection
+    error (503 / retry), never as a 500 or a dead reconciler."""
     client = create_redis(Settings(redis_url="redis://127.0.0.1:1/0"), cluster=True)
     assert isinstance(client, FailoverSafeCluster)
 
     async def closed_under_us(self, *args, **kwargs):
-        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        raise error
 
     monkeypatch.setattr(aioredis.RedisCluster, "execute_command", closed_under_us)
     with pytest.raises(RedisConnectionError) as caught:
@@ -44,3 +54,14 @@ async def test_a_connection_closed_under_a_command_is_an_outage(monkeypatch):
     pipe.get("k")
     with pytest.raises(RedisConnectionError):
         await pipe.execute()
+
+
+async def test_any_other_runtime_error_is_not_taken_for_an_outage(monkeypatch):
+    client = create_redis(Settings(redis_url="redis://127.0.0.1:1/0"), cluster=True)
+
+    async def bug(self, *args, **kwargs):
+        raise RuntimeError("Event loop is closed")
+
+    monkeypatch.setattr(aioredis.RedisCluster, "execute_command", bug)
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        await client.get("k")
