@@ -15,10 +15,11 @@
 -- ARGV[3] channel on which the batch that takes the last token PUBLISHes "-<bucket name>"
 --         ("" = none): every gateway worker then refuses the bucket without Redis until a
 --         script that returns tokens publishes "<bucket name>" (engine/refusals.py)
--- then 4 fields per attempt, N >= 1 attempts: user_id, quantity (a decimal integer, as
--- the engine sends it: stored and streamed as sent), idempotency key, client address. The gateway sends the attempts on one bucket made in one event-loop turn as one
--- run (engine/coalesce.py): EVALSHA's fixed cost is paid once per batch, the way a
--- database group-commits. N = 1 is the plain path.
+-- then 4 fields per attempt, N >= 1 attempts: user_id, quantity (a decimal integer as
+-- the engine sends it, stored and streamed as sent), idempotency key, client address.
+-- The gateway sends the attempts on one bucket made in one event-loop turn as one run
+-- (engine/coalesce.py): EVALSHA's fixed cost is paid once per batch, the way a database
+-- group-commits. N = 1 is the plain path.
 --
 -- Returns N answers, the i-th exactly what attempt i would get if it ran alone after
 -- attempts 1..i-1 (times in milliseconds since the epoch, Redis clock; one TIME per run):
