@@ -10,7 +10,7 @@ connections, same run.
 Load comes from wrk when it is installed (a Lua script posts a reservation body with a
 unique idempotency key per request), else from an in-process aiohttp client. For 1 and 2
 workers and 8 and 64 connections it prints throughput, p50/p99/p999 and the ratio of the
-reservation endpoint to the bare one (rate and p99; bare and reserve alternate in
+reservation endpoint to the bare one (rate, p50 and p99; bare and reserve alternate in
 rounds: the medians are compared, and each round with the bare round before it, the
 median of those ratios given as ``paired``), also for a sold-out sale and for the same gateway
 with its hot lane off (``no_lane``, FLASHSALE_HOT_LANE=0), plus how the CPU split between
@@ -349,6 +349,7 @@ def report(results: dict) -> str:
             pair = c.get("paired", {}).get(name)
             rows.append([c["workers"], c["connections"], name, r["per_second"], r["p50_ms"],
                          r["p99_ms"], r["p999_ms"], errors, split, cpu_us, f"{rate:.2f}x",
+                         f"{r['p50_ms'] / c['bare']['p50_ms']:.2f}x",
                          f"{r['p99_ms'] / c['bare']['p99_ms']:.2f}x",
                          f"{pair['rate']:.2f}x" if pair else "-",
                          f"{pair['p99']:.2f}x" if pair else "-"])
@@ -361,7 +362,8 @@ def report(results: dict) -> str:
                  "medians, and paired = median of each round's ratio to the bare round "
                  "before it)",
                  ["workers", "conns", "endpoint", "req/s", "p50 ms", "p99 ms", "p999 ms",
-                  "errors", "cores gw/redis/load", "gw CPU µs/req", "rate ratio", "p99 ratio",
+                  "errors", "cores gw/redis/load", "gw CPU µs/req", "rate ratio", "p50 ratio",
+                  "p99 ratio",
                   "rate paired", "p99 paired"],
                  rows)
 
