@@ -4,8 +4,10 @@ line (or, under --json, one JSON error object on stderr) for every mistake."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -93,6 +95,17 @@ def run(coro) -> Any:
         if error is None:
             raise
         raise error from exc
+
+
+def start_again(reason: object) -> NoReturn:
+    """Run this command again in this process (exec: the same pid, so a supervisor, a
+    container or a test holding it sees one process that never stopped): for a
+    long-running process that must rebuild its connections from scratch, after it has
+    shut down cleanly (engine.connections.ClusterModeChanged)."""
+    logging.getLogger("flashsale").warning("%s: starting again", reason)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def to_builtins(data: Any) -> Any:

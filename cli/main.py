@@ -15,7 +15,15 @@ import tempfile
 import click
 
 from cli import audit, catalog, demo, loadtest, notify, product, reconcile, sale
-from cli.common import CommandError, emit, json_option, run, server_settings, settings
+from cli.common import (
+    CommandError,
+    emit,
+    json_option,
+    run,
+    server_settings,
+    settings,
+    start_again,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +58,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         # to files in this folder and /metrics sums them.
         metrics_dir = tempfile.mkdtemp(prefix="flashsale-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from engine.connections import ClusterModeChanged
     from engine.errors import Misconfigured
     from engine.preflight import check_port
     from gateway.server import serve as serve_gateway
@@ -62,6 +71,8 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         serve_gateway(config, host=host, port=port, workers=workers)
     except Misconfigured as exc:
         raise CommandError(exc.message, code=exc.code) from exc
+    except ClusterModeChanged as exc:  # one process; its workers are started again instead
+        start_again(exc)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import CommandError, run, server_settings
+from cli.common import CommandError, run, server_settings, start_again
 
 
 @click.command()
@@ -16,6 +16,7 @@ from cli.common import CommandError, run, server_settings
 def reconcile(metrics_port: int | None, consumer_name: str | None) -> None:
     """Stream sale events into Postgres and expire unpaid holds (SIGTERM stops cleanly)."""
     from cli.main import preflight
+    from engine.connections import ClusterModeChanged
     from engine.errors import Misconfigured
     from engine.preflight import check_port
     from reconciler.service import run_reconciler
@@ -28,4 +29,7 @@ def reconcile(metrics_port: int | None, consumer_name: str | None) -> None:
     except Misconfigured as exc:
         raise CommandError(exc.message, code=exc.code) from exc
     run(preflight(config))
-    run(run_reconciler(config, metrics_port=port or None, consumer_name=consumer_name))
+    try:
+        run(run_reconciler(config, metrics_port=port or None, consumer_name=consumer_name))
+    except ClusterModeChanged as exc:
+        start_again(exc)

@@ -37,6 +37,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.coalesce import coalesce
+from engine.errors import Redirected
 from engine.scripts import Script
 from engine.transport import connect_like
 
@@ -67,6 +68,7 @@ def encode_command(*parts: Any) -> bytes:
 
 
 _ASKING = encode_command("ASKING")
+_REDIRECTS = ("MOVED ", "ASK ")
 
 
 class _Pending:
@@ -233,10 +235,11 @@ class ScriptBatcher:
                 return
             item = self._waiting.popleft()
             if isinstance(reply, ResponseError):
-                if str(reply).startswith("NOSCRIPT") and item.script is not None:
+                text = str(reply)
+                if text.startswith("NOSCRIPT") and item.script is not None:
                     self._reload_and_resend(item)
                     continue
-                item.fail(reply)
+                item.fail(Redirected(text) if text.startswith(_REDIRECTS) else reply)
             else:
                 item.resolve(reply)
 

@@ -110,6 +110,37 @@ async def cluster_enabled(settings: Settings) -> bool | None:
     return int(info.get("cluster_enabled") or 0) == 1
 
 
+class ClusterModeChanged(Exception):
+    """The node FLASHSALE_REDIS_URL names answered, after start-up, other than the process
+    assumed when it did not answer: its clients are of the wrong kind, and the process
+    must start again (the gateway and the reconciler do so by themselves)."""
+
+
+async def confirm_cluster_mode(settings: Settings, redis: AnyRedis, every: float = 1.0) -> None:
+    """With FLASHSALE_REDIS_CLUSTER unset (``auto``): ask the named node ``INFO cluster``
+    every ``every`` seconds until it answers, then return if ``redis`` is the client its
+    answer calls for, or raise ClusterModeChanged. A process started while that node was
+    down assumed one server (cluster_mode); until it starts again, a key on another
+    master is answered MOVED, which callers see as an outage (errors.REDIS_DOWN). Set
+    either way, the mode is what the operator said: returns at once."""
+    if settings.cluster_mode is not None:
+        return
+    while True:
+        try:
+            enabled = await cluster_enabled(settings)
+        except redis.exceptions.RedisError:  # refused (a password, an ACL): no answer either
+            enabled = None
+        if enabled is not None:
+            break
+        await asyncio.sleep(every)
+    if enabled != is_cluster(redis):
+        raise ClusterModeChanged(
+            f"Redis at {where(settings.redis_url)} is a "
+            f"{'Redis Cluster node' if enabled else 'single server, not a cluster node'}, "
+            "but it did not answer when this process started and was taken for "
+            f"{'one server' if enabled else 'a cluster'}")
+
+
 async def cluster_mode(settings: Settings) -> bool:
     """Whether to talk to a Redis Cluster. Misconfigured (one line) when the setting and
     the server disagree, or a cluster is named with a db other than 0. With ``auto`` and a
@@ -128,8 +159,8 @@ async def cluster_mode(settings: Settings) -> bool:
     if enabled is None:
         if wanted is None:
             log.warning("Redis at %s does not answer, so whether it is a cluster is unknown: "
-                        "assuming one server (set FLASHSALE_REDIS_CLUSTER=1 for a cluster)",
-                        where(url))
+                        "assuming one server until it answers (set FLASHSALE_REDIS_CLUSTER "
+                        "to say which)", where(url))
         return bool(wanted)
     if wanted is True and not enabled:
         raise Misconfigured(f"FLASHSALE_REDIS_CLUSTER=1 but Redis at {where(url)} is not a "

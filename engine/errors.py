@@ -149,12 +149,24 @@ class Misconfigured(FlashsaleError):
 POSTGRES_REFUSED = (asyncpg.InvalidCatalogNameError,
                     asyncpg.InvalidAuthorizationSpecificationError,
                     asyncpg.InvalidPasswordError)
+
+
+class Redirected(redis.exceptions.ResponseError):
+    """A ``MOVED`` or ``ASK`` reply to a script call (engine/batching.py), its text kept:
+    the key's slot is served by another node of a Redis Cluster. The cluster batcher
+    follows it (engine/cluster.py); anywhere else it is an outage (REDIS_DOWN)."""
+
+
 # Driver failures that mean "the service is not reachable right now", not a bug of ours.
 # On a Redis Cluster also: CLUSTERDOWN and TRYAGAIN past the client's retries, a slot no
 # node serves (a failover under way), no node reachable at all (RedisClusterException).
+# A redirection (MOVED, ASK) that reaches a caller: a process talking to a cluster node as
+# to one server, which it does only until it starts again as a cluster client
+# (engine.connections.confirm_cluster_mode).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
               redis.exceptions.BusyLoadingError, redis.exceptions.ClusterError,
-              redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException)
+              redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException,
+              redis.exceptions.AskError, Redirected)
 POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
                  asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, *POSTGRES_REFUSED)

@@ -9,7 +9,15 @@ from aiohttp import web
 
 from engine import metrics
 from engine.codec import encode, error_document
-from engine.connections import close_pool, create_pool, open_redis, probe_all, redis_state
+from engine.connections import (
+    ClusterModeChanged,
+    close_pool,
+    confirm_cluster_mode,
+    create_pool,
+    open_redis,
+    probe_all,
+    redis_state,
+)
 from engine.errors import Unavailable
 from engine.settings import Settings
 from gateway import api
@@ -74,21 +82,38 @@ class _Verifier:
         return await svc.standings.authorize(svc.signer.from_header(header))
 
 
+# Fails with ClusterModeChanged when the process must start again to talk to Redis as it
+# is (engine.connections.confirm_cluster_mode); gateway/server.py serves until it does.
+RESTART = web.AppKey("restart", asyncio.Future)
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = await open_redis(settings)
     pool = await create_pool(settings)
     app[SERVICES] = build_services(settings, redis, pool)
     await app[SERVICES].start()
-    refresher = asyncio.create_task(_refresh_readiness(app[SERVICES]), name="readiness")
+    restart = app[RESTART] = asyncio.get_running_loop().create_future()
+    tasks = [asyncio.create_task(_refresh_readiness(app[SERVICES]), name="readiness"),
+             asyncio.create_task(_watch_cluster_mode(settings, redis, restart),
+                                 name="cluster-mode")]
     try:
         yield
     finally:
-        refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await app[SERVICES].stop()
         await redis.aclose()
         await close_pool(pool)
+
+
+async def _watch_cluster_mode(settings: Settings, redis, restart: asyncio.Future) -> None:
+    try:
+        await confirm_cluster_mode(settings, redis)
+    except ClusterModeChanged as exc:
+        restart.set_exception(exc)
+        restart.exception()  # read here: an app under a test server has no one waiting
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -6,12 +6,14 @@ is replaced after a backoff (0.1 s, doubling while replacements keep dying withi
 starting, at most 5 s), logged and counted in ``flashsale_gateway_worker_restarts``. Each
 worker asks the kernel for SIGTERM when the parent dies (PR_SET_PDEATHSIG), so a killed
 parent never leaves orphans serving the port. SIGTERM or SIGINT to the parent is passed to
-the workers, which finish their requests and exit; then the parent exits.
+the workers, which finish their requests and exit; then the parent exits. A worker that
+must start again to talk to Redis as it is (ClusterModeChanged) finishes its requests,
+exits with 75 and is replaced at once; one process alone is started again in place by
+``flashsale serve``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -24,9 +26,10 @@ import time
 import uvloop
 from aiohttp import web
 
+from engine.connections import ClusterModeChanged
 from engine.errors import Misconfigured
 from engine.settings import Settings
-from gateway.app import create_app
+from gateway.app import RESTART, create_app
 from gateway.hot import HotAppRunner
 
 log = logging.getLogger("flashsale.gateway")
@@ -35,6 +38,7 @@ _PR_SET_PDEATHSIG = 1
 _STABLE_SECONDS = 10.0  # a worker that lived this long resets its slot's backoff
 _FIRST_DELAY, _MOST_DELAY = 0.1, 5.0
 _EX_CONFIG = 78  # a worker that cannot serve (the port): replacing it cannot help
+_EX_RESTART = 75  # a worker that must start again (ClusterModeChanged): replaced at once
 
 
 def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool,
@@ -55,14 +59,15 @@ def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool,
 async def _run(app: web.Application, host: str, port: int, reuse_port: bool,
                listening: str) -> None:
     """What ``web.run_app`` does, with the hot lane's runner (gateway/hot.py): SIGINT and
-    SIGTERM end it (GracefulExit), requests in flight get 5 s to finish."""
+    SIGTERM end it (GracefulExit), requests in flight get 5 s to finish. So does the app's
+    RESTART, raising ClusterModeChanged: the caller starts the process again."""
     runner = HotAppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=5,
                           keepalive_timeout=75)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
         log.info("%s", listening)  # once the socket is bound: "listening" is never a lie
-        await asyncio.Event().wait()
+        await app[RESTART]
     finally:
         await runner.cleanup()
 
@@ -113,6 +118,9 @@ class Supervisor:
             except Misconfigured as exc:
                 log.error("%s", exc.message)
                 code = _EX_CONFIG
+            except ClusterModeChanged as exc:
+                log.warning("%s: gateway worker %d starts again", exc, os.getpid())
+                code = _EX_RESTART
             except BaseException:
                 log.exception("gateway worker failed")
                 code = 1
@@ -159,12 +167,13 @@ class Supervisor:
 
     def _replace(self, slot: int, pid: int, exit_code: int) -> None:
         lived = time.monotonic() - self.started_at.get(slot, 0.0)
-        delay = _FIRST_DELAY if lived >= _STABLE_SECONDS else min(
+        delay = _FIRST_DELAY if lived >= _STABLE_SECONDS or exit_code == _EX_RESTART else min(
             _MOST_DELAY, max(_FIRST_DELAY, self.delay.get(slot, 0.0) * 2))
         self.delay[slot] = delay
-        how = f"signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
-        log.warning("gateway worker %d died (%s) after %.1f s; replacing it in %.1f s",
-                    pid, how, lived, delay)
+        if exit_code != _EX_RESTART:  # a worker starting again has said why
+            how = f"signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
+            log.warning("gateway worker %d died (%s) after %.1f s; replacing it in %.1f s",
+                        pid, how, lived, delay)
         time.sleep(delay)  # a SIGTERM meanwhile runs _forward; sleep resumes (PEP 475)
         if self.stopping:
             return

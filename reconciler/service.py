@@ -11,7 +11,14 @@ import time
 from aiohttp import web
 
 from engine.codec import error_document
-from engine.connections import close_pool, create_pool, open_redis, probe_all, redis_state
+from engine.connections import (
+    close_pool,
+    confirm_cluster_mode,
+    create_pool,
+    open_redis,
+    probe_all,
+    redis_state,
+)
 from engine.errors import Unavailable
 from engine.metrics import DEPENDENCY_UP, exposition
 from engine.settings import Settings
@@ -90,7 +97,10 @@ async def run_reconciler(settings: Settings, *, metrics_port: int | None = None,
     started = time.monotonic()
     tasks = [asyncio.create_task(consumer.run(), name="consumer"),
              asyncio.create_task(sweeper.run(), name="sweeper"),
-             asyncio.create_task(_refresh_readiness(consumer, settings), name="readiness")]
+             asyncio.create_task(_refresh_readiness(consumer, settings), name="readiness"),
+             # Ends quietly once Redis confirms the client's kind; else raises
+             # ClusterModeChanged, on which the command starts the process again.
+             asyncio.create_task(confirm_cluster_mode(settings, redis), name="cluster-mode")]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
