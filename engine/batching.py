@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.coalesce import coalesce
-from engine.errors import Redirected
+from engine.errors import reply_error
 from engine.scripts import Script
 from engine.transport import connect_like
 
@@ -68,7 +68,6 @@ def encode_command(*parts: Any) -> bytes:
 
 
 _ASKING = encode_command("ASKING")
-_REDIRECTS = ("MOVED ", "ASK ")
 
 
 class _Pending:
@@ -140,7 +139,7 @@ class ScriptBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None  # the transport's
         self._connecting: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
-        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._reader = hiredis.Reader(replyError=reply_error)
         self._prefixes: dict[tuple, bytes] = {}
         self._closed = False
         self._wait_queued: _Pending | None = None
@@ -235,11 +234,10 @@ class ScriptBatcher:
                 return
             item = self._waiting.popleft()
             if isinstance(reply, ResponseError):
-                text = str(reply)
-                if text.startswith("NOSCRIPT") and item.script is not None:
+                if str(reply).startswith("NOSCRIPT") and item.script is not None:
                     self._reload_and_resend(item)
                     continue
-                item.fail(Redirected(text) if text.startswith(_REDIRECTS) else reply)
+                item.fail(reply)
             else:
                 item.resolve(reply)
 
@@ -258,7 +256,7 @@ class ScriptBatcher:
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await asyncio.wait_for(self._open(loop), self._connect_timeout)
-            self._reader = hiredis.Reader(replyError=ResponseError)
+            self._reader = hiredis.Reader(replyError=reply_error)
             self._transport, self._loop = transport, loop
             await self._handshake()
         except (OSError, TimeoutError, ResponseError) as exc:

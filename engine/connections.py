@@ -12,12 +12,17 @@ import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import ClusterPipeline
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import (
+    DefaultParser,
+    _AsyncHiredisParser,
+    _AsyncRESP2Parser,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from engine.errors import Misconfigured
+from engine.errors import REFUSALS, Misconfigured, Refused
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,18 @@ AnyRedis = aioredis.Redis | aioredis.RedisCluster
 # A cluster node's pool does not wait for a free connection (redis-py raises at once when
 # all are busy), so a cluster client gets this many times FLASHSALE_REDIS_POOL_MAX per node.
 CLUSTER_POOL_FACTOR = 4
+
+
+def _knowing_refusals() -> type:
+    """redis-py's reply parser, giving every code of errors.REFUSALS a type (Refused where
+    redis-py has none: MISCONF, NOREPLICAS, BUSY), so ``except REDIS_DOWN`` catches them."""
+    base = DefaultParser if DefaultParser is _AsyncHiredisParser else _AsyncRESP2Parser
+    codes = {code: Refused for code in REFUSALS if code not in base.EXCEPTION_CLASSES}
+    return type("RefusalsParser", (base,),
+                {"EXCEPTION_CLASSES": {**base.EXCEPTION_CLASSES, **codes}})
+
+
+PARSER = _knowing_refusals()
 
 
 def _closed_under_us(exc: AttributeError | RuntimeError) -> bool:
@@ -46,7 +63,17 @@ class FailoverSafeCluster(aioredis.RedisCluster):
     a RuntimeError (a write on a closed transport: a node that died and came back) instead
     of a connection error. Here that is the outage it is: a ConnectionError, which the
     callers already retry (the reconciler) or answer with a 503 (the gateway); the
-    connection is dropped, so the retry connects afresh."""
+    connection is dropped, so the retry connects afresh.
+
+    Its nodes' connections parse replies with PARSER (the refusals typed), given the way
+    redis-py gives them options RedisCluster takes no argument for: in the template for
+    nodes found later and in the start-up nodes' own copies."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nodes_manager.connection_kwargs["parser_class"] = PARSER
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_kwargs["parser_class"] = PARSER
 
     async def execute_command(self, *args, **kwargs):
         try:
@@ -207,6 +234,7 @@ def create_redis(settings: Settings, *, max_connections: int | None = None,
         socket_timeout=max(settings.dependency_timeout, 2.0),
         health_check_interval=30,
         decode_responses=False,
+        parser_class=PARSER,
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[RedisConnectionError],
     )

@@ -157,15 +157,40 @@ class Redirected(redis.exceptions.ResponseError):
     follows it (engine/cluster.py); anywhere else it is an outage (REDIS_DOWN)."""
 
 
+class Refused(redis.exceptions.ResponseError):
+    """Redis up but refusing the command for now (REFUSALS): an outage, not a bug."""
+
+
+# Error replies of a Redis that cannot take the command for now, whoever sent it: loading
+# its data after a restart, out of memory under `noeviction`, a replica, fewer replicas
+# than `min-replicas-to-write`, its last save failed (`stop-writes-on-bgsave-error`),
+# busy in a long script, its master down (a replica serving stale reads refuses).
+REFUSALS = ("LOADING", "OOM", "READONLY", "NOREPLICAS", "MISCONF", "BUSY", "MASTERDOWN")
+
+
+def reply_error(text: str) -> redis.exceptions.ResponseError:
+    """A Redis error reply as callers tell it apart, its text kept whole (the script
+    batchers' replyError): Redirected, Refused or a plain ResponseError."""
+    code = text.partition(" ")[0]
+    if code in ("MOVED", "ASK"):
+        return Redirected(text, status_code=code)
+    if code in REFUSALS:
+        return Refused(text, status_code=code)
+    return redis.exceptions.ResponseError(text, status_code=code)
+
+
 # Driver failures that mean "the service is not reachable right now", not a bug of ours.
 # On a Redis Cluster also: CLUSTERDOWN and TRYAGAIN past the client's retries, a slot no
 # node serves (a failover under way), no node reachable at all (RedisClusterException).
-# A redirection (MOVED, ASK) that reaches a caller: a process talking to a cluster node as
-# to one server, which it does only until it starts again as a cluster client
+# Redis refusing for now (REFUSALS: redis-py's own types for some, Refused for the rest,
+# engine.connections gives redis-py the codes it has no type for). A redirection (MOVED,
+# ASK) that reaches a caller: a process talking to a cluster node as to one server, which
+# it does only until it starts again as a cluster client
 # (engine.connections.confirm_cluster_mode).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
               redis.exceptions.BusyLoadingError, redis.exceptions.ClusterError,
               redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException,
+              redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, Refused,
               redis.exceptions.AskError, Redirected)
 POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
                  asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,

@@ -184,9 +184,28 @@ class Edge:
         return edge
 
 
+_OUTAGE_EVERY = 10.0  # seconds between two log lines of one kind of outage
+_outages_logged: dict[tuple[str, str], float] = {}
+
+
+def _note_outage(route: str, exc: Exception) -> None:
+    """One warning per kind of outage every _OUTAGE_EVERY seconds: a 503 says Redis or
+    Postgres, the log says why (the exception's type and Redis's error code: OOM,
+    LOADING, READONLY...), which readiness (a PING) does not always see. No exception
+    text: a driver's can quote the command or the row."""
+    kind = (type(exc).__name__, getattr(exc, "status_code", None) or "")
+    now = time.monotonic()
+    if now - _outages_logged.get(kind, -_OUTAGE_EVERY) < _OUTAGE_EVERY:
+        return
+    _outages_logged[kind] = now
+    log.warning("%s answered 503 (%s%s; the next such line in %.0f s at the earliest)",
+                route, kind[0], f", Redis said {kind[1]}" if kind[1] else "", _OUTAGE_EVERY)
+
+
 def _failure(request: web.Request, route: str, exc: Exception) -> web.Response:
     outage = as_unavailable(exc)
     if outage is not None:
+        _note_outage(route, exc)
         return error_response(outage)
     request_id = request_id_of(request)
     # The exception's text is left out: a driver error's detail can quote a row (a
