@@ -192,9 +192,14 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
               redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException,
               redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, Refused,
               redis.exceptions.AskError, Redirected)
+# Postgres up but refusing for now, as REFUSALS are for Redis: read-only (a standby, a
+# failover not done yet: 25006); out of disk, memory, connections or another resource
+# (class 53); a shutdown, a start not finished, a cancel by an operator or a statement
+# timeout, a dropped database (class 57); an I/O error (class 58).
+POSTGRES_REFUSING = (asyncpg.ReadOnlySQLTransactionError, asyncpg.InsufficientResourcesError,
+                     asyncpg.OperatorInterventionError, asyncpg.PostgresSystemError)
 POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
-                 asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-                 asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, *POSTGRES_REFUSED)
+                 *POSTGRES_REFUSING, *POSTGRES_REFUSED)
 # What asyncpg raises when Postgres drops a connection in the middle of a query or a
 # transaction ("connection is closed", a protocol state it cannot go on from): an outage
 # seen from inside a call. The gateway answers it 503, the reconciler retries the batch.

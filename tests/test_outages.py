@@ -7,12 +7,14 @@ import asyncio
 import time
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
 from engine.admission import Admission
 from engine.connections import create_redis
 from gateway.app import create_app
+from gateway.context import SERVICES
 from tests.conftest import (
     TEST_DATABASE_URL,
     TEST_REDIS_URL,
@@ -146,3 +148,43 @@ async def test_batcher_fails_fast_and_reconnects(redis_proxy, sales, product_fac
     finally:
         await admission.close()
         await client.aclose()
+
+
+async def test_a_read_only_postgres_gives_503_then_recovers(database) -> None:
+    """Postgres up but read-only (a standby, a failover not finished) refuses every write
+    with SQLSTATE 25006: an outage (503, Retry-After), not a bug. Staged on a database of
+    this test's own, made read-only for new sessions, the gateway's pool renewed."""
+    from engine.connections import database_name, with_database
+    from engine.migrate import migrate
+
+    name = f"{database_name(TEST_DATABASE_URL)}_read_only"
+    url = with_database(TEST_DATABASE_URL, name)
+    admin = await asyncpg.connect(with_database(TEST_DATABASE_URL, "postgres"))
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    client = None
+    try:
+        await migrate(url)
+        client = TestClient(GatewayServer(create_app(make_settings(database_url=url))))
+        await client.start_server()
+        api = Api(client)
+        await api.signup()
+        read_only = "ALTER DATABASE \"{}\" SET default_transaction_read_only = {}"
+        await admin.execute(read_only.format(name, "on"))
+        pool = client.server.app[SERVICES].pool
+        await pool.expire_connections()
+        resp = await client.post("/api/v1/auth/signup", json={
+            "email": "ro@example.com", "password": "long-enough-1", "name": "Ro"})
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert_error(body, "unavailable")
+        assert body["error"]["details"] == {"dependency": "postgres"}
+        assert resp.headers["Retry-After"] == "1"
+        await admin.execute(read_only.format(name, "off"))
+        await pool.expire_connections()
+        await api.signup()  # writes again
+    finally:
+        if client is not None:
+            await client.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

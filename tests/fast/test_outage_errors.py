@@ -26,3 +26,43 @@ def test_a_connection_lost_inside_a_call_is_a_503(exc, dependency) -> None:
 def test_a_programming_error_is_not_an_outage() -> None:
     assert as_unavailable(ValueError("bug")) is None
     assert as_unavailable(asyncpg.UniqueViolationError("duplicate key")) is None
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+    asyncpg.DiskFullError("could not extend file: No space left on device"),
+    asyncpg.OutOfMemoryError("out of memory"),
+    asyncpg.ConfigurationLimitExceededError("out of shared memory"),
+    asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+    asyncpg.DatabaseDroppedError("database is being dropped"),
+    asyncpg.PostgresIOError("could not read block"),
+])
+def test_a_postgres_refusing_for_now_is_a_503(exc) -> None:
+    """Postgres up but unable to do the work for now (engine.errors.POSTGRES_REFUSING)."""
+    outage = as_unavailable(exc)
+    assert isinstance(outage, Unavailable) and outage.dependency == "postgres", exc
+
+
+@pytest.mark.parametrize("text", [
+    "LOADING Redis is loading the dataset in memory",
+    "OOM command not allowed when used memory > 'maxmemory'.",
+    "READONLY You can't write against a read only replica.",
+    "NOREPLICAS Not enough good replicas to write.",
+    "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist",
+    "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+    "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    "MOVED 3999 127.0.0.1:6381",
+    "ASK 3999 127.0.0.1:6381",
+])
+def test_a_redis_refusing_for_now_is_a_503_whoever_parsed_it(text) -> None:
+    """The same error reply parsed by the script batchers (errors.reply_error) and by
+    redis-py with the engine's parser (connections.PARSER): an outage either way; a
+    plain error reply (a bug of ours) stays one."""
+    from engine.connections import PARSER
+    from engine.errors import reply_error
+
+    for exc in (reply_error(text), PARSER.parse_error(text)):
+        outage = as_unavailable(exc)
+        assert isinstance(outage, Unavailable) and outage.dependency == "redis", (text, exc)
+    assert as_unavailable(reply_error("ERR wrong number of arguments")) is None
+    assert as_unavailable(PARSER.parse_error("ERR wrong number of arguments")) is None
