@@ -11,7 +11,8 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # every open side, both ways
+        self._handlers: set[asyncio.Task] = set()
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -19,23 +20,35 @@ class TcpProxy:
         return self
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Known from the first moment, so a cut while the upstream connects drops it too.
+        task = asyncio.current_task()
+        self._handlers.add(task)
+        self._writers.add(writer)
+        up_writer = None
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                return
+            if writer not in self._writers:  # cut meanwhile
+                return
+            self._writers.add(up_writer)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(Exception):
-                dst.close()
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                with contextlib.suppress(Exception):
+                    dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            for side in (writer, up_writer):
+                if side is not None:
+                    self._writers.discard(side)
+                    side.transport.abort()
+            self._handlers.discard(task)
 
     async def cut(self) -> None:
         """Refuse new connections and drop the open ones: the service looks dead."""
@@ -52,4 +65,9 @@ class TcpProxy:
         await self.start()
 
     async def close(self) -> None:
+        """Cut, and end every connection's handler (none is left to the loop's end)."""
         await self.cut()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)

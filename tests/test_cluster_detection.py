@@ -195,5 +195,6 @@ async def test_a_reconciler_started_before_the_cluster_answers(cluster, cluster_
         assert reconciler.proc.poll() is None, reconciler.log.read_text()
         assert "is a Redis Cluster node" in reconciler.log.read_text()
     finally:
+        reconciler.stop()  # before the proxy goes: nothing left connecting through it
         await api.client.close()
         await proxy.close()
