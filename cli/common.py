@@ -51,7 +51,12 @@ def settings() -> Settings:
 
 def explain(exc: BaseException) -> CommandError | None:
     """The one-line error an exception means to an operator, or None for a bug."""
-    from engine.errors import FlashsaleError, as_unavailable
+    from engine.errors import (
+        POSTGRES_REFUSING,
+        REDIS_REFUSING,
+        FlashsaleError,
+        as_unavailable,
+    )
     from engine.preflight import explain_postgres, explain_redis, where
 
     if isinstance(exc, FlashsaleError):
@@ -67,6 +72,11 @@ def explain(exc: BaseException) -> CommandError | None:
         if url is None:
             return CommandError(f"{outage.message} ({exc})", code=outage.code)
         name = {"redis": "Redis", "postgres": "Postgres"}[outage.dependency or ""]
+        if isinstance(exc, (*REDIS_REFUSING, *POSTGRES_REFUSING)):
+            said = getattr(exc, "status_code", None) or type(exc).__name__
+            return CommandError(f"{name} at {where(url)} refuses for now ({said}: {exc}); "
+                                "retry once it takes commands again.", code=outage.code,
+                                details=outage.details)
         return CommandError(f"cannot reach {name} at {where(url)} ({exc}); is it running? "
                             "Retry once it answers.", code=outage.code,
                             details=outage.details)

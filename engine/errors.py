@@ -187,10 +187,11 @@ def reply_error(text: str) -> redis.exceptions.ResponseError:
 # ASK) that reaches a caller: a process talking to a cluster node as to one server, which
 # it does only until it starts again as a cluster client
 # (engine.connections.confirm_cluster_mode).
+REDIS_REFUSING = (redis.exceptions.BusyLoadingError, redis.exceptions.OutOfMemoryError,
+                  redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError, Refused)
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-              redis.exceptions.BusyLoadingError, redis.exceptions.ClusterError,
-              redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException,
-              redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, Refused,
+              redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+              redis.exceptions.RedisClusterException, *REDIS_REFUSING,
               redis.exceptions.AskError, Redirected)
 # Postgres up but refusing for now, as REFUSALS are for Redis: read-only (a standby, a
 # failover not done yet: 25006); out of disk, memory, connections or another resource

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -224,3 +227,26 @@ async def test_a_refusing_master_of_the_cluster_is_an_outage(cluster, cluster_ur
         await client.aclose()
     assert (await SCRIPTS.reserve(cluster, keys.for_reserve,
                                   (sale, 0, "", 7, 1, "k", "")))[0][0] == b"ok"
+
+
+async def test_a_command_meeting_a_refusing_redis_says_so_in_one_line(private, database,
+                                                                       product_factory):
+    product_id = await product_factory(stock=10)
+    env = {**os.environ, "FLASHSALE_DATABASE_URL": make_settings().database_url,
+           "FLASHSALE_REDIS_URL": f"redis://127.0.0.1:{private}/0"}
+
+    def flashsale(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
+                              text=True, timeout=60, env=env)
+
+    created = await asyncio.to_thread(flashsale, "sale", "create", "--product-id",
+                                      str(product_id), "--quantity", "5", "--price", "1.00",
+                                      "--json")
+    assert created.returncode == 0, created.stderr
+    sale_id = json.loads(created.stdout)["sale_id"]
+    await _commands(private, REFUSING["OOM"][0])
+    done = await asyncio.to_thread(flashsale, "sale", "pause", str(sale_id))
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "refuses for now (OOM" in lines[0] and "retry once" in lines[0], lines[0]
