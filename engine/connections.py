@@ -143,14 +143,18 @@ class ClusterModeChanged(Exception):
     must start again (the gateway and the reconciler do so by themselves)."""
 
 
-async def confirm_cluster_mode(settings: Settings, redis: AnyRedis, every: float = 1.0) -> None:
-    """With FLASHSALE_REDIS_CLUSTER unset (``auto``): ask the named node ``INFO cluster``
-    every ``every`` seconds until it answers, then return if ``redis`` is the client its
-    answer calls for, or raise ClusterModeChanged. A process started while that node was
-    down assumed one server (cluster_mode); until it starts again, a key on another
-    master is answered MOVED, which callers see as an outage (errors.REDIS_DOWN). Set
-    either way, the mode is what the operator said: returns at once."""
-    if settings.cluster_mode is not None:
+# The Redis URLs whose kind this process had to guess (cluster_mode: auto, no answer).
+_GUESSED: set[str] = set()
+
+
+async def confirm_cluster_mode(settings: Settings, client: AnyRedis, every: float = 1.0) -> None:
+    """When this process had to guess whether FLASHSALE_REDIS_URL is a cluster (``auto``
+    and no answer at start-up, cluster_mode): ask the named node ``INFO cluster`` every
+    ``every`` seconds until it answers, then return if ``client`` is the kind its answer
+    calls for, or raise ClusterModeChanged. Until the process starts again, a key on
+    another master is answered MOVED, which callers see as an outage (errors.REDIS_DOWN).
+    A mode configured or answered at start-up is known: returns at once."""
+    if settings.redis_url not in _GUESSED:
         return
     while True:
         try:
@@ -160,7 +164,8 @@ async def confirm_cluster_mode(settings: Settings, redis: AnyRedis, every: float
         if enabled is not None:
             break
         await asyncio.sleep(every)
-    if enabled != is_cluster(redis):
+    _GUESSED.discard(settings.redis_url)
+    if enabled != is_cluster(client):
         raise ClusterModeChanged(
             f"Redis at {where(settings.redis_url)} is a "
             f"{'Redis Cluster node' if enabled else 'single server, not a cluster node'}, "
@@ -185,10 +190,12 @@ async def cluster_mode(settings: Settings) -> bool:
     enabled = await cluster_enabled(settings)
     if enabled is None:
         if wanted is None:
+            _GUESSED.add(url)
             log.warning("Redis at %s does not answer, so whether it is a cluster is unknown: "
                         "assuming one server until it answers (set FLASHSALE_REDIS_CLUSTER "
                         "to say which)", where(url))
         return bool(wanted)
+    _GUESSED.discard(url)  # answered now, whatever an earlier call had to guess
     if wanted is True and not enabled:
         raise Misconfigured(f"FLASHSALE_REDIS_CLUSTER=1 but Redis at {where(url)} is not a "
                             "cluster node (cluster_enabled:0): name a node of the cluster in "

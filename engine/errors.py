@@ -172,11 +172,11 @@ def reply_error(text: str) -> redis.exceptions.ResponseError:
     """A Redis error reply as callers tell it apart, its text kept whole (the script
     batchers' replyError): Redirected, Refused or a plain ResponseError."""
     code = text.partition(" ")[0]
-    if code in ("MOVED", "ASK"):
-        return Redirected(text, status_code=code)
-    if code in REFUSALS:
-        return Refused(text, status_code=code)
-    return redis.exceptions.ResponseError(text, status_code=code)
+    kind = (Redirected if code in ("MOVED", "ASK") else Refused if code in REFUSALS
+            else redis.exceptions.ResponseError)
+    exc = kind(text)
+    exc.status_code = code  # as redis-py's parser sets it on the errors it types
+    return exc
 
 
 # Driver failures that mean "the service is not reachable right now", not a bug of ours.

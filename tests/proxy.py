@@ -15,15 +15,19 @@ class TcpProxy:
         self._handlers: set[asyncio.Task] = set()
 
     async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._accepted, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Known from the first moment, so a cut while the upstream connects drops it too.
-        task = asyncio.current_task()
-        self._handlers.add(task)
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Called as the connection is made (not as a task), so the connection is known from
+        # its first moment: a cut or a close drops it even before its handler has run.
         self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._accept(reader, writer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_writer = None
         try:
             try:
@@ -48,7 +52,6 @@ class TcpProxy:
                 if side is not None:
                     self._writers.discard(side)
                     side.transport.abort()
-            self._handlers.discard(task)
 
     async def cut(self) -> None:
         """Refuse new connections and drop the open ones: the service looks dead."""
