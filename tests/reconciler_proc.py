@@ -73,6 +73,26 @@ class ReconcilerProcess:
             self.proc.wait(10)
 
 
+async def wait_answering(base: str, proc: subprocess.Popen, path: str = "/healthz",
+                         timeout: float = 30.0) -> None:
+    """Until the server process at ``base`` answers ``path`` with 200 (it must not exit
+    meanwhile)."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            assert proc.poll() is None, f"the server at {base} exited"
+            try:
+                async with http.get(f"{base}{path}") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, f"{base}{path} did not answer 200"
+            await asyncio.sleep(0.05)
+
+
 async def wait_drained(redis, pool, sale_id: int, *, rows: int | None = None,
                        timeout: float = 30.0) -> None:
     """Until the sale's stream is fully applied (and, if given, ``rows`` rows exist)."""

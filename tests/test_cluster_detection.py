@@ -25,7 +25,7 @@ import pytest
 from tests.cluster_support import ROOT
 from tests.conftest import make_settings
 from tests.proxy import TcpProxy
-from tests.reconciler_proc import ReconcilerProcess, free_port, wait_drained
+from tests.reconciler_proc import ReconcilerProcess, free_port, wait_answering, wait_drained
 from tests.test_cluster_service import master_of, start_api
 
 pytestmark = pytest.mark.slow
@@ -54,21 +54,6 @@ def _serve(redis_url: str, port: int, workers: int, log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
                              "--workers", str(workers)], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
-
-
-async def _until_up(base: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while True:
-            assert proc.poll() is None, "the gateway exited"
-            try:
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            await asyncio.sleep(0.05)
 
 
 async def _reserve_until_held(base: str, sale: dict, headers: dict,
@@ -110,7 +95,7 @@ async def test_a_gateway_started_before_the_cluster_answers(cluster, cluster_url
         sale, = await _other_masters_sales(api, cluster, node, 1)
         buyer = await api.signup()
         base = f"http://127.0.0.1:{port}"
-        await _until_up(base, proc)
+        await wait_answering(base, proc)
         status, _ = await _post(base, sale, buyer["headers"])
         assert status == 503, status  # Redis does not answer: 503, as any outage
         await proxy.restore()

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, SECRET
+from tests.reconciler_proc import wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 ST = Path(sys.executable).parent / "st"
@@ -31,20 +32,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-async def _ready(base: str, proc: subprocess.Popen) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            assert proc.poll() is None, "the gateway exited"
-            try:
-                async with http.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the gateway did not become ready")
 
 
 async def _seed(base: str) -> str:
@@ -90,7 +77,7 @@ async def test_schemathesis_finds_nothing(settings, database) -> None:
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        await _ready(base, proc)
+        await wait_answering(base, proc, "/readyz")
         user_token = await _seed(base)
         total = 0
         for who, token in (("user", user_token), ("operator", ADMIN_TOKEN)):
