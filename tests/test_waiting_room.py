@@ -422,7 +422,7 @@ async def test_two_worker_processes_share_one_room(settings, sales, product_fact
 
     from engine.waiting_room import RoomConfig
     from tests.reconciler_proc import ROOT as ROOT_DIR
-    from tests.reconciler_proc import free_port
+    from tests.reconciler_proc import free_port, wait_answering
 
     product = await product_factory(stock=20)
     sale = await sales.create(product_id=product, quantity=20, price=Decimal("5.00"),
@@ -438,16 +438,9 @@ async def test_two_worker_processes_share_one_room(settings, sales, product_fact
     url = f"http://127.0.0.1:{port}/api/v1/sales/{sale['sale_id']}/queue"
     buyers = await buyer_headers(pool, 150)
     try:
+        await wait_answering(f"http://127.0.0.1:{port}", proc, "/readyz")
         async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True, limit=50)) as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
 
             async def call(method: str, headers: dict) -> dict:
                 async with http.request(method, url, headers=headers) as resp:
