@@ -201,6 +201,14 @@ POSTGRES_REFUSING = (asyncpg.ReadOnlySQLTransactionError, asyncpg.InsufficientRe
                      asyncpg.OperatorInterventionError, asyncpg.PostgresSystemError)
 POSTGRES_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError,
                  *POSTGRES_REFUSING, *POSTGRES_REFUSED)
+# Contention Postgres settled by failing one side: a deadlock victim, a transaction it
+# could not serialize, a lock not granted within lock_timeout. Nothing is wrong and
+# nothing was written; the same request again will most likely pass. Retried where a
+# whole transaction can run again (orders.txn.retrying, the reconciler's batch);
+# anywhere else the client is told to retry (as_contention: 409 ``conflict``).
+POSTGRES_CONTENTION = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+                       asyncpg.LockNotAvailableError)
+CONTENTION_MESSAGE = "The request met heavy contention; retry it."
 # What asyncpg raises when Postgres drops a connection in the middle of a query or a
 # transaction ("connection is closed", a protocol state it cannot go on from): an outage
 # seen from inside a call. The gateway answers it 503, the reconciler retries the batch.
@@ -210,6 +218,11 @@ POSTGRES_BROKEN = (*POSTGRES_DOWN, asyncpg.InterfaceError, asyncpg.InternalClien
 # What redis-py's BlockingConnectionPool raises (a ConnectionError) when no connection came
 # free within its timeout: the process is busy, Redis is not down.
 REDIS_POOL_EXHAUSTED = "No connection available."
+
+
+def as_contention(exc: BaseException) -> Conflict | None:
+    """The 409 that a lost fight for a Postgres lock means, or None."""
+    return Conflict(CONTENTION_MESSAGE) if isinstance(exc, POSTGRES_CONTENTION) else None
 
 
 def as_unavailable(exc: BaseException) -> Unavailable | None:

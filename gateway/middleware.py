@@ -29,6 +29,7 @@ from engine.errors import (
     RateLimited,
     Unauthorized,
     Unavailable,
+    as_contention,
     as_unavailable,
 )
 from gateway.api import json_response
@@ -207,6 +208,9 @@ def _failure(request: web.Request, route: str, exc: Exception) -> web.Response:
     if outage is not None:
         _note_outage(route, exc)
         return error_response(outage)
+    contention = as_contention(exc)
+    if contention is not None:
+        return error_response(contention)
     request_id = request_id_of(request)
     # The exception's text is left out: a driver error's detail can quote a row (a
     # provider token, an address); the type and frames locate the bug.

@@ -129,6 +129,8 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
             codes.add(403)
         if "{" in r.path:
             codes.add(404)
+        if r.method != "GET":  # a write can lose a fight for a lock (engine.errors)
+            codes.add(409)
         codes.add(503)
         for code in sorted(codes):
             responses[str(code)] = {

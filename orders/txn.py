@@ -1,5 +1,6 @@
-"""Transactions that may meet lock contention: retried a few times on a deadlock or a
-serialization failure, then answered 409 ``conflict`` (never a 500)."""
+"""Transactions that may meet lock contention (engine.errors.POSTGRES_CONTENTION: a
+deadlock, a serialization failure, a lock timeout): retried a few times, then answered
+409 ``conflict`` (never a 500)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
-
-from engine.errors import Conflict
+from engine.errors import CONTENTION_MESSAGE, POSTGRES_CONTENTION, Conflict
 
 T = TypeVar("T")
-RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
 async def retrying(unit: Callable[[], Awaitable[T]], *, attempts: int = 4) -> T:
@@ -21,8 +19,8 @@ async def retrying(unit: Callable[[], Awaitable[T]], *, attempts: int = 4) -> T:
     for attempt in range(attempts):
         try:
             return await unit()
-        except RETRYABLE as exc:
+        except POSTGRES_CONTENTION as exc:
             if attempt == attempts - 1:
-                raise Conflict("The request met heavy contention; retry it.") from exc
+                raise Conflict(CONTENTION_MESSAGE) from exc
             await asyncio.sleep(0.005 * 2 ** attempt)
     raise AssertionError("unreachable")

@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from engine.codec import text
 from engine.connections import is_cluster
-from engine.errors import POSTGRES_DOWN, REDIS_DOWN
+from engine.errors import POSTGRES_BROKEN, POSTGRES_CONTENTION, REDIS_DOWN
 from engine.events import SaleEvent
 from engine.keys import ACTIVE_SALES, CONSUMER_GROUP, sale_keys, sale_streams, stream_bucket
 from engine.settings import Settings
@@ -39,11 +39,6 @@ from reconciler.streams import read_by_slot, trim_acknowledged
 
 log = logging.getLogger("flashsale.reconciler")
 
-# A connection Postgres dropped mid-query (a fast shutdown, a restart) can leave asyncpg's
-# pooled connection in a broken state that fails the next use with an interface error
-# rather than a connection error: for the reconciler that is the same outage (retry on
-# fresh connections), never a reason to exit.
-POSTGRES_BROKEN = (*POSTGRES_DOWN, asyncpg.InterfaceError, asyncpg.InternalClientError)
 CLUSTER_POLL = 0.05  # seconds an idle read round waits on a Redis Cluster (no BLOCK there)
 
 
@@ -167,8 +162,7 @@ class Consumer:
                 log.debug("applied %d events in %.1f ms", len(batch),
                           (time.perf_counter() - started) * 1000)
                 return True
-            except (*POSTGRES_BROKEN, asyncpg.SerializationError,
-                    asyncpg.DeadlockDetectedError) as exc:
+            except (*POSTGRES_BROKEN, *POSTGRES_CONTENTION) as exc:
                 self.postgres_ok = False
                 if isinstance(exc, POSTGRES_BROKEN):
                     await self.pool.expire_connections()

@@ -1,12 +1,16 @@
-"""Driver failures from inside a call are outages (503 with the dependency), not bugs (500)."""
+"""Driver failures from inside a call are outages (503 with the dependency), lost lock
+fights are conflicts (409), neither is a bug (500)."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 import redis.exceptions
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
-from engine.errors import Unavailable, as_unavailable
+from engine.errors import Conflict, Unavailable, as_contention, as_unavailable
+from gateway.middleware import Edge
 
 
 @pytest.mark.parametrize("exc, dependency", [
@@ -66,3 +70,31 @@ def test_a_redis_refusing_for_now_is_a_503_whoever_parsed_it(text) -> None:
         assert isinstance(outage, Unavailable) and outage.dependency == "redis", (text, exc)
     assert as_unavailable(reply_error("ERR wrong number of arguments")) is None
     assert as_unavailable(PARSER.parse_error("ERR wrong number of arguments")) is None
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.DeadlockDetectedError("deadlock detected"),
+    asyncpg.SerializationError("could not serialize access due to concurrent update"),
+    asyncpg.LockNotAvailableError("canceling statement due to lock timeout"),
+])
+async def test_contention_outside_a_retried_transaction_is_a_409_not_a_500(exc) -> None:
+    """Whatever route a lost lock fight escapes from, the edge answers 409 ``conflict``
+    (retry it), in the contract's shape; a programming error there is still a 500."""
+    async def contended(request: web.Request) -> web.Response:
+        raise exc
+
+    async def broken(request: web.Request) -> web.Response:
+        raise asyncpg.UniqueViolationError("duplicate key")
+
+    app = web.Application()
+    edge = Edge(app.router)
+    edge.add("POST", "/contended", contended)
+    edge.add("POST", "/broken", broken)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/contended")
+        assert resp.status == 409
+        body = await resp.json()
+        assert body["error"]["code"] == "conflict" and "retry" in body["error"]["message"]
+        assert (await client.post("/broken")).status == 500
+    assert isinstance(as_contention(exc), Conflict)
+    assert as_unavailable(exc) is None
