@@ -14,7 +14,7 @@ import tempfile
 
 import click
 
-from cli import audit, catalog, demo, loadtest, notify, product, reconcile, sale
+from cli import audit, catalog, demo, loadtest, notify, parked, product, reconcile, sale
 from cli.common import (
     CommandError,
     emit,
@@ -94,6 +94,7 @@ async def preflight(config) -> None:
 for command in (reconcile.reconcile, sale.sale, product.product, audit.audit, catalog.catalog,
                 demo.demo):
     cli.add_command(command)
+sale.sale.add_command(parked.parked)
 cli.add_command(notify.notify)
 cli.add_command(loadtest.loadtest)
 

@@ -122,10 +122,10 @@ def _report_parked(report: SaleAudit, conflicts: int, dead_letters: int) -> None
     report.conflicts, report.dead_letters = conflicts, dead_letters
     if conflicts:
         report.fail(f"{conflicts} events named a reservation id already held by another buyer "
-                    "(a reused id; see sale_event_conflicts)")
+                    f"(a reused id; see `flashsale sale parked {report.sale_id}`)")
     if dead_letters:
         report.fail(f"{dead_letters} events refused by Postgres were parked "
-                    "(see sale_dead_letters)")
+                    f"(see `flashsale sale parked {report.sale_id}`)")
 
 
 async def audit_sale(sales: Sales, sale_id: int, *, wait_seconds: float = 0.0) -> SaleAudit:

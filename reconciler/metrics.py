@@ -69,5 +69,6 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest undelivered order notification (0 when none)", registry=RECONCILER)
 DEAD_LETTERS_PARKED = Gauge(
     "flashsale_dead_letters_parked",
-    "Sale events Postgres refused for good, parked in sale_dead_letters for an operator",
+    "Sale events Postgres refused for good, parked in sale_dead_letters, not yet resolved "
+    "by an operator (flashsale sale parked)",
     registry=RECONCILER)

@@ -17,10 +17,11 @@ async def postgres_books(sales: Sales, sale_id: int) -> dict[str, int]:
 
 
 async def parked(sales: Sales, sale_id: int) -> dict[str, int]:
-    """What the reconciler set aside for the sale: events naming a reservation id another
-    buyer holds (conflicts), and events Postgres refused (dead letters)."""
+    """What the reconciler set aside for the sale and no operator has resolved yet
+    (reconciler/parked.py): events naming a reservation id another buyer holds
+    (conflicts), and events Postgres refused (dead letters)."""
     row = await sales.pool.fetchrow(
-        "SELECT (SELECT count(*) FROM sale_event_conflicts WHERE sale_id = $1) AS conflicts,"
-        " (SELECT count(*) FROM sale_dead_letters WHERE sale_id = $1) AS dead_letters",
-        sale_id)
+        "SELECT (SELECT count(*) FROM sale_event_conflicts WHERE sale_id = $1"
+        " AND resolved_at IS NULL) AS conflicts, (SELECT count(*) FROM sale_dead_letters"
+        " WHERE sale_id = $1 AND resolved_at IS NULL) AS dead_letters", sale_id)
     return {"conflicts": row["conflicts"], "dead_letters": row["dead_letters"]}

@@ -124,16 +124,18 @@ class Sweeper:
 
     async def _publish_backlogs(self) -> None:
         """What waits for someone: undelivered notifications, parked (dead-lettered) sale
-        events (counted once the integrity migration has created their table)."""
+        events no operator has resolved (counted once the migrations that made their table
+        and its resolution have run)."""
         backlog, oldest, parked = await self.pool.fetchrow(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0),"
-            " to_regclass('sale_dead_letters') IS NOT NULL"
+            " EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'resolved_at'"
+            " AND attrelid = to_regclass('sale_dead_letters'))"
             " FROM outbox WHERE delivered_at IS NULL")
         metrics.OUTBOX_BACKLOG.set(backlog)
         metrics.OUTBOX_OLDEST_AGE.set(float(oldest))
         if parked:
-            metrics.DEAD_LETTERS_PARKED.set(
-                await self.pool.fetchval("SELECT count(*) FROM sale_dead_letters"))
+            metrics.DEAD_LETTERS_PARKED.set(await self.pool.fetchval(
+                "SELECT count(*) FROM sale_dead_letters WHERE resolved_at IS NULL"))
 
     async def close_if_finished(self, sale_id: int) -> bool:
         """Close a sale past its end (the caller has seen no live hold and no lag)."""
