@@ -189,18 +189,20 @@ _OUTAGE_EVERY = 10.0  # seconds between two log lines of one kind of outage
 _outages_logged: dict[tuple[str, str], float] = {}
 
 
-def _note_outage(route: str, exc: Exception) -> None:
+def _note_outage(route: str, exc: Exception, status: int = 503) -> None:
     """One warning per kind of outage every _OUTAGE_EVERY seconds: a 503 says Redis or
     Postgres, the log says why (the exception's type and Redis's error code: OOM,
-    LOADING, READONLY...), which readiness (a PING) does not always see. No exception
-    text: a driver's can quote the command or the row."""
+    LOADING, READONLY...), which readiness (a PING) does not always see; a 409 for a lost
+    lock fight names the Postgres error (a transaction that could retry by itself). No
+    exception text: a driver's can quote the command or the row."""
     kind = (type(exc).__name__, getattr(exc, "status_code", None) or "")
     now = time.monotonic()
     if now - _outages_logged.get(kind, -_OUTAGE_EVERY) < _OUTAGE_EVERY:
         return
     _outages_logged[kind] = now
-    log.warning("%s answered 503 (%s%s; the next such line in %.0f s at the earliest)",
-                route, kind[0], f", Redis said {kind[1]}" if kind[1] else "", _OUTAGE_EVERY)
+    log.warning("%s answered %d (%s%s; the next such line in %.0f s at the earliest)",
+                route, status, kind[0], f", Redis said {kind[1]}" if kind[1] else "",
+                _OUTAGE_EVERY)
 
 
 def _failure(request: web.Request, route: str, exc: Exception) -> web.Response:
@@ -210,6 +212,7 @@ def _failure(request: web.Request, route: str, exc: Exception) -> web.Response:
         return error_response(outage)
     contention = as_contention(exc)
     if contention is not None:
+        _note_outage(route, exc, contention.status)
         return error_response(contention)
     request_id = request_id_of(request)
     # The exception's text is left out: a driver error's detail can quote a row (a

@@ -77,9 +77,11 @@ def test_a_redis_refusing_for_now_is_a_503_whoever_parsed_it(text) -> None:
     asyncpg.SerializationError("could not serialize access due to concurrent update"),
     asyncpg.LockNotAvailableError("canceling statement due to lock timeout"),
 ])
-async def test_contention_outside_a_retried_transaction_is_a_409_not_a_500(exc) -> None:
+async def test_contention_outside_a_retried_transaction_is_a_409_not_a_500(exc,
+                                                                          caplog) -> None:
     """Whatever route a lost lock fight escapes from, the edge answers 409 ``conflict``
-    (retry it), in the contract's shape; a programming error there is still a 500."""
+    (retry it), in the contract's shape, and logs which error (no text); a programming
+    error there is still a 500."""
     async def contended(request: web.Request) -> web.Response:
         raise exc
 
@@ -96,5 +98,8 @@ async def test_contention_outside_a_retried_transaction_is_a_409_not_a_500(exc) 
         body = await resp.json()
         assert body["error"]["code"] == "conflict" and "retry" in body["error"]["message"]
         assert (await client.post("/broken")).status == 500
+    said = [r.getMessage() for r in caplog.records if "answered 409" in r.getMessage()]
+    assert said == [f"/contended answered 409 ({type(exc).__name__}; the next such line in "
+                    "10 s at the earliest)"], said
     assert isinstance(as_contention(exc), Conflict)
     assert as_unavailable(exc) is None
