@@ -200,15 +200,22 @@ class BucketBooks:
                 == self.tokens + self.held + self.confirmed)
 
 
-async def bucket_books(redis: aioredis.Redis, sale_id: int, bucket: int) -> BucketBooks | None:
-    keys = sale_keys(sale_id, bucket)
-    initial, moved_in, moved_out, held, confirmed, tokens = await redis.hmget(
-        keys.meta, "initial", "moved_in", "moved_out", "held", "confirmed", "tokens")
+BUCKET_FIELDS = ("initial", "moved_in", "moved_out", "held", "confirmed", "tokens")
+
+
+def bucket_of(bucket: int, fields: Sequence[Any]) -> BucketBooks | None:
+    """A bucket's books from its meta's BUCKET_FIELDS; None when it has no state."""
+    initial, moved_in, moved_out, held, confirmed, tokens = fields
     if initial is None:
         return None
     return BucketBooks(bucket=bucket, initial=int(initial), moved_in=int(moved_in or 0),
                        moved_out=int(moved_out or 0), tokens=int(tokens or 0),
                        held=int(held or 0), confirmed=int(confirmed or 0))
+
+
+async def bucket_books(redis: aioredis.Redis, sale_id: int, bucket: int) -> BucketBooks | None:
+    return bucket_of(bucket, await redis.hmget(sale_keys(sale_id, bucket).meta,
+                                               *BUCKET_FIELDS))
 
 
 async def in_transit_records(redis: aioredis.Redis, sale_id: int, buckets: int) -> int:

@@ -185,22 +185,36 @@ async def _move_counters(conn: asyncpg.Connection, rows: dict[str, _Row],
 
 
 async def _advance_stream_ids(conn: asyncpg.Connection, events: list[SaleEvent]) -> None:
-    # Bucket 0's stream: ids of other buckets' streams (other masters) do not compare
-    # with it, and the books check compares Postgres with Redis at this stream's point.
-    newest: dict[int, str] = {}
+    """Move each stream's point (bucket 0's in last_stream_id, the others' in
+    bucket_stream_ids) to its newest applied id, never back: the books check compares
+    Postgres with Redis where every point equals the stream's last id (board.py). Ids of
+    two buckets' streams (two masters) never compare with each other."""
+    newest: dict[tuple[int, int], str] = {}
     for e in events:
-        if e.bucket:
-            continue
-        if e.sale_id not in newest or stream_id_key(e.stream_id) > stream_id_key(
-                newest[e.sale_id]):
-            newest[e.sale_id] = e.stream_id
+        point = (e.sale_id, e.bucket)
+        if point not in newest or stream_id_key(e.stream_id) > stream_id_key(newest[point]):
+            newest[point] = e.stream_id
     if not newest:
         return
-    current = {r["sale_id"]: r["last_stream_id"] for r in await conn.fetch(
-        "SELECT sale_id, last_stream_id FROM flash_sales WHERE sale_id = ANY($1)",
-        list(newest))}
-    moved = [(sale, sid) for sale, sid in newest.items()
-             if sale in current and stream_id_key(sid) > stream_id_key(current[sale])]
+    current = {r["sale_id"]: r for r in await conn.fetch(
+        "SELECT sale_id, last_stream_id, bucket_stream_ids FROM flash_sales"
+        " WHERE sale_id = ANY($1)", list({sale for sale, _ in newest}))}
+    moved: dict[int, tuple[str | None, dict[str, str]]] = {}
+    for (sale, bucket), sid in newest.items():
+        row = current.get(sale)
+        if row is None:
+            continue
+        now = (row["last_stream_id"] if bucket == 0
+               else row["bucket_stream_ids"].get(str(bucket), "0-0"))
+        if stream_id_key(sid) > stream_id_key(now):
+            first, others = moved.get(sale, (None, {}))
+            if bucket == 0:
+                first = sid
+            else:
+                others[str(bucket)] = sid
+            moved[sale] = (first, others)
     if moved:
         await conn.executemany(
-            "UPDATE flash_sales SET last_stream_id = $2 WHERE sale_id = $1", moved)
+            "UPDATE flash_sales SET last_stream_id = coalesce($2, last_stream_id),"
+            " bucket_stream_ids = bucket_stream_ids || $3::jsonb WHERE sale_id = $1",
+            [(sale, first, others) for sale, (first, others) in moved.items()])

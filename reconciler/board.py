@@ -20,7 +20,7 @@ from typing import Any, Literal
 import msgspec
 from redis.exceptions import ResponseError
 
-from engine.buckets import bucket_books
+from engine.buckets import BUCKET_FIELDS, bucket_of
 from engine.codec import text
 from engine.keys import sale_keys
 from engine.sale_records import from_ms, identity
@@ -66,25 +66,24 @@ class RedisBooks:
     state: str
     starts_ms: int
     ends_ms: int
-    last_id: str  # the stream's last written id ('0-0' when it has none; '' with buckets)
+    last_id: str  # the stream's last written id ('0-0' when it has none)
     identity: str  # which sale of which database loaded this state (engine.sale_records.identity)
     in_transit: int = 0  # units between two buckets (engine/buckets.py)
+    # Buckets 1.. of a sale split into buckets: each one's stream's last id, read with that
+    # bucket's counters; None where a bucket has no state.
+    other_ids: tuple[str | None, ...] = ()
 
 
 async def redis_books(sales: Sales, sale_id: int) -> RedisBooks | None:
     """The sale's counters and its stream's last id, read atomically; None without state.
-    A sale split into buckets: the sums over its buckets, each read atomically (each
-    bucket balances by itself, so the sums balance with the units in transit whatever
-    moved between the reads), and no stream point to compare Postgres at."""
-    keys = sale_keys(sale_id)
-    async with sales.redis.pipeline(transaction=True) as pipe:
-        pipe.hmget(keys.meta, "initial", "held", "confirmed", "state", "starts_ms", "ends_ms",
-                   "identity", "tokens", "buckets", "moved_in", "moved_out")
-        pipe.xinfo_stream(keys.events)
-        meta, stream = await pipe.execute(raise_on_error=False)
+    A sale split into buckets: the sums over its buckets, each bucket's counters read
+    atomically with its own stream's last id (each bucket balances by itself, so the sums
+    balance with the units in transit whatever moved between the reads)."""
+    meta, last = await _point(sales, sale_id, 0, (
+        "initial", "held", "confirmed", "state", "starts_ms", "ends_ms", "identity",
+        "tokens", "buckets", "moved_in", "moved_out"))
     if meta[0] is None:
         return None
-    last = "0-0" if isinstance(stream, ResponseError) else text(stream["last-generated-id"])
     (initial, held, confirmed, state, starts, ends, loaded_by, tokens, count, moved_in,
      moved_out) = meta
     books = RedisBooks(initial=int(initial), tokens=int(tokens or 0), held=int(held),
@@ -93,14 +92,41 @@ async def redis_books(sales: Sales, sale_id: int) -> RedisBooks | None:
                        in_transit=int(moved_out or 0) - int(moved_in or 0))
     if count is None or int(count) == 1:
         return books
-    others = [await bucket_books(sales.redis, sale_id, b) for b in range(1, int(count))]
+    points = [await _point(sales, sale_id, b, BUCKET_FIELDS) for b in range(1, int(count))]
+    others = [bucket_of(b, fields) for b, (fields, _) in enumerate(points, 1)]
     others = [b for b in others if b is not None]
-    return replace(books, last_id="",
+    return replace(books, other_ids=tuple(last if fields[0] is not None else None
+                                          for fields, last in points),
                    initial=books.initial + sum(b.initial for b in others),
                    tokens=books.tokens + sum(b.tokens for b in others),
                    held=books.held + sum(b.held for b in others),
                    confirmed=books.confirmed + sum(b.confirmed for b in others),
                    in_transit=books.in_transit + sum(b.moved_out - b.moved_in for b in others))
+
+
+async def _point(sales: Sales, sale_id: int, bucket: int, fields: tuple[str, ...]
+                 ) -> tuple[list, str]:
+    """A bucket's meta ``fields`` and its stream's last id ('0-0' without one), in one
+    MULTI on the bucket's slot."""
+    keys = sale_keys(sale_id, bucket)
+    async with sales.redis.pipeline(transaction=True) as pipe:
+        pipe.hmget(keys.meta, *fields)
+        pipe.xinfo_stream(keys.events)
+        meta, stream = await pipe.execute(raise_on_error=False)
+    if isinstance(meta, Exception):
+        raise meta
+    last = "0-0" if isinstance(stream, ResponseError) else text(stream["last-generated-id"])
+    return meta, last
+
+
+def at_redis_point(row: Any, books: RedisBooks) -> bool:
+    """Postgres (``row``, read after ``books``) has applied exactly what Redis had written
+    when it was read: every stream's point equals that stream's last id."""
+    if row["last_stream_id"] != books.last_id:
+        return False
+    points = row["bucket_stream_ids"] or {}
+    return all(last is not None and points.get(str(b), "0-0") == last
+               for b, last in enumerate(books.other_ids, 1))
 
 
 def of_this_sale(books: RedisBooks | None, row: Any) -> RedisBooks | None:
@@ -118,7 +144,7 @@ def mismatch_units(row: Any, books: RedisBooks | None) -> int:
     gap = abs(books.initial - (books.tokens + books.held + books.confirmed + books.in_transit))
     gap += max(0, books.held + books.confirmed - books.initial)  # oversold
     gap += abs(books.initial - row["quantity"])
-    if row["last_stream_id"] == books.last_id:  # Postgres stands exactly where Redis read
+    if at_redis_point(row, books):  # Postgres stands exactly where Redis read
         gap += abs(row["held_qty"] - books.held) + abs(row["confirmed_qty"] - books.confirmed)
     return gap
 
@@ -141,8 +167,8 @@ def board_status(books: RedisBooks | None, row: Any, now_ms: float) -> str:
 BOARD_QUERY = (
     "SELECT f.sale_id, f.product_id, p.name AS product_name, f.quantity, f.price,"
     " f.starts_at, f.ends_at, f.per_user_limit, f.hold_seconds, f.status, f.held_qty,"
-    " f.confirmed_qty, f.released_qty, f.expired_qty, f.last_stream_id, f.created_at,"
-    " f.buckets"
+    " f.confirmed_qty, f.released_qty, f.expired_qty, f.last_stream_id,"
+    " f.bucket_stream_ids, f.created_at, f.buckets"
     " FROM flash_sales f JOIN products p USING (product_id)")
 
 

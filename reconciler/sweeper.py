@@ -115,7 +115,8 @@ class Sweeper:
             return
         rows = {r["sale_id"]: r for r in await self.pool.fetch(
             "SELECT sale_id, quantity, status, held_qty, confirmed_qty, last_stream_id,"
-            " created_at FROM flash_sales WHERE sale_id = ANY($1)", list(books))}
+            " bucket_stream_ids, created_at FROM flash_sales WHERE sale_id = ANY($1)",
+            list(books))}
         for sale_id, redis_side in books.items():
             row = rows.get(sale_id)
             if row is None:  # in Redis, unknown to Postgres: the consumer reports it
