@@ -80,12 +80,13 @@ async def test_the_reconciler_gauges_books_backlogs_and_forgets_closed_sales(
         async with aiohttp.ClientSession() as http:
             up = ['flashsale_dependency_up{dependency="postgres"}',
                   'flashsale_dependency_up{dependency="redis"}']
-            # a readiness check may time out once on a busy machine: wait for both up
+            # a readiness check may time out once on a busy machine: wait for both up; a
+            # sweep sets the books gauges, then the backlogs: a scrape may fall between
             samples = await _until(
-                http, port, lambda s: s.get(mismatch) == 0 and all(s.get(n) == 1 for n in up),
-                "a balanced sale with both dependencies up")
+                http, port, lambda s: s.get(mismatch) == 0 and all(s.get(n) == 1 for n in up)
+                and s.get("flashsale_outbox_backlog") == 1,
+                "a balanced sale, the outbox backlog and both dependencies up")
             assert samples[f'flashsale_sale_tokens_remaining{{sale_id="{sid}"}}'] == 10
-            assert samples["flashsale_outbox_backlog"] == 1
             assert samples["flashsale_outbox_oldest_age_seconds"] >= 0
             assert not [n for n in samples if n.split("{")[0].endswith("_created")]
             assert not [n for n in samples if n.startswith("flashsale_http_")]
