@@ -55,3 +55,21 @@ async def test_a_known_mode_is_not_asked_again(monkeypatch):
     configured = Settings(redis_url=URL, redis_cluster="0")
     assert await cluster_mode(configured) is False
     await confirm_cluster_mode(configured, aioredis.Redis.from_url(URL), every=0)
+
+
+async def test_readiness_waits_for_the_guess_to_be_confirmed(monkeypatch):
+    """While the kind of Redis is a guess, readiness says Redis is not ready even if a
+    PING answers (the process may be about to start again as the other kind)."""
+    import fakeredis
+
+    settings = Settings(redis_url=URL)
+    answers(monkeypatch, None, False)
+    assert await cluster_mode(settings) is False
+    client = fakeredis.FakeAsyncRedis()
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError, match="not confirmed"):
+            await connections.redis_state(client)
+        await confirm_cluster_mode(settings, client, every=0)  # answered: one server
+        assert await connections.redis_state(client) == {"redis": "ok"}
+    finally:
+        await client.aclose()
