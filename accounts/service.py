@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,14 @@ from accounts.passwords import Hasher, check_password
 from accounts.standing import Standing, Standings
 from accounts.throttle import Throttle
 from accounts.tokens import TokenSigner
-from engine.errors import REDIS_DOWN, Conflict, NotFound, Unauthorized, ValidationFailed
+from engine.errors import (
+    REDIS_DOWN,
+    Conflict,
+    IdempotencyKeyReused,
+    NotFound,
+    Unauthorized,
+    ValidationFailed,
+)
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_ADDRESSES = 20  # per user; enough for anyone, not enough to fill a disk
@@ -129,15 +137,37 @@ class Accounts:
         return {"user_id": user_id, "token": self._signer.issue(
             user_id, row["role"], version=row["token_version"])}
 
-    async def credit_wallet(self, user_id: int, amount: Decimal) -> Decimal:
+    async def credit_wallet(self, user_id: int, amount: Decimal,
+                            idempotency_key: str | None = None) -> Decimal:
+        """Credit the wallet and record it in the wallet ledger (``credit:<user>:<key>``),
+        as every payment's movement is: the ledger sums to the balance. The same key again
+        credits nothing and answers the balance (a retried credit is not paid twice); with
+        another amount it is refused (422 idempotency_key_reused). Without a key, every
+        call is a credit of its own."""
         if amount <= 0:
             raise ValidationFailed.at("$.amount", "must be greater than 0")
-        balance = await self._pool.fetchval(
-            "UPDATE users SET wallet_balance = wallet_balance + $2 WHERE user_id = $1"
-            " RETURNING wallet_balance", user_id, amount)
-        if balance is None:
-            raise NotFound("No such user.")
-        return balance
+        reference = f"credit:{user_id}:{idempotency_key or uuid.uuid4().hex}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                entry = await conn.fetchval(
+                    "INSERT INTO wallet_ledger (user_id, reference, amount, balance_after)"
+                    " VALUES ($1, $2, $3, 0) ON CONFLICT (reference) DO NOTHING"
+                    " RETURNING entry_id", user_id, reference, amount)
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound("No such user.") from None
+            if entry is None:  # this key's credit was made already
+                made = await conn.fetchval(
+                    "SELECT amount FROM wallet_ledger WHERE reference = $1", reference)
+                if made != amount:
+                    raise IdempotencyKeyReused()
+                return await conn.fetchval(
+                    "SELECT wallet_balance FROM users WHERE user_id = $1", user_id)
+            balance = await conn.fetchval(
+                "UPDATE users SET wallet_balance = wallet_balance + $2 WHERE user_id = $1"
+                " RETURNING wallet_balance", user_id, amount)
+            await conn.execute("UPDATE wallet_ledger SET balance_after = $2 WHERE entry_id = $1",
+                               entry, balance)
+            return balance
 
     # -- addresses -----------------------------------------------------------------------
     async def add_address(self, user_id: int, *, line1: str, line2: str | None, city: str,

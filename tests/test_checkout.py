@@ -215,9 +215,12 @@ async def test_wallet_pays_and_two_concurrent_orders_cannot_overspend(api, pool)
     assert refused["error"]["details"] == {"reason": "insufficient_funds"}
     assert await wallet(pool, buyer) == Decimal("40.60")
     assert await stock(pool, item) in ((9, 1), (10, 0))  # the cart's or the hold's order
-    ledger = await pool.fetch("SELECT reference, amount, balance_after FROM wallet_ledger")
+    ledger = await pool.fetch("SELECT reference, amount, balance_after FROM wallet_ledger"
+                              " ORDER BY entry_id")
+    # The credit, then the one payment (the refused one left no entry)
     assert [(r["amount"], r["balance_after"]) for r in ledger if r["amount"]] == [
-        (Decimal("-59.40"), Decimal("40.60"))]
+        (Decimal("100.00"), Decimal("100.00")), (Decimal("-59.40"), Decimal("40.60"))]
+    assert ledger[0]["reference"].startswith(f"credit:{buyer['user_id']}:")
 
 
 async def test_bola_address_and_payment_method_of_another_user(api, pool) -> None:

@@ -94,6 +94,8 @@ class PaymentMethod(msgspec.Struct, omit_defaults=True):
 
 class CreditRequest(Body):
     amount: Price
+    # The same key again credits nothing more (a retried credit is paid once).
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
 
 
 class BalanceResponse(msgspec.Struct):
@@ -223,9 +225,13 @@ async def get_payment_method(request: web.Request) -> PaymentMethod:
 @routes.post("/api/v1/admin/wallets/{user_id}/credit", auth="admin", body=CreditRequest,
              response=BalanceResponse)
 async def credit_wallet(request: web.Request, body: CreditRequest) -> BalanceResponse:
-    """Credit a user's wallet (admin)."""
+    """Credit a user's wallet (admin).
+
+    With ``idempotency_key`` a repeat credits nothing more; every credit is recorded in
+    the wallet ledger."""
     user_id = path_int(request, "user_id")
-    balance = await services(request).accounts.credit_wallet(user_id, body.amount)
+    balance = await services(request).accounts.credit_wallet(user_id, body.amount,
+                                                             body.idempotency_key)
     return BalanceResponse(user_id=user_id, balance=balance)
 
 
