@@ -293,13 +293,14 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, aioredis.RedisCluster)
 
 
-async def redis_state(redis: AnyRedis) -> dict[str, str]:
+async def redis_state(redis: AnyRedis, url: str | None = None) -> dict[str, str]:
     """What readiness reports of Redis: {"redis": "ok"} when it answers; on a cluster also
     "cluster": the state a node reports (``ok`` only when every slot is served). Raises
     when Redis cannot answer (the caller reports it unavailable), and while this process
-    still runs on a guess of whether Redis is a cluster (confirm_cluster_mode has not heard
-    the answer yet: a wrong guess answers 503 until the process has started again)."""
-    if _GUESSED:
+    still runs on a guess of whether the Redis at ``url`` (the client's) is a cluster
+    (confirm_cluster_mode has not heard the answer yet: a wrong guess answers 503 until
+    the process has started again)."""
+    if url in _GUESSED:
         raise RedisConnectionError(
             "whether Redis is a cluster is not confirmed yet (cluster mode guessed at start)")
     if not is_cluster(redis):

@@ -145,7 +145,7 @@ async def check_dependencies(svc) -> dict[str, str]:
     checks = {}
 
     async def redis_probe() -> None:
-        state = await redis_state(svc.redis)
+        state = await redis_state(svc.redis, svc.settings.redis_url)
         if state.get("cluster", "ok") != "ok":
             checks["cluster"] = state["cluster"]
             raise ConnectionError("the Redis Cluster is not ok")

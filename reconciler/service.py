@@ -29,9 +29,9 @@ from reconciler.sweeper import Sweeper
 log = logging.getLogger("flashsale.reconciler")
 
 
-async def _redis_ready(redis) -> None:
+async def _redis_ready(redis, url: str) -> None:
     """Redis answers (on a cluster: every master, and the cluster says ok)."""
-    if (await redis_state(redis)).get("cluster", "ok") != "ok":
+    if (await redis_state(redis, url)).get("cluster", "ok") != "ok":
         raise ConnectionError("the Redis Cluster is not ok")
 
 
@@ -41,7 +41,8 @@ async def _refresh_readiness(consumer: Consumer, settings: Settings, every: floa
     each dependency every few seconds (an idle consumer would not notice an outage)."""
     while not consumer.stopping.is_set():
         # Any failure means down; the consumer logs the cause.
-        up = await probe_all({"redis": lambda: _redis_ready(consumer.redis),
+        up = await probe_all({"redis": lambda: _redis_ready(consumer.redis,
+                                                            settings.redis_url),
                               "postgres": lambda: consumer.pool.fetchval("SELECT 1")},
                              settings.dependency_timeout)
         DEPENDENCY_UP.labels("redis").set(int(up["redis"] and consumer.redis_ok))

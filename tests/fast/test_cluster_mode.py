@@ -68,8 +68,11 @@ async def test_readiness_waits_for_the_guess_to_be_confirmed(monkeypatch):
     client = fakeredis.FakeAsyncRedis()
     try:
         with pytest.raises(redis.exceptions.ConnectionError, match="not confirmed"):
-            await connections.redis_state(client)
+            await connections.redis_state(client, URL)
+        # Only the URL guessed: a client of another Redis in the same process is ready.
+        assert await connections.redis_state(client, "redis://elsewhere:6379/0") == {
+            "redis": "ok"}
         await confirm_cluster_mode(settings, client, every=0)  # answered: one server
-        assert await connections.redis_state(client) == {"redis": "ok"}
+        assert await connections.redis_state(client, URL) == {"redis": "ok"}
     finally:
         await client.aclose()
