@@ -1,7 +1,8 @@
 """Hypothesis, stateful, over the HTTP API with real Postgres and Redis: carts, checkouts
-(card, wallet, cash on delivery, a declined card), replays of a checkout's idempotency
-key, cancellations by the owner and by support, shipping, delivery, returns refunded or
-rejected and wallet credits, in whatever order Hypothesis picks. After every step:
+(card, wallet, cash on delivery, a declined card; with or without a coupon limited to 3
+uses, 2 a buyer), replays of a checkout's idempotency key, cancellations by the owner
+and by support, shipping, delivery, returns refunded or rejected and wallet credits, in
+whatever order Hypothesis picks. After every step:
 
 - each product's stock plus the units out in live orders (less those a refunded return
   brought back) is what it started with;
@@ -9,6 +10,8 @@ rejected and wallet credits, in whatever order Hypothesis picks. After every ste
   placed, plus the refund each cancellation or accepted return reported;
 - no payment was refunded beyond what was paid, and the provider's books (the simulated
   card's, the wallet ledger) agree with the payments';
+- the coupon is redeemed within its limits, once per order that kept it (a cancelled
+  order or a failed checkout gave it back);
 - no answer was a 5xx."""
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ class PurchaseMachine(RuleBasedStateMachine):
         self.users = [self.run(shopper(self.api, wallet=str(START))) for _ in range(2)]
         self.products = [self.run(create_product(self.api, stock=STOCK, price=price))
                          ["product_id"] for price in ("20.00", "35.50")]
+        self.coupon = f"GEN{uuid.uuid4().hex[:10]}"  # 3 in all, 2 per buyer
+        status, body = self.call("POST", "/api/v1/admin/coupons", headers=self.api.admin, json={
+            "code": self.coupon, "amount_off": "3.00", "max_redemptions": 3,
+            "per_user_limit": 2})
+        assert status == 201, body
+        self.coupon_id = body["coupon_id"]
         self.wallet = {u["user_id"]: START for u in self.users}  # what the answers said
         self.credits: dict[tuple[int, str], str] = {}  # (user, key) -> amount credited
 
@@ -85,17 +94,19 @@ class PurchaseMachine(RuleBasedStateMachine):
         assert status in (201, 409, 422), status
 
     @rule(target=orders, user=USERS, product=PRODUCTS, quantity=st.integers(1, 3),
-          method=METHODS)
-    def buy(self, user, product, quantity, method):
+          method=METHODS, coupon=st.booleans())
+    def buy(self, user, product, quantity, method, coupon):
         """Add to the cart and check out at once (so that orders are common)."""
         self.add_to_cart(user, product, quantity)
-        return self.checkout(user, method)
+        return self.checkout(user, method, coupon)
 
-    @rule(target=orders, user=USERS, method=METHODS)
-    def checkout(self, user, method):
+    @rule(target=orders, user=USERS, method=METHODS, coupon=st.booleans())
+    def checkout(self, user, method, coupon):
         buyer = self.users[user]
         body = {"idempotency_key": uuid.uuid4().hex, "shipping_address_id": buyer["address_id"],
                 "payment_method_id": buyer["pm"][method]}
+        if coupon:
+            body["coupon_code"] = self.coupon
         status, order = self.call("POST", "/api/v1/orders", headers=buyer["headers"],
                                   json=body)
         if status != 201:
@@ -209,6 +220,24 @@ class PurchaseMachine(RuleBasedStateMachine):
         for product in self.products:
             assert available[product] >= 0
             assert available[product] + out[product] == STOCK, (product, available, out)
+
+    @invariant()
+    def coupon_redemptions_are_counted_once_and_given_back(self):
+        """Within its limits, counted once per checkout that kept it; a cancelled order or
+        a failed checkout gave it back."""
+        [coupon] = self.fetch("SELECT coupon_id, redeemed FROM coupons WHERE coupon_id = $1",
+                              self.coupon_id)
+        kept = self.fetch(
+            "SELECT r.user_id, o.status FROM coupon_redemptions r"
+            " LEFT JOIN orders o USING (order_id)"
+            " WHERE r.coupon_id = $1 AND r.status = 'redeemed'", coupon["coupon_id"])
+        assert coupon["redeemed"] == len(kept) <= 3, (dict(coupon), kept)
+        assert all(r["status"] not in (None, "cancelled") for r in kept), kept
+        uses = {r["user_id"]: r["uses"] for r in self.fetch(
+            "SELECT user_id, uses FROM coupon_usage WHERE coupon_id = $1", coupon["coupon_id"])}
+        per_user = Counter(r["user_id"] for r in kept)
+        assert {u: n for u, n in uses.items() if n} == dict(per_user), (uses, per_user)
+        assert max(per_user.values(), default=0) <= 2
 
     @invariant()
     def wallets_hold_what_the_answers_said(self):
