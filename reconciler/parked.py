@@ -23,13 +23,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
 from engine.errors import NotFound, ValidationFailed
 from engine.events import SaleEvent
-from reconciler.apply import apply_batch
+from reconciler.apply import apply_batch, stream_id_key
 from reconciler.deadletter import is_permanent
 
 UNREADABLE = "unreadable entry"  # how the consumer's error text for such an entry starts
@@ -92,15 +91,7 @@ async def parked_items(pool: asyncpg.Pool, sale_id: int, *, resolved: bool = Fal
     conflicts = await pool.fetch(
         "SELECT * FROM sale_event_conflicts WHERE sale_id = $1" + only_open, sale_id)
     items = [*map(_letter, letters), *map(_conflict, conflicts)]
-    return sorted(items, key=lambda i: (i.bucket, _stream_order(i.stream_id), i.ref))
-
-
-def _stream_order(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
+    return sorted(items, key=lambda i: (i.bucket, stream_id_key(i.stream_id), i.ref))
 
 
 async def retry_dead_letters(pool: asyncpg.Pool, sale_id: int,
@@ -171,7 +162,7 @@ async def resolve(pool: asyncpg.Pool, sale_id: int, refs: list[str], reason: str
     newly: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         for ref, table, column, number in wanted:
-            row: Any = await conn.fetchrow(
+            row = await conn.fetchrow(
                 f"SELECT resolved_at FROM {table} WHERE {column} = $1 AND sale_id = $2"
                 " FOR UPDATE", number, sale_id)
             if row is None:
