@@ -80,6 +80,11 @@ def _service_routes() -> dict[str, dict]:
     }
 
 
+def _names_ids(request_type: type | None) -> bool:
+    return request_type is not None and any(
+        f.name.endswith(("_id", "_ids")) for f in msgspec.structs.fields(request_type))
+
+
 def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str = "1") -> dict:
     types: list[Any] = [ErrorBody]
     for r in routes:
@@ -127,8 +132,8 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
             codes.add(401)
         if r.auth in ("admin", "owner"):
             codes.add(403)
-        if "{" in r.path:
-            codes.add(404)
+        if "{" in r.path or any(_names_ids(t) for t in (r.body, r.query)):
+            codes.add(404)  # an id, in the path or sent, may name nothing
         if r.method != "GET":  # a write can lose a fight for a lock (engine.errors)
             codes.add(409)
         codes.add(503)
