@@ -85,6 +85,36 @@ def _names_ids(request_type: type | None) -> bool:
         f.name.endswith(("_id", "_ids")) for f in msgspec.structs.fields(request_type))
 
 
+def _fields(schema: Any, components: dict[str, Any]) -> set[str]:
+    """The top-level field names of an object schema (one ``$ref`` followed)."""
+    ref = schema.get("$ref") if isinstance(schema, dict) else None
+    if isinstance(ref, str):
+        schema = components.get(ref.rsplit("/", 1)[-1], {})
+    return set(schema.get("properties", {})) if isinstance(schema, dict) else set()
+
+
+def _link(paths: dict[str, dict], components: dict[str, Any]) -> None:
+    """OpenAPI links: a success answer that carries every path parameter of another
+    operation (a created sale's ``sale_id``, a hold's ``reservation_id``) links to it, so
+    clients and generators (schemathesis's stateful phase) can follow what was made."""
+    targets = [(op["operationId"], names) for path, ops in paths.items()
+               for op in ops.values()
+               if (names := _PATH_PARAM.findall(path))]
+    for ops in paths.values():
+        for op in ops.values():
+            for code, answer in op["responses"].items():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema")
+                if not code.startswith("2") or schema is None:
+                    continue
+                fields = _fields(schema, components)
+                links = {target: {"operationId": target, "parameters": {
+                             name: f"$response.body#/{name}" for name in names}}
+                         for target, names in targets
+                         if target != op["operationId"] and fields.issuperset(names)}
+                if links:
+                    answer["links"] = links
+
+
 def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str = "1") -> dict:
     types: list[Any] = [ErrorBody]
     for r in routes:
@@ -146,6 +176,7 @@ def build_openapi(routes: list[Route], *, title: str = "flashsale", version: str
             op["security"] = [{"bearer": []}]
         paths.setdefault(r.path, {})[r.method.lower()] = op
 
+    _link(paths, components)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version,

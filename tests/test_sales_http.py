@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import uuid
 
 from tests.conftest import assert_error, create_product, create_sale
@@ -55,6 +56,33 @@ async def test_an_id_in_a_body_that_names_nothing_is_a_documented_404(api) -> No
                 assert "404" in op["responses"], (method, path)
                 checked.add((method, path))
     assert ("post", "/api/v1/admin/sales") in checked and ("post", "/api/v1/cart/items") in checked
+
+
+async def test_what_an_answer_makes_links_to_the_operations_that_take_it(api) -> None:
+    # A created sale links to reserving in it; the hold links to releasing it. Every link
+    # fills each path parameter of its target from a field its answer has.
+    _, doc = await api.call("GET", "/api/v1/openapi.json")
+    schemas = doc["components"]["schemas"]
+    ops = {op["operationId"]: (path, op) for path, item in doc["paths"].items()
+           for op in item.values() if "operationId" in op}
+    made = 0
+    for _path, op in ops.values():
+        for code, answer in op["responses"].items():
+            for name, link in answer.get("links", {}).items():
+                assert code.startswith("2") and name == link["operationId"]
+                target = ops[link["operationId"]][0]
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                fields = schemas[ref.rsplit("/", 1)[-1]]["properties"]
+                assert set(link["parameters"]) == set(re.findall(r"{(\w+)}", target))
+                for param, expression in link["parameters"].items():
+                    assert expression == f"$response.body#/{param}" and param in fields
+                made += 1
+    created = ops["sales_create_sale"][1]["responses"]["201"]["links"]
+    assert created["sales_reserve"]["parameters"] == {"sale_id": "$response.body#/sale_id"}
+    held = ops["sales_reserve"][1]["responses"]["201"]["links"]
+    assert held["sales_release_reservation"]["parameters"] == {
+        "reservation_id": "$response.body#/reservation_id"}
+    assert made > 100
 
 
 async def test_reservation_lifecycle_over_http(api) -> None:
