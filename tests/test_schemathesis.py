@@ -2,8 +2,10 @@
 user's token and with the operator token, no generated request may get a server error,
 an undocumented status code, a response that breaks its schema or a wrong content type.
 
-Bounded for `make test` (a few examples per operation, one worker, a fixed seed); the
-run's case count is printed (`pytest -s`) and checked to be non-trivial."""
+Half the generated ids are a seeded product's and sale's, and the stateful phase follows
+the document's links from what its calls make (``_config``). Bounded for `make test` (a
+few examples per operation, one worker, a fixed seed); the run's case count is printed
+(`pytest -s`) and checked to be non-trivial."""
 
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ async def _schemathesis(base: str, token: str, config: Path) -> tuple[int, str]:
         str(ST), "--config-file", str(config), "run", f"{base}/api/v1/openapi.json",
         "--checks", CHECKS,
         "--header", f"Authorization: Bearer {token}", "--max-examples", str(EXAMPLES),
-        "--seed", "11", "--workers", "1", "--no-color", "--phases", "examples,coverage,fuzzing",
+        "--seed", "11", "--workers", "1", "--no-color",
+        "--phases", "examples,coverage,fuzzing,stateful",
         # It would revoke the token the rest of the run uses.
         "--exclude-path", "/api/v1/auth/logout-all",
         "--generation-database", "none",
