@@ -46,10 +46,12 @@ async def _seed(base: str) -> tuple[str, dict[str, int]]:
                 "name": "Fuzz"}) as resp:
             token = (await resp.json())["token"]
         async with http.post(f"{base}/api/v1/seller/products", headers=admin, json={
-                "name": "Fuzzed lamp", "price": "9.99", "available_qty": 50}) as resp:
+                "name": "Fuzzed lamp", "price": "9.99", "available_qty": 100_000}) as resp:
             product = await resp.json()
         async with http.post(f"{base}/api/v1/admin/sales", headers=admin, json={
-                "product_id": product["product_id"], "quantity": 10, "price": "4.99"}) as resp:
+                "product_id": product["product_id"], "quantity": 100_000, "price": "4.99",
+                # Room for many holds, so the run goes on from one to what it links to.
+                "per_user_limit": 1000}) as resp:
             assert resp.status == 201, await resp.text()
             sale = await resp.json()
     return token, {"product_id": product["product_id"], "sale_id": sale["sale_id"]}
