@@ -67,7 +67,8 @@ class SaleRefusals:
         self._remember_buyers = remember_buyers
         self._listener = ChannelListener(redis, channel, name="tokens-returned",
                                          on_message=self._heard,
-                                         on_subscribed=self._subscribed, on_lost=self._lost)
+                                         on_subscribed=self._subscribed, on_lost=self._lost,
+                                         on_settled=self._seed)
         self.listening = False
         self._since = float("inf")  # when the listener last subscribed (monotonic)
         self.on_return = None  # optional callback(sale_id), for measurements
@@ -164,7 +165,9 @@ class SaleRefusals:
         (it missed their sell-out messages): one read of the active set and of each
         sale's tokens. Runs before ``listening`` is set, while the messages published
         since the subscription wait in order: a token returned meanwhile is read next and
-        drops the flag."""
+        drops the flag. Runs again a few seconds into the subscription (``on_settled``,
+        between two messages, so the same holds): a read made right after a failover can
+        have reached the old master, back for a moment with the data it died with."""
         asked_at = time.monotonic()
         sales = [int(s) for s in await self._redis.smembers(ACTIVE_SALES)]
         if not sales:
